@@ -1,0 +1,731 @@
+"""Settings: declared once, resolved in layers, each value remembering where it came from.
+
+Layers, lowest to highest: defaults < config file (``[tool.sessiontrace]`` in the nearest
+``pyproject.toml``, or a ``sessiontrace.toml``) < environment (``SESSIONTRACE_*`` and the
+standard ``OTEL_*``) < ``init()`` keywords < per-session overrides.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+Layer = Literal["default", "file", "env", "init", "session"]
+
+EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
+PROTOCOLS = ("http/protobuf", "grpc")
+DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value. The message names the key, the value and the layer it came from."""
+
+    def __init__(self, key: str, value: object, source: Source, problem: str) -> None:
+        self.key = key
+        self.value = value
+        self.source = source
+        self.problem = problem
+        shown = "" if value is _NO_VALUE else f" {value!r}"
+        super().__init__(f"sessiontrace config: {key}{shown} (from {source}): {problem}")
+
+
+_NO_VALUE: Any = object()
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting's value came from: its layer, and which file, variable or keyword."""
+
+    layer: Layer
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.layer} {self.detail}".strip()
+
+
+class _Invalid(Exception):
+    """Raised by a parser; turned into a ConfigError that names key, value and layer."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: each takes a value from any layer (text from env, TOML values, Python objects from
+# init()) and returns the typed value, or raises _Invalid with what was expected.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Invalid("expected a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _optional_bool(value: object) -> bool | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    return _bool(value)
+
+
+def _int_at_least(minimum: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise _Invalid("expected an integer")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise _Invalid("expected an integer") from None
+        if not isinstance(value, int):
+            raise _Invalid("expected an integer")
+        if value < minimum:
+            raise _Invalid(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(value: object, scale: float = 1.0) -> float:
+    if isinstance(value, bool):
+        raise _Invalid("expected a number of seconds")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _Invalid("expected a number of seconds") from None
+    if not isinstance(value, (int, float)):
+        raise _Invalid("expected a number of seconds")
+    seconds = float(value) * scale
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _Invalid("must be a finite, non-negative number of seconds")
+    return seconds
+
+
+def _millis(value: object) -> float:
+    return _seconds(value, scale=0.001)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("expected a non-empty string")
+    if any(ord(c) < 32 for c in value):
+        raise _Invalid("must not contain control characters")
+    return value.strip()
+
+
+def _path(value: object) -> Path:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise _Invalid("expected a path")
+    return Path(value.strip())
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else _path(value)
+
+
+def _url(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected an http:// or https:// URL")
+    text = value.strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise _Invalid(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid("expected an http:// or https:// URL with a host, e.g. http://localhost:4318")
+    if any(ord(c) <= 32 for c in text) or port == 0:
+        raise _Invalid("not a valid URL")
+    return text
+
+
+def _traces_url(value: object) -> str:
+    """An OTLP/HTTP endpoint given as a base URL gets the traces path, as OTEL_EXPORTER_OTLP_ENDPOINT does."""
+    url = _url(value)
+    if urllib.parse.urlsplit(url).path in ("", "/"):
+        return url.rstrip("/") + "/v1/traces"
+    return url
+
+
+def _base_url(value: object) -> str:
+    url = _url(value)
+    return url.rstrip("/") + "/v1/traces"
+
+
+def _optional_traces_url(value: object) -> str | None:
+    return None if value is None else _traces_url(value)
+
+
+def _key_values(value: object, *, what: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (W3C baggage style, values percent-decoded) or a mapping of strings."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = []
+        for member in value.split(","):
+            if not member.strip():
+                continue
+            key, sep, val = member.partition("=")
+            if not sep:
+                raise _Invalid(f"expected {what} as key=value pairs separated by commas")
+            items.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
+    else:
+        raise _Invalid(f"expected {what} as a mapping or a 'key=value,key2=value2' string")
+    result: dict[str, str] = {}
+    for key, val in items:
+        if not isinstance(key, str) or not key.strip() or any(c in key for c in " \t\r\n,="):
+            raise _Invalid(f"{what} key {key!r} is not a valid name")
+        if not isinstance(val, str):
+            raise _Invalid(f"{what} value for {key!r} must be a string")
+        if any(c in val for c in "\r\n\x00"):
+            raise _Invalid(f"{what} value for {key!r} must not contain line breaks")
+        result[key.strip()] = val
+    return result
+
+
+def _headers(value: object) -> dict[str, str]:
+    return {k.lower(): v for k, v in _key_values(value, what="headers").items()}
+
+
+def _resource_attributes(value: object) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        value = {k: v if isinstance(v, str) else _scalar_text(k, v) for k, v in value.items()}
+    return _key_values(value, what="resource attributes")
+
+
+def _scalar_text(key: object, value: object) -> str:
+    if isinstance(value, (bool, int, float)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    raise _Invalid(f"resource attribute {key!r} must be a string, number or boolean")
+
+
+def _exporter(value: object) -> str | SpanExporter:
+    if isinstance(value, SpanExporter):
+        return value
+    if isinstance(value, str) and value.strip().lower() in EXPORTER_NAMES:
+        return value.strip().lower()
+    raise _Invalid(f"expected one of {', '.join(EXPORTER_NAMES)} or an OpenTelemetry SpanExporter instance")
+
+
+def _otel_exporter(value: object) -> str:
+    """OTEL_TRACES_EXPORTER: the standard names this SDK understands."""
+    text = _text(value).lower()
+    if text not in ("otlp", "console", "none"):
+        raise _Invalid("sessiontrace understands otlp, console or none here")
+    return text
+
+
+def _protocol(value: object) -> str:
+    text = _text(value).lower()
+    if text == "http/json":
+        raise _Invalid("http/json is not supported by OpenTelemetry's Python exporters; use http/protobuf")
+    if text not in PROTOCOLS:
+        raise _Invalid(f"expected one of {', '.join(PROTOCOLS)}")
+    return text
+
+
+def _processors(value: object) -> tuple[SpanProcessor, ...]:
+    if isinstance(value, SpanProcessor):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(p, SpanProcessor) for p in value):
+        return tuple(value)
+    raise _Invalid("expected a SpanProcessor or a list of SpanProcessor instances")
+
+
+def _not_disabled(value: object) -> bool:
+    return not _bool(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings table: every setting declared once.
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable that feeds a setting, with its own parser when its units differ."""
+
+    name: str
+    parse: Callable[[object], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name (the init() keyword and config-file key), parser, default and doc."""
+
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    doc: str
+    env: tuple[EnvVar, ...] = ()
+    secret: bool = False
+    per_session: bool = False
+    code_only: bool = False
+
+
+def _env(*names: str | EnvVar) -> tuple[EnvVar, ...]:
+    return tuple(n if isinstance(n, EnvVar) else EnvVar(n) for n in names)
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "enabled",
+            _bool,
+            True,
+            "Turn the SDK on or off. Off: the same API at near-zero cost, nothing recorded or exported.",
+            _env("SESSIONTRACE_ENABLED", EnvVar("OTEL_SDK_DISABLED", _not_disabled)),
+        ),
+        Setting(
+            "service_name",
+            _text,
+            "unknown_service",
+            "The `service.name` resource attribute.",
+            _env("SESSIONTRACE_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        ),
+        Setting(
+            "resource_attributes",
+            _resource_attributes,
+            {},
+            "Extra resource attributes (`key=value,key2=value2` in the environment).",
+            _env("SESSIONTRACE_RESOURCE_ATTRIBUTES", "OTEL_RESOURCE_ATTRIBUTES"),
+        ),
+        Setting(
+            "exporter",
+            _exporter,
+            "auto",
+            "Where spans go: `auto` (OTLP when an endpoint is set, else the local OTLP-JSON file), "
+            "`otlp`, `file`, `console`, `none`, or (as an init() keyword) any OpenTelemetry SpanExporter.",
+            _env("SESSIONTRACE_EXPORTER", EnvVar("OTEL_TRACES_EXPORTER", _otel_exporter)),
+        ),
+        Setting(
+            "endpoint",
+            _optional_traces_url,
+            None,
+            "OTLP traces endpoint. A base URL (no path) gets `/v1/traces` appended for HTTP.",
+            _env(
+                EnvVar("SESSIONTRACE_ENDPOINT", _traces_url),
+                EnvVar("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url),
+                EnvVar("OTEL_EXPORTER_OTLP_ENDPOINT", _base_url),
+            ),
+        ),
+        Setting(
+            "headers",
+            _headers,
+            {},
+            "Headers sent with every OTLP request (`key=value,key2=value2` in the environment).",
+            _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+            secret=True,
+        ),
+        Setting(
+            "protocol",
+            _protocol,
+            "http/protobuf",
+            "OTLP protocol: `http/protobuf` or `grpc` (needs the `grpc` extra).",
+            _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ),
+        Setting(
+            "export_timeout",
+            _seconds,
+            10.0,
+            "Seconds one OTLP export request may take (OTEL_EXPORTER_OTLP_TIMEOUT is read in seconds, "
+            "as OpenTelemetry's Python exporters do).",
+            _env(
+                "SESSIONTRACE_EXPORT_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ),
+        ),
+        Setting(
+            "auto_start_session",
+            _bool,
+            False,
+            "Start one process-wide session that catches all work outside explicit sessions.",
+            _env("SESSIONTRACE_AUTO_START_SESSION"),
+        ),
+        Setting(
+            "auto_session_name",
+            _text,
+            "auto",
+            "Name of the auto session.",
+            _env("SESSIONTRACE_AUTO_SESSION_NAME"),
+        ),
+        Setting(
+            "data_dir",
+            _path,
+            Path(".sessiontrace"),
+            "Folder for everything kept on disk (the local OTLP-JSON traces, ...).",
+            _env("SESSIONTRACE_DIR"),
+        ),
+        Setting(
+            "console_summary",
+            _optional_bool,
+            None,
+            "Print one line per ended session to stderr. Default (`auto`): on with the local file exporter.",
+            _env("SESSIONTRACE_CONSOLE_SUMMARY"),
+            per_session=True,
+        ),
+        Setting(
+            "flush_timeout",
+            _seconds,
+            3.0,
+            "Seconds that flush(), shutdown() and the exit handler wait for the exporter at most.",
+            _env("SESSIONTRACE_FLUSH_TIMEOUT"),
+        ),
+        Setting(
+            "max_queue_size",
+            _int_at_least(1),
+            2048,
+            "Spans waiting for export at most; past it spans are dropped and counted.",
+            _env("SESSIONTRACE_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_QUEUE_SIZE"),
+        ),
+        Setting(
+            "max_export_batch_size",
+            _int_at_least(1),
+            512,
+            "Spans per export request at most.",
+            _env("SESSIONTRACE_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        ),
+        Setting(
+            "export_interval",
+            _seconds,
+            1.0,
+            "Seconds between exports of a partial batch (OTEL_BSP_SCHEDULE_DELAY is in milliseconds).",
+            _env("SESSIONTRACE_EXPORT_INTERVAL", EnvVar("OTEL_BSP_SCHEDULE_DELAY", _millis)),
+        ),
+        Setting(
+            "attribute_max_length",
+            _int_at_least(1),
+            4096,
+            "Longer string attribute values (from the SDK's own API) are truncated to this many characters.",
+            _env("SESSIONTRACE_ATTRIBUTE_MAX_LENGTH", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"),
+            per_session=True,
+        ),
+        Setting(
+            "file_max_bytes",
+            _int_at_least(1024),
+            100 * 1024 * 1024,
+            "The local OTLP-JSON traces folder is kept under this many bytes; oldest files go first.",
+            _env("SESSIONTRACE_FILE_MAX_BYTES"),
+        ),
+        Setting(
+            "span_processors",
+            _processors,
+            (),
+            "Extra OpenTelemetry SpanProcessors added to the pipeline (init() keyword only).",
+            code_only=True,
+        ),
+        Setting(
+            "config_file",
+            _optional_path,
+            None,
+            "A config file to read instead of searching for pyproject.toml / sessiontrace.toml.",
+            _env("SESSIONTRACE_CONFIG_FILE"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved settings. `sources` says where each value came from (see `explain()`)."""
+
+    enabled: bool
+    service_name: str
+    resource_attributes: Mapping[str, str]
+    exporter: str | SpanExporter
+    endpoint: str | None
+    headers: Mapping[str, str]
+    protocol: str
+    export_timeout: float
+    auto_start_session: bool
+    auto_session_name: str
+    data_dir: Path
+    console_summary: bool | None
+    flush_timeout: float
+    max_queue_size: int
+    max_export_batch_size: int
+    export_interval: float
+    attribute_max_length: int
+    file_max_bytes: int
+    span_processors: tuple[SpanProcessor, ...]
+    config_file: Path | None
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def exporter_kind(self) -> str:
+        """The exporter actually used: `auto` resolved to `otlp` or `file`, an instance to `custom`."""
+        if isinstance(self.exporter, SpanExporter):
+            return "custom"
+        if self.exporter == "auto":
+            return "otlp" if self.endpoint else "file"
+        return self.exporter
+
+    @property
+    def traces_endpoint(self) -> str:
+        """The OTLP endpoint spans are sent to when exporting over OTLP."""
+        return self.endpoint or DEFAULT_OTLP_HTTP_ENDPOINT
+
+    @property
+    def summary_enabled(self) -> bool:
+        """Whether ended sessions print a one-line summary (auto: with the local file exporter)."""
+        if self.console_summary is None:
+            return self.exporter_kind == "file"
+        return self.console_summary
+
+    def masked(self, name: str) -> str:
+        """A setting's value as text, with secrets masked."""
+        value = getattr(self, name)
+        if SETTINGS[name].secret and isinstance(value, Mapping):
+            return ",".join(f"{k}=***" for k in value) if value else "{}"
+        return mask_url(value) if isinstance(value, str) else repr(value)
+
+    def explain(self) -> list[tuple[str, str, str]]:
+        """(name, masked value, source) for every setting, in table order."""
+        return [
+            (name, self.masked(name), str(self.sources.get(name, Source("default")))) for name in SETTINGS
+        ]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """This config with per-session overrides applied (only per-session settings may be set)."""
+        values: dict[str, Any] = {}
+        sources = dict(self.sources)
+        for key, raw in overrides.items():
+            source = Source("session", f"override {key}=")
+            setting = _lookup(key, raw, source)
+            if not setting.per_session:
+                per_session = ", ".join(n for n, s in SETTINGS.items() if s.per_session)
+                raise ConfigError(key, raw, source, f"cannot be set per session (these can: {per_session})")
+            values[key] = _parse(setting, setting.parse, raw, source)
+            sources[key] = source
+        return replace(self, **values, sources=sources)
+
+
+def mask_url(text: str) -> str:
+    """Hide a password in a URL's user info (``https://user:***@host``)."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return text
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return text
+
+
+def _masked_raw(setting: Setting, raw: object) -> object:
+    if setting.secret:
+        if isinstance(raw, Mapping):
+            return dict.fromkeys(raw, "***")
+        if isinstance(raw, str):
+            return ",".join(p.split("=", 1)[0] + "=***" for p in raw.split(",") if p)
+        return "***"
+    return mask_url(raw) if isinstance(raw, str) else raw
+
+
+def _lookup(key: object, raw: object, source: Source) -> Setting:
+    if isinstance(key, str) and key in SETTINGS:
+        return SETTINGS[key]
+    close = difflib.get_close_matches(str(key), SETTINGS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known settings: {', '.join(SETTINGS)}"
+    raise ConfigError(str(key), _NO_VALUE, source, f"unknown setting{hint}")
+
+
+def _parse(setting: Setting, parser: Callable[[object], Any], raw: object, source: Source) -> Any:
+    try:
+        return parser(raw)
+    except _Invalid as exc:
+        raise ConfigError(setting.name, _masked_raw(setting, raw), source, str(exc)) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(setting.name, _masked_raw(setting, raw), source, f"invalid value ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files
+
+
+def find_config_file(start: Path) -> tuple[Path, Mapping[str, object]] | None:
+    """The nearest sessiontrace.toml, or pyproject.toml with [tool.sessiontrace], from `start` up."""
+    for folder in (start, *start.parents):
+        candidate = folder / "sessiontrace.toml"
+        if candidate.is_file():
+            return candidate, read_config_file(candidate)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            table = _read_toml(pyproject).get("tool", {})
+            section = table.get("sessiontrace") if isinstance(table, dict) else None
+            if section is not None:
+                if not isinstance(section, dict):
+                    raise ConfigError(
+                        "config_file",
+                        _NO_VALUE,
+                        Source("file", str(pyproject)),
+                        "[tool.sessiontrace] must be a table",
+                    )
+                return pyproject, section
+    return None
+
+
+def read_config_file(path: Path) -> Mapping[str, object]:
+    """The settings in a config file: ``[tool.sessiontrace]`` of a pyproject.toml, else the whole file."""
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        tool = data.get("tool", {})
+        section = tool.get("sessiontrace", {}) if isinstance(tool, dict) else {}
+        if not isinstance(section, dict):
+            raise ConfigError(
+                "config_file", _NO_VALUE, Source("file", str(path)), "[tool.sessiontrace] must be a table"
+            )
+        return section
+    section = data.get("sessiontrace", data)
+    if not isinstance(section, dict):
+        raise ConfigError(
+            "config_file", _NO_VALUE, Source("file", str(path)), "[sessiontrace] must be a table"
+        )
+    return section
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+            return data
+    except OSError as exc:
+        raise ConfigError(
+            "config_file", str(path), Source("file", str(path)), f"cannot be read ({exc.strerror})"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "config_file", str(path), Source("file", str(path)), f"is not valid TOML ({exc})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution
+
+
+def load_config(
+    kwargs: Mapping[str, object] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Resolve every setting through the layers. Raises ConfigError naming key, value and layer."""
+    kwargs = dict(kwargs or {})
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+
+    for name, setting in SETTINGS.items():
+        values[name] = setting.default
+        sources[name] = Source("default")
+
+    for key, raw in kwargs.items():
+        _lookup(key, raw, Source("init", f"init({key}=...)"))
+
+    file_values, file_path = _file_layer(kwargs, environ, cwd)
+    for key, raw in file_values.items():
+        source = Source("file", str(file_path))
+        setting = _lookup(key, raw, source)
+        if setting.code_only:
+            raise ConfigError(key, _NO_VALUE, source, "can only be given as an init() keyword")
+        values[key] = _parse(setting, setting.parse, raw, source)
+        sources[key] = source
+    if file_path is not None:
+        values["config_file"] = file_path
+        sources["config_file"] = sources.get("config_file", Source("file", "found by search"))
+
+    for name, setting in SETTINGS.items():
+        for var in setting.env:
+            raw_text = environ.get(var.name)
+            if raw_text is None or not raw_text.strip():
+                continue
+            source = Source("env", var.name)
+            values[name] = _parse(setting, var.parse or setting.parse, raw_text, source)
+            sources[name] = source
+            break
+
+    for key, raw in kwargs.items():
+        setting = SETTINGS[key]
+        source = Source("init", f"init({key}=...)")
+        values[key] = _parse(setting, setting.parse, raw, source)
+        sources[key] = source
+
+    config = Config(**values, sources=sources)
+    _check_combination(config)
+    return config
+
+
+def _file_layer(
+    kwargs: Mapping[str, object], environ: Mapping[str, str], cwd: Path | None
+) -> tuple[Mapping[str, object], Path | None]:
+    setting = SETTINGS["config_file"]
+    explicit: Path | None = None
+    if kwargs.get("config_file") is not None:
+        explicit = _parse(setting, _path, kwargs["config_file"], Source("init", "init(config_file=...)"))
+    elif environ.get("SESSIONTRACE_CONFIG_FILE", "").strip():
+        explicit = _parse(
+            setting, _path, environ["SESSIONTRACE_CONFIG_FILE"], Source("env", "SESSIONTRACE_CONFIG_FILE")
+        )
+    if explicit is not None:
+        values = read_config_file(explicit)
+        if "config_file" in values:
+            raise ConfigError(
+                "config_file", _NO_VALUE, Source("file", str(explicit)), "a config file cannot name another"
+            )
+        return values, explicit
+    try:
+        start = (cwd or Path.cwd()).resolve()
+    except OSError:
+        return {}, None
+    found = find_config_file(start)
+    if found is None:
+        return {}, None
+    path, values = found
+    if "config_file" in values:
+        raise ConfigError(
+            "config_file", _NO_VALUE, Source("file", str(path)), "a config file cannot name another"
+        )
+    return values, path
+
+
+def _check_combination(config: Config) -> None:
+    if config.protocol == "grpc" and config.exporter_kind == "otlp":
+        try:
+            import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "protocol",
+                "grpc",
+                config.sources["protocol"],
+                "OTLP over gRPC needs the grpc extra: pip install 'sessiontrace[grpc]'",
+            ) from None
+
+
+def describe_settings() -> Iterable[Setting]:
+    """The settings table, in order (used by the docs and `python -m sdk doctor`)."""
+    return SETTINGS.values()
+
+
+def config_field_names() -> set[str]:
+    """Names of Config's setting fields (kept equal to the settings table by a test)."""
+    return {f.name for f in fields(Config)} - {"sources"}

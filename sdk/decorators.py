@@ -1,0 +1,348 @@
+"""`@agent`, `@tool`, `@task`, `@workflow`, the `@session` decorator form, and `event()`.
+
+Every wrapped call is one span (or one session) around the call: for a generator or async
+generator, around its iteration. Context is attached only while the wrapped code runs, one
+step at a time, so a generator that is consumed in part never leaves its span current in the
+consumer, and closing it from another task or the garbage collector detaches nothing twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from sdk import runtime
+from sdk.attributes import to_attributes
+from sdk.guard import internal_error, warn_once
+from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly
+
+if TYPE_CHECKING:
+    from sdk.session import SessionScope
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Scope(Protocol):
+    """One call's span or session: made current step by step, finished once."""
+
+    def enter(self) -> object: ...
+    def exit(self, token: object) -> None: ...
+    def finish(self, exc: BaseException | None) -> None: ...
+
+
+class _SpanScope:
+    __slots__ = ("ctx", "done", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.ctx = trace.set_span_in_context(span)
+        self.done = False
+
+    def enter(self) -> object:
+        return otel_context.attach(self.ctx)
+
+    def exit(self, token: object) -> None:
+        detach_quietly(token)
+
+    def finish(self, exc: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            if exc is not None and isinstance(exc, (Exception, KeyboardInterrupt)):
+                self.span.record_exception(exc, escaped=True)
+                self.span.set_attribute("error.type", type(exc).__qualname__)
+                self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            self.span.end()
+        except Exception as err:
+            internal_error("span end", err)
+
+
+class _SessionRun:
+    __slots__ = ("done", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.done = False
+
+    def enter(self) -> object:
+        return _Activation(self.session)
+
+    def exit(self, token: object) -> None:
+        assert isinstance(token, _Activation)
+        token.undo()
+
+    def finish(self, exc: BaseException | None) -> None:
+        if not self.done:
+            self.done = True
+            self.session._end_for(exc)
+
+
+Begin = Callable[[], "_Scope | None"]
+
+
+def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
+    """Wrap `fn` (sync, async, generator or async generator) so each call runs in `begin()`'s scope."""
+    if inspect.isasyncgenfunction(fn):
+        return _wrap_async_generator(fn, begin)
+    if inspect.isgeneratorfunction(fn):
+        return _wrap_generator(fn, begin)
+    if inspect.iscoroutinefunction(fn):
+        return _wrap_coroutine(fn, begin)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        scope = begin()
+        if scope is None:
+            return fn(*args, **kwargs)
+        token = scope.enter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            scope.exit(token)
+            scope.finish(exc)
+            raise
+        scope.exit(token)
+        scope.finish(None)
+        return result
+
+    return call
+
+
+def _wrap_coroutine(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        scope = begin()
+        if scope is None:
+            return await fn(*args, **kwargs)
+        token = scope.enter()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            scope.exit(token)
+            scope.finish(exc)
+            raise
+        scope.exit(token)
+        scope.finish(None)
+        return result
+
+    return call
+
+
+def _wrap_generator(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        scope = begin()
+        if scope is None:
+            return (yield from fn(*args, **kwargs))
+        token = scope.enter()
+        try:
+            inner = fn(*args, **kwargs)
+        finally:
+            scope.exit(token)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = scope.enter()
+                try:
+                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
+                except StopIteration as stop:
+                    scope.exit(token)
+                    scope.finish(None)
+                    return stop.value
+                except BaseException as exc:
+                    scope.exit(token)
+                    scope.finish(exc)
+                    raise
+                scope.exit(token)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = scope.enter()
+                    try:
+                        inner.close()
+                    finally:
+                        scope.exit(token)
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        finally:
+            scope.finish(None)
+
+    return call
+
+
+def _wrap_async_generator(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        scope = begin()
+        if scope is None:
+            async for item in fn(*args, **kwargs):
+                yield item
+            return
+        token = scope.enter()
+        try:
+            inner = fn(*args, **kwargs)
+        finally:
+            scope.exit(token)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = scope.enter()
+                try:
+                    item = await (inner.asend(sent) if thrown is None else inner.athrow(thrown))
+                except StopAsyncIteration:
+                    scope.exit(token)
+                    scope.finish(None)
+                    return
+                except BaseException as exc:
+                    scope.exit(token)
+                    scope.finish(exc)
+                    raise
+                scope.exit(token)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = scope.enter()
+                    try:
+                        await inner.aclose()
+                    finally:
+                        scope.exit(token)
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        finally:
+            scope.finish(None)
+
+    return call
+
+
+def _rewrap_descriptor(fn: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    if isinstance(fn, staticmethod):
+        return staticmethod(wrap(fn.__func__))
+    if isinstance(fn, classmethod):
+        return classmethod(wrap(fn.__func__))
+    if not callable(fn):
+        raise TypeError(f"sessiontrace decorators wrap functions and methods, not {type(fn).__name__}")
+    return wrap(fn)
+
+
+_KIND_OPERATION = {
+    "agent": ("invoke_agent", "gen_ai.agent.name"),
+    "tool": ("execute_tool", "gen_ai.tool.name"),
+}
+
+
+def _span_begin(kind: str, name: str, attributes: Mapping[str, Any] | None, qualname: str) -> Begin:
+    operation = _KIND_OPERATION.get(kind)
+    static: dict[str, Any] = {SPAN_KIND: kind, "code.function.name": qualname}
+    span_name = name
+    if operation is not None:
+        static["gen_ai.operation.name"] = operation[0]
+        static[operation[1]] = name
+        span_name = f"{operation[0]} {name}"
+    state: dict[str, Any] = {}
+
+    def begin() -> _Scope | None:
+        rt = runtime.current()
+        if not rt.enabled:
+            return None
+        try:
+            attrs = state.get("attrs")
+            if attrs is None or state.get("max") != rt.attribute_max_length:
+                attrs = {**to_attributes(attributes, rt.attribute_max_length), **static}
+                state["attrs"], state["max"] = attrs, rt.attribute_max_length
+            return _SpanScope(rt.tracer.start_span(span_name, attributes=attrs))
+        except Exception as exc:
+            internal_error(f"@{kind} span start", exc)
+            return None
+
+    return begin
+
+
+def _make_decorator(kind: str) -> Any:
+    @overload
+    def decorator(fn: F, /) -> F: ...
+
+    @overload
+    def decorator(
+        name: str | None = None, /, *, attributes: Mapping[str, Any] | None = None
+    ) -> Callable[[F], F]: ...
+
+    def decorator(
+        name_or_fn: Any = None, /, *, name: str | None = None, attributes: Mapping[str, Any] | None = None
+    ) -> Any:
+        def apply(fn: Any) -> Any:
+            def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+                qualname = f"{func.__module__}.{func.__qualname__}"
+                span_name = name or (name_or_fn if isinstance(name_or_fn, str) else None) or func.__name__
+                return _wrap(func, _span_begin(kind, span_name, attributes, qualname))
+
+            return _rewrap_descriptor(fn, wrap)
+
+        if name_or_fn is not None and not isinstance(name_or_fn, str):
+            return apply(name_or_fn)
+        return apply
+
+    decorator.__name__ = kind
+    decorator.__qualname__ = kind
+    decorator.__doc__ = (
+        f"Record each call of the decorated function as a `{kind}` span under the current session.\n\n"
+        f'Use as ``@{kind}``, ``@{kind}()``, ``@{kind}("name")`` or ``@{kind}(name=..., attributes={{...}})``'
+        " on sync, async, generator and async-generator functions and methods. An exception is recorded"
+        " on the span and re-raised unchanged."
+    )
+    return decorator
+
+
+agent = _make_decorator("agent")
+tool = _make_decorator("tool")
+task = _make_decorator("task")
+workflow = _make_decorator("workflow")
+
+
+def wrap_in_session(fn: F, scope: SessionScope) -> F:
+    """Each call of `fn` runs in a new session with `scope`'s parameters (named after `fn` by default)."""
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        default_name = func.__name__
+
+        def begin() -> _Scope:
+            return _SessionRun(scope.start(default_name))
+
+        return _wrap(func, begin)
+
+    wrapped: F = _rewrap_descriptor(fn, wrap)
+    return wrapped
+
+
+def event(name: str, **attributes: Any) -> None:
+    """Add an event to the current span (or, outside any span, to the current session's span)."""
+    rt = runtime.current()
+    if not rt.enabled:
+        return
+    try:
+        span = trace.get_current_span()
+        if not span.is_recording():
+            session = current_session()
+            if session is None:
+                warn_once(
+                    "event-nowhere",
+                    "sessiontrace: sdk.event(%r) outside any span or session was not recorded",
+                    name,
+                )
+                return
+            span = session.span
+        span.add_event(str(name), attributes=to_attributes(attributes, rt.attribute_max_length))
+    except Exception as exc:
+        internal_error("sdk.event", exc)

@@ -1,0 +1,1 @@
+"""Getting spans out of the process: batching with a bounded queue, and the exporters."""

@@ -1,0 +1,35 @@
+"""The one-line console summary printed when a session ends."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """What a session's end reports: enough for a console line or a notebook table."""
+
+    id: str
+    name: str
+    state: str
+    duration: float
+    spans: int
+    reason: str | None = None
+
+
+def format_summary(summary: SessionSummary) -> str:
+    """``sessiontrace: session 'refund-flow' <id> success in 1.23s, 12 spans``."""
+    reason = f" ({summary.reason})" if summary.reason else ""
+    plural = "" if summary.spans == 1 else "s"
+    return (
+        f"sessiontrace: session {summary.name!r} {summary.id} {summary.state}{reason} "
+        f"in {summary.duration:.2f}s, {summary.spans} span{plural}"
+    )
+
+
+def print_summary(summary: SessionSummary) -> None:
+    """Write the summary line to stderr (where it does not mix with the program's output)."""
+    stream = sys.stderr
+    if stream is not None:
+        print(format_summary(summary), file=stream, flush=True)

@@ -1,0 +1,85 @@
+"""The one guard used wherever SDK code runs inside user code: internal failures never escape.
+
+An internal error is logged once per place and kind, counted in `sdk.stats()`, and swallowed.
+The SDK's own test suite sets ``SESSIONTRACE_RAISE_INTERNAL_ERRORS=1`` so that such bugs fail
+the tests instead of hiding.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from sdk.stats import COUNTERS
+
+logger = logging.getLogger("sessiontrace")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_seen: set[tuple[str, str]] = set()
+_seen_lock = threading.Lock()
+
+
+def raise_internal_errors() -> bool:
+    """Whether internal errors are re-raised (only the SDK's own tests turn this on)."""
+    return os.environ.get("SESSIONTRACE_RAISE_INTERNAL_ERRORS", "") == "1"
+
+
+def internal_error(where: str, exc: BaseException) -> None:
+    """Record an internal failure: count it, log it the first time this place fails this way."""
+    COUNTERS.internal_errors.add()
+    key = (where, type(exc).__name__)
+    with _seen_lock:
+        first = key not in _seen
+        _seen.add(key)
+    if first:
+        logger.error(
+            "sessiontrace: internal error in %s (your program continues; further %s errors here are "
+            "only counted in sdk.stats())",
+            where,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+    if raise_internal_errors():
+        raise exc
+
+
+def warn_once(key: str, message: str, *args: object) -> None:
+    """Log a warning about the user's setup or call, once per key."""
+    with _seen_lock:
+        if ("warn", key) in _seen:
+            return
+        _seen.add(("warn", key))
+    logger.warning(message, *args)
+
+
+@contextmanager
+def guarded(where: str) -> Iterator[None]:
+    """Run SDK code; an exception inside is recorded as an internal error and swallowed."""
+    try:
+        yield
+    except Exception as exc:
+        internal_error(where, exc)
+
+
+def guard(where: str, default: R) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate SDK code that runs inside user code: on an internal error return `default`."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                internal_error(where, exc)
+                return default
+
+        return wrapper
+
+    return decorate

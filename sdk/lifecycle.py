@@ -1,0 +1,147 @@
+"""`init()` and `shutdown()`: resolve config, build and swap the pipeline, manage the auto session.
+
+`init()` is idempotent and re-entrant: call it again with the same settings and nothing
+changes; with new settings the pipeline behind the SDK's one TracerProvider is replaced in
+place. The auto session belongs to the process, not to a pipeline, so it survives re-init.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.sdk.trace import _TracerConfig
+
+from sdk import runtime, tracing
+from sdk.config import Config, load_config
+from sdk.guard import internal_error
+from sdk.session import SessionState, auto_session, end_open_sessions, open_sessions, start_auto_session
+from sdk.stats import COUNTERS, Stats
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"exit_hook": False, "uncaught": None, "previous_excepthook": None}
+
+
+def init(**settings: Any) -> Config:
+    """Start (or reconfigure) the SDK. Safe to call any number of times.
+
+    Keywords are the settings of docs/configuration.md (``service_name``, ``exporter``,
+    ``endpoint``, ``auto_start_session``, ...); they override the config file and environment.
+    A bad value raises `ConfigError` naming the key, the value and where it came from. Never
+    blocks on the network. Returns the resolved config.
+    """
+    config = load_config(settings)
+    with _lock:
+        old = runtime.current()
+        if old.config is not None and old.config == config and old.enabled == config.enabled:
+            _apply_auto_session(config)
+            return old.config
+        if config.enabled:
+            tracer = tracing.install(runtime.build_resource(config))
+            _set_provider_enabled(True)
+        else:
+            _set_provider_enabled(False)
+            tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
+        new = runtime.build_runtime(config, tracer)
+        runtime.swap(new)
+        if old.config is not None:
+            runtime.close_in_background(old, new, config.flush_timeout)
+        _apply_auto_session(config)
+        _install_exit_hook()
+        return config
+
+
+def _set_provider_enabled(enabled: bool) -> None:
+    provider = tracing.installed_provider()
+    if isinstance(provider, tracing.SessionTracerProvider):
+        config = _TracerConfig(is_enabled=enabled)
+        provider._set_tracer_configurator(tracer_configurator=lambda _scope: config)
+
+
+def _apply_auto_session(config: Config) -> None:
+    auto = auto_session()
+    if config.enabled and config.auto_start_session:
+        if auto is None:
+            start_auto_session(config.auto_session_name)
+    elif auto is not None:
+        auto.end(SessionState.SUCCESS, "auto session turned off by init()")
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Export every finished span now. Returns False if `timeout` (default: flush_timeout) ran out."""
+    rt = runtime.current()
+    if rt.config is None:
+        return True
+    return rt.force_flush(rt.config.flush_timeout if timeout is None else timeout)
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """End open sessions (explicit ones as `indeterminate`, the auto session as `success`), flush, and close.
+
+    Returns within `timeout` seconds (default: flush_timeout) even if the backend hangs. The SDK
+    can be started again with `init()`.
+    """
+    with _lock:
+        rt = runtime.current()
+        if rt.config is None:
+            return
+        end_open_sessions(SessionState.SUCCESS, None, "sdk.shutdown()")
+        runtime.swap(runtime.Runtime(None))
+        _set_provider_enabled(False)
+        rt.shutdown(rt.config.flush_timeout if timeout is None else timeout)
+
+
+def config() -> Config:
+    """The resolved config in use (or what `init()` would resolve now, before it has run).
+
+    `config().explain()` lists every setting with its value (secrets masked) and where it came from.
+    """
+    current = runtime.current().config
+    return current if current is not None else load_config()
+
+
+def stats() -> Stats:
+    """A snapshot of the SDK's counters: spans, sessions, drops and internal errors."""
+    return Stats(
+        spans_started=COUNTERS.spans_started.value,
+        spans_ended=COUNTERS.spans_ended.value,
+        spans_exported=COUNTERS.spans_exported.value,
+        spans_dropped=COUNTERS.spans_dropped.value,
+        export_errors=COUNTERS.export_errors.value,
+        sessions_open=len(open_sessions()),
+        sessions_started=COUNTERS.sessions_started.value,
+        sessions_ended=COUNTERS.sessions_ended.value,
+        internal_errors=COUNTERS.internal_errors.value,
+    )
+
+
+def _install_exit_hook() -> None:
+    if _state["exit_hook"]:
+        return
+    _state["exit_hook"] = True
+    _state["previous_excepthook"] = sys.excepthook
+    sys.excepthook = _excepthook
+    atexit.register(_at_exit)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    _state["uncaught"] = exc_type.__name__
+    previous = _state["previous_excepthook"] or sys.__excepthook__
+    previous(exc_type, exc, tb)
+
+
+def _at_exit() -> None:
+    """End every open session and flush, within flush_timeout, whatever the backend does."""
+    try:
+        uncaught = _state["uncaught"]
+        state = SessionState.FAIL if uncaught else SessionState.SUCCESS
+        end_open_sessions(state, f"uncaught {uncaught}" if uncaught else None, "process exit")
+        rt = runtime.current()
+        if rt.config is not None:
+            runtime.swap(runtime.Runtime(None))
+            rt.shutdown(rt.config.flush_timeout)
+    except Exception as exc:
+        internal_error("exit handler", exc)

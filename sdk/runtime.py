@@ -1,0 +1,193 @@
+"""The one swappable pipeline: exporters and processors behind the SDK's span processor.
+
+The only module-level state is one lock-protected reference to the current `Runtime`. `init()`
+builds a new Runtime and swaps it in; the old one is flushed and closed in the background, so a
+span that started before the swap and ends after it goes to the new pipeline, exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+import urllib.parse
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.version import __version__ as otel_sdk_version
+
+from sdk.config import Config
+from sdk.export.batch import BatchExportProcessor
+from sdk.export.summary import SessionSummary, print_summary
+from sdk.guard import internal_error
+from sdk.version import __version__
+
+
+class Runtime:
+    """One export pipeline built from one Config."""
+
+    def __init__(
+        self,
+        config: Config | None,
+        processors: Sequence[SpanProcessor] = (),
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.config = config
+        self.enabled = config is not None and config.enabled
+        self.processors = tuple(processors)
+        self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
+        self.attribute_max_length = config.attribute_max_length if config else 4096
+        self.summary = config.summary_enabled if config else False
+
+    def on_start(self, span: Span, parent_context: Context | None) -> None:
+        for processor in self.processors:
+            try:
+                processor.on_start(span, parent_context)
+            except Exception as exc:
+                internal_error(f"span processor {type(processor).__name__}.on_start", exc)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            try:
+                processor.on_end(span)
+            except Exception as exc:
+                internal_error(f"span processor {type(processor).__name__}.on_end", exc)
+
+    def session_ended(self, summary: SessionSummary, show: bool | None) -> None:
+        """Report an ended session (the console line when enabled for it)."""
+        if show if show is not None else self.summary:
+            print_summary(summary)
+
+    def force_flush(self, timeout: float) -> bool:
+        """Export everything queued; False when the timeout ran out first."""
+        ok = True
+        for processor in self.processors:
+            try:
+                ok = processor.force_flush(int(timeout * 1000)) and ok
+            except Exception as exc:
+                internal_error(f"span processor {type(processor).__name__}.force_flush", exc)
+                ok = False
+        return ok
+
+    def shutdown(self, timeout: float, keep: Sequence[object] = ()) -> None:
+        """Flush and close every processor (except those in `keep`, still used by a newer pipeline)."""
+        for processor in self.processors:
+            if any(processor is k for k in keep):
+                processor.force_flush(int(timeout * 1000))
+                continue
+            try:
+                if isinstance(processor, BatchExportProcessor):
+                    processor.shutdown(timeout, close_exporter=not any(processor.exporter is k for k in keep))
+                else:
+                    processor.shutdown()
+            except Exception as exc:
+                internal_error(f"span processor {type(processor).__name__}.shutdown", exc)
+
+
+def build_resource(config: Config) -> Resource:
+    """service.name, telemetry.sdk.*, process.* and the user's resource attributes."""
+    attributes: dict[str, str | int] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": otel_sdk_version,
+        "telemetry.distro.name": "sessiontrace",
+        "telemetry.distro.version": __version__,
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "process.executable.name": os.path.basename(sys.executable),
+    }
+    attributes.update(config.resource_attributes)
+    attributes["service.name"] = config.service_name
+    # Not Resource.create(): it would read OTEL_RESOURCE_ATTRIBUTES again, which the config resolved.
+    return Resource(attributes)
+
+
+def build_exporter(config: Config) -> SpanExporter | None:
+    """The SpanExporter the config asks for (None for `none`). Heavy modules are imported here, lazily."""
+    kind = config.exporter_kind
+    if isinstance(config.exporter, SpanExporter):
+        return config.exporter
+    if kind == "none":
+        return None
+    if kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if kind == "file":
+        from sdk.export.jsonl import OTLPJsonFileExporter
+
+        return OTLPJsonFileExporter(config.data_dir, config.file_max_bytes)
+    if config.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        parts = urllib.parse.urlsplit(config.traces_endpoint)
+        grpc_exporter: SpanExporter = GrpcExporter(
+            endpoint=parts.netloc,
+            insecure=parts.scheme == "http",
+            headers=dict(config.headers),
+            timeout=config.export_timeout,
+        )
+        return grpc_exporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(
+        endpoint=config.traces_endpoint,
+        headers=dict(config.headers),
+        timeout=config.export_timeout,
+    )
+
+
+def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
+    """A new pipeline for `config`. Never blocks on the network: exporters connect lazily."""
+    if not config.enabled:
+        return Runtime(config, (), tracer)
+    processors: list[SpanProcessor] = []
+    exporter = build_exporter(config)
+    if exporter is not None:
+        processors.append(
+            BatchExportProcessor(
+                exporter,
+                max_queue_size=config.max_queue_size,
+                max_export_batch_size=config.max_export_batch_size,
+                export_interval=config.export_interval,
+            )
+        )
+    processors.extend(config.span_processors)
+    return Runtime(config, processors, tracer)
+
+
+_lock = threading.Lock()
+_current = Runtime(None)
+
+
+def current() -> Runtime:
+    """The pipeline in use now."""
+    return _current
+
+
+def swap(new: Runtime) -> Runtime:
+    """Put `new` in place and return the previous pipeline (which the caller closes)."""
+    global _current
+    with _lock:
+        old, _current = _current, new
+    return old
+
+
+def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading.Thread:
+    """Flush and close a replaced pipeline without making init() wait for the network.
+
+    Processors and exporters that the new pipeline uses too (the same instances passed to init()
+    again) are flushed but not closed."""
+    keep: list[object] = list(new.processors)
+    keep += [p.exporter for p in new.processors if isinstance(p, BatchExportProcessor)]
+    closer = threading.Thread(
+        target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
+    )
+    closer.start()
+    return closer

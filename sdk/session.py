@@ -1,0 +1,636 @@
+"""Sessions: each one the root span of its own trace, current per context through a ContextVar.
+
+Resolution of "the current session": the session set in this context (a ``with sdk.session()``
+block, or `start_session()` in this thread or task), else the process's auto session, else None.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import random
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
+from typing import Any, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, Status, StatusCode
+
+from sdk import runtime
+from sdk.attributes import to_attribute_value, to_attributes
+from sdk.config import Config
+from sdk.export.summary import SessionSummary
+from sdk.guard import internal_error
+from sdk.stats import COUNTERS, Counter
+
+SESSION_ID = "session.id"
+SESSION_NAME = "session.name"
+SESSION_STATE = "session.state"
+SESSION_TAGS = "session.tags"
+SESSION_END_REASON = "session.end_reason"
+SESSION_PARENT_ID = "session.parent_id"
+SESSION_AUTO = "session.auto"
+USER_ID = "user.id"
+SPAN_KIND = "sessiontrace.span.kind"
+
+MAX_ID_LENGTH = 256
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class SessionState(str, Enum):
+    """A session's lifecycle: `running`, then one of `success`, `fail`, `indeterminate`."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAIL = "fail"
+    INDETERMINATE = "indeterminate"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SessionWarning(UserWarning):
+    """A session call that could not do what was asked (e.g. ending when there is no session)."""
+
+
+_current_session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "sessiontrace_session", default=None
+)
+
+ROOT_KEY = otel_context.create_key("sessiontrace-new-trace")
+"""Context key asking the SDK's tracer for a new trace even where an auto session would adopt the span."""
+
+
+def _root_context() -> Context:
+    return otel_context.set_value(ROOT_KEY, True, Context())
+
+
+def _new_session_id() -> str:
+    return f"{random.getrandbits(128):032x}"
+
+
+def _parse_state(state: SessionState | str) -> SessionState:
+    try:
+        parsed = SessionState(state)
+    except ValueError:
+        names = ", ".join(s.value for s in SessionState if s is not SessionState.RUNNING)
+        raise ValueError(f"unknown session state {state!r}; a session ends as one of: {names}") from None
+    if parsed is SessionState.RUNNING:
+        raise ValueError("a session cannot be ended as 'running'; use success, fail or indeterminate")
+    return parsed
+
+
+def _check_id(session_id: object) -> str:
+    if not isinstance(session_id, str) or not session_id.strip():
+        raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
+    if len(session_id) > MAX_ID_LENGTH or any(ord(c) < 32 for c in session_id):
+        raise ValueError(
+            f"session_id must be at most {MAX_ID_LENGTH} printable characters, got {session_id[:40]!r}..."
+        )
+    return session_id
+
+
+def _check_tags(tags: Iterable[str] | str | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        tags = [tags]
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise ValueError(f"session tags must be non-empty strings, got {tag!r}")
+        if tag not in out:
+            out.append(tag)
+    return tuple(out)
+
+
+class Session:
+    """One session: the root span of its own trace, with an id, a name, a state and tags.
+
+    Sessions are made by `sdk.session()`, `sdk.start_session()` or the auto session. Ending one
+    twice is a no-op.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_activation",
+        "_ended_ns",
+        "_lock",
+        "_reason",
+        "_show_summary",
+        "_spans",
+        "_state",
+        "_tags",
+        "auto",
+        "config",
+        "id",
+        "name",
+        "parent_id",
+        "span",
+        "started_ns",
+        "trace_id_int",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        name: str,
+        user_id: str | None,
+        tags: tuple[str, ...],
+        span: Span,
+        config: Config | None,
+        parent_id: str | None,
+        auto: bool,
+        started_ns: int,
+    ) -> None:
+        self.id = session_id
+        self.name = name
+        self.user_id = user_id
+        self._tags = tags
+        self.span = span
+        self.config = config
+        self.parent_id = parent_id
+        self.auto = auto
+        self.started_ns = started_ns
+        self.trace_id_int = span.get_span_context().trace_id
+        self._state = SessionState.RUNNING
+        self._reason: str | None = None
+        self._ended_ns: int | None = None
+        self._lock = threading.Lock()
+        self._spans = Counter()
+        self._spans.add()
+        self._activation: _Activation | None = None
+        self._show_summary: bool | None = config.console_summary if config else None
+
+    @property
+    def state(self) -> SessionState:
+        """`running` until the session ends."""
+        return self._state
+
+    @property
+    def reason(self) -> str | None:
+        """Why the session ended (given to `end()`, or set by the SDK: an exception type, `process exit`)."""
+        return self._reason
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The session's tags (exported as `session.tags`)."""
+        return self._tags
+
+    @property
+    def trace_id(self) -> str:
+        """The id of the session's trace, as 32 hex digits."""
+        return f"{self.trace_id_int:032x}"
+
+    @property
+    def span_count(self) -> int:
+        """Spans started in this session so far, the session's own span included."""
+        return self._spans.value
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end (or to now while running)."""
+        end = self._ended_ns if self._ended_ns is not None else time.time_ns()
+        return (end - self.started_ns) / 1e9
+
+    @property
+    def ended(self) -> bool:
+        """True once the session has ended."""
+        return self._state is not SessionState.RUNNING
+
+    def set_tag(self, tag: str) -> None:
+        """Add a tag (tags are a set: adding one twice keeps one)."""
+        tags = _check_tags([tag])
+        with self._lock:
+            if tags[0] in self._tags:
+                return
+            self._tags = (*self._tags, *tags)
+        try:
+            self.span.set_attribute(SESSION_TAGS, list(self._tags))
+        except Exception as exc:
+            internal_error("Session.set_tag", exc)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Set an attribute on the session's span; any value is accepted (see docs/concepts.md)."""
+        try:
+            self.span.set_attribute(
+                str(key), to_attribute_value(value, runtime.current().attribute_max_length)
+            )
+        except Exception as exc:
+            internal_error("Session.set_attribute", exc)
+
+    def end(self, state: SessionState | str = SessionState.SUCCESS, reason: str | None = None) -> None:
+        """End the session as `success`, `fail` or `indeterminate`. Ending an ended session does nothing."""
+        parsed = _parse_state(state)
+        with self._lock:
+            if self._state is not SessionState.RUNNING:
+                return
+            self._state = parsed
+            self._reason = reason
+            self._ended_ns = time.time_ns()
+        _registry.remove(self)
+        COUNTERS.sessions_ended.add()
+        try:
+            self.span.set_attribute(SESSION_STATE, parsed.value)
+            if reason:
+                self.span.set_attribute(SESSION_END_REASON, str(reason))
+            if parsed is SessionState.FAIL:
+                self.span.set_status(Status(StatusCode.ERROR, reason))
+            self.span.end(self._ended_ns)
+        except Exception as exc:
+            internal_error("Session.end", exc)
+        activation, self._activation = self._activation, None
+        if activation is not None and _current_session.get() is self:
+            activation.undo()
+        try:
+            summary = SessionSummary(self.id, self.name, parsed.value, self.duration, self.span_count, reason)
+            runtime.current().session_ended(summary, self._show_summary)
+        except Exception as exc:
+            internal_error("session summary", exc)
+
+    def _end_for(self, exc: BaseException | None) -> None:
+        """End the session as its `with` block or decorated call finished (with `exc` escaping, if any)."""
+        if exc is None:
+            self.end(SessionState.SUCCESS)
+            return
+        if isinstance(exc, Exception):
+            try:
+                self.span.record_exception(exc, escaped=True)
+            except Exception as err:
+                internal_error("Session.record_exception", err)
+            self.end(SessionState.FAIL, type(exc).__name__)
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end(SessionState.INDETERMINATE, "interrupted")
+        elif isinstance(exc, GeneratorExit):
+            self.end(SessionState.INDETERMINATE, "closed")
+        elif isinstance(exc, SystemExit):
+            ok = exc.code is None or exc.code == 0
+            self.end(SessionState.SUCCESS if ok else SessionState.FAIL, None if ok else f"exit {exc.code}")
+        else:  # asyncio.CancelledError and other BaseExceptions
+            self.end(SessionState.INDETERMINATE, type(exc).__name__)
+
+    def summary(self) -> SessionSummary:
+        """The session's summary now (state, duration and span count so far)."""
+        return SessionSummary(
+            self.id, self.name, self._state.value, self.duration, self.span_count, self._reason
+        )
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name!r} id={self.id} state={self._state.value}>"
+
+
+class _Registry:
+    """The process's open sessions, by id and by trace, and the auto session."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_id: dict[str, Session] = {}
+        self.by_trace: dict[int, Session] = {}
+        self.auto: Session | None = None
+        self.auto_was_ended = False
+        self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, session: Session) -> None:
+        with self.lock:
+            if session.id in self.by_id:
+                raise ValueError(
+                    f"a session with id {session.id!r} is already open in this process; "
+                    "end it first or choose another id"
+                )
+            self.by_id[session.id] = session
+            if session.trace_id_int:
+                self.by_trace[session.trace_id_int] = session
+            if session.auto:
+                self.auto = session
+                self.auto_was_ended = False
+
+    def remove(self, session: Session) -> None:
+        with self.lock:
+            if self.by_id.get(session.id) is session:
+                del self.by_id[session.id]
+            if self.by_trace.get(session.trace_id_int) is session:
+                del self.by_trace[session.trace_id_int]
+            if self.auto is session:
+                self.auto = None
+                self.auto_was_ended = True
+            self.recently_ended[session.id] = None
+            if len(self.recently_ended) > 1024:
+                self.recently_ended.popitem(last=False)
+
+    def open_sessions(self) -> list[Session]:
+        with self.lock:
+            return list(self.by_id.values())
+
+
+_registry = _Registry()
+
+
+class _Activation:
+    """Tokens that made a session current in one context, and how to undo that."""
+
+    __slots__ = ("otel_token", "previous", "session_token")
+
+    def __init__(self, session: Session) -> None:
+        self.previous = _current_session.get()
+        self.session_token = _current_session.set(session)
+        self.otel_token = otel_context.attach(trace.set_span_in_context(session.span))
+
+    def undo(self) -> None:
+        detach_quietly(self.otel_token)
+        try:
+            _current_session.reset(self.session_token)
+        except ValueError:  # undone from another context than the one that made it current
+            _current_session.set(self.previous)
+
+
+def detach_quietly(token: object) -> None:
+    """Detach an OpenTelemetry context token; a token from another context is ignored, not logged.
+
+    ``opentelemetry.context.detach`` logs "Failed to detach context" in that case, which happens
+    legitimately when a generator or async generator is closed from another task.
+    """
+    try:
+        otel_context._RUNTIME_CONTEXT.detach(token)  # type: ignore[arg-type]
+    except ValueError:
+        pass
+    except Exception as exc:
+        internal_error("context detach", exc)
+
+
+def current_session() -> Session | None:
+    """The session of this context if it is running, else the auto session, else None."""
+    session = _current_session.get()
+    if session is not None and session._state is SessionState.RUNNING:
+        return session
+    auto = _registry.auto
+    return auto if auto is not None and auto._state is SessionState.RUNNING else None
+
+
+def context_session() -> Session | None:
+    """The session set in this context (running or not), without falling back to the auto session."""
+    return _current_session.get()
+
+
+def auto_session() -> Session | None:
+    """The process's auto session, if one is running."""
+    return _registry.auto
+
+
+def session_for_trace(trace_id: int) -> Session | None:
+    """The open session that owns this trace."""
+    return _registry.by_trace.get(trace_id)
+
+
+def open_sessions() -> list[Session]:
+    """Every open session of the process, the auto session included."""
+    return _registry.open_sessions()
+
+
+def _start(
+    name: str | None,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    tags: Iterable[str] | str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    auto: bool = False,
+) -> Session:
+    rt = runtime.current()
+    config = rt.config
+    if overrides:
+        if config is None:
+            raise RuntimeError("per-session overrides need sdk.init() first")
+        config = config.with_overrides(overrides)
+    sid = _new_session_id() if session_id is None else _check_id(session_id)
+    if name is None:
+        name = "session"
+    elif not isinstance(name, str) or not name:
+        raise ValueError(f"session name must be a non-empty string, got {name!r}")
+    if user_id is not None and not isinstance(user_id, str):
+        raise ValueError(f"user_id must be a string, got {user_id!r}")
+    tag_tuple = _check_tags(tags)
+    outer = None if auto else current_session()
+    if outer is not None and outer.auto:
+        outer = None
+    max_length = config.attribute_max_length if config else 4096
+
+    span: Span = trace.INVALID_SPAN
+    started_ns = time.time_ns()
+    if rt.enabled:
+        try:
+            attrs = to_attributes(attributes, max_length)
+            attrs.update(
+                {
+                    SESSION_ID: sid,
+                    SESSION_NAME: name,
+                    SESSION_STATE: SessionState.RUNNING.value,
+                    SPAN_KIND: "session",
+                }
+            )
+            if tag_tuple:
+                attrs[SESSION_TAGS] = list(tag_tuple)
+            if user_id is not None:
+                attrs[USER_ID] = user_id
+            if auto:
+                attrs[SESSION_AUTO] = True
+            links = []
+            if outer is not None:
+                attrs[SESSION_PARENT_ID] = outer.id
+                links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
+            span = rt.tracer.start_span(
+                name, context=_root_context(), attributes=attrs, links=links, start_time=started_ns
+            )
+        except Exception as exc:
+            internal_error("session start", exc)
+            span = trace.INVALID_SPAN
+    session = Session(
+        session_id=sid,
+        name=name,
+        user_id=user_id,
+        tags=tag_tuple,
+        span=span,
+        config=config,
+        parent_id=outer.id if outer is not None else None,
+        auto=auto,
+        started_ns=started_ns,
+    )
+    try:
+        _registry.add(session)
+    except ValueError:
+        span.end()
+        raise
+    COUNTERS.sessions_started.add()
+    return session
+
+
+def start_session(
+    name: str | None = None,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    tags: Iterable[str] | str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Session:
+    """Start a session and make it current in this thread or task until it ends.
+
+    Prefer ``with sdk.session(...)``, which also ends the session. `overrides` sets per-session
+    settings (those marked per-session in docs/configuration.md).
+    """
+    session = _start(
+        name, session_id=session_id, user_id=user_id, tags=tags, attributes=attributes, overrides=overrides
+    )
+    session._activation = _Activation(session)
+    return session
+
+
+def end_session(
+    session: Session | str | None = None,
+    state: SessionState | str = SessionState.SUCCESS,
+    reason: str | None = None,
+) -> None:
+    """End a session (by object or id; default: the current one). Ending an ended session does nothing.
+
+    With no session to end, this warns once (SessionWarning) and returns; it never raises for that.
+    """
+    _parse_state(state)
+    target: Session | None
+    if session is None:
+        target = current_session()
+        if target is None:
+            if _registry.auto_was_ended:
+                return
+            warnings.warn(
+                "sdk.end_session(): there is no current session to end (none was started in this "
+                "thread or task, and no auto session is running)",
+                SessionWarning,
+                stacklevel=2,
+            )
+            return
+    elif isinstance(session, str):
+        target = _registry.by_id.get(session)
+        if target is None:
+            if session not in _registry.recently_ended:
+                warnings.warn(
+                    f"sdk.end_session(): no open session has id {session!r}", SessionWarning, stacklevel=2
+                )
+            return
+    elif isinstance(session, Session):
+        target = session
+    else:
+        raise TypeError(f"end_session() takes a Session or a session id, not {type(session).__name__}")
+    target.end(state, reason)
+
+
+def start_auto_session(name: str) -> Session:
+    """Start the process's auto session (lifecycle calls this; there is at most one)."""
+    existing = _registry.auto
+    if existing is not None and not existing.ended:
+        return existing
+    return _start(name, auto=True)
+
+
+def end_open_sessions(auto_state: SessionState, auto_reason: str | None, reason: str) -> None:
+    """End every open session: explicit ones as indeterminate with `reason`, the auto one as `auto_state`."""
+    for session in open_sessions():
+        if session.auto:
+            session.end(auto_state, auto_reason)
+        else:
+            session.end(SessionState.INDETERMINATE, reason)
+
+
+class SessionScope:
+    """What `sdk.session(...)` returns: a context manager (sync and async) and a decorator.
+
+    As a context manager it starts a session on entry and ends it on exit (`fail` when an exception
+    escapes, which is recorded and re-raised unchanged). As a decorator, each call of the function
+    runs in a new session.
+    """
+
+    def __init__(self, name: str | None, options: dict[str, Any]) -> None:
+        self.name = name
+        self.options = options
+        self._entered: list[tuple[Session, _Activation]] = []
+
+    def start(self, default_name: str | None = None) -> Session:
+        """Start a new session with this scope's parameters (not made current)."""
+        return _start(self.name or default_name, **self.options)
+
+    def __enter__(self) -> Session:
+        session = self.start()
+        self._entered.append((session, _Activation(session)))
+        return session
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if not self._entered:
+            return
+        current = _current_session.get()
+        index = next((i for i, (s, _) in enumerate(self._entered) if s is current), len(self._entered) - 1)
+        session, activation = self._entered.pop(index)
+        activation.undo()
+        session._end_for(exc)
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: F) -> F:
+        from sdk.decorators import wrap_in_session
+
+        return wrap_in_session(fn, self)
+
+
+@overload
+def session(name: F) -> F: ...
+
+
+@overload
+def session(
+    name: str | None = None,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    tags: Iterable[str] | str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SessionScope: ...
+
+
+def session(
+    name: str | Callable[..., Any] | None = None,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    tags: Iterable[str] | str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """A session as a context manager (``with`` / ``async with``) or a decorator.
+
+    ``with sdk.session("refund-flow", user_id="u-42", tags=["prod"]) as s:`` — every span created
+    inside, in this thread or task and in work it hands off with context, belongs to `s`. A
+    session opened inside another is its own trace, linked to the outer one (see docs/concepts.md).
+    """
+    options: dict[str, Any] = {
+        "session_id": session_id,
+        "user_id": user_id,
+        "tags": tags,
+        "attributes": attributes,
+        "overrides": overrides,
+    }
+    if callable(name):
+        return SessionScope(None, options)(name)
+    return SessionScope(name, options)

@@ -1,0 +1,64 @@
+"""Helpers for testing code instrumented with sessiontrace (and for the SDK's own tests).
+
+from sdk.testing import capture, reset
+
+def test_refund_flow():
+    captured = capture(service_name="test")
+    run_refund_flow()
+    assert {s.attributes["session.id"] for s in captured.spans()} == {...}
+    reset()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sdk import lifecycle
+from sdk.session import _registry
+
+
+class CapturedSpans:
+    """Spans recorded synchronously in memory (no batching), for assertions."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self.exporter = exporter
+
+    def spans(self) -> Sequence[ReadableSpan]:
+        """Every ended span so far, in the order they ended."""
+        return self.exporter.get_finished_spans()
+
+    def named(self, name: str) -> ReadableSpan:
+        """The one ended span with this name (AssertionError if there are none or several)."""
+        found = [s for s in self.spans() if s.name == name]
+        assert len(found) == 1, f"expected one span named {name!r}, found {len(found)}"
+        return found[0]
+
+    def clear(self) -> None:
+        """Forget the spans recorded so far."""
+        self.exporter.clear()
+
+
+def capture(**settings: Any) -> CapturedSpans:
+    """`sdk.init(**settings)` with no exporter and an in-memory recorder of every ended span."""
+    exporter = InMemorySpanExporter()
+    settings.setdefault("exporter", "none")
+    processors = [SimpleSpanProcessor(exporter), *settings.pop("span_processors", ())]
+    lifecycle.init(span_processors=processors, **settings)
+    return CapturedSpans(exporter)
+
+
+def reset() -> None:
+    """Shut the SDK down and forget its process state, so the next test starts clean."""
+    lifecycle.shutdown(timeout=2.0)
+    registry = _registry
+    with registry.lock:
+        registry.by_id.clear()
+        registry.by_trace.clear()
+        registry.auto = None
+        registry.auto_was_ended = False
+        registry.recently_ended.clear()

@@ -1,0 +1,174 @@
+"""The SDK's TracerProvider, set into OpenTelemetry's globals once per process, and its span processor.
+
+OpenTelemetry lets a process set its global TracerProvider only once. The SDK installs its own
+provider on the first `init()` and never replaces it: each `init()` swaps the pipeline behind
+its one span processor (see runtime.py) and updates the resource of every tracer in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    Span,
+    SynchronousMultiSpanProcessor,
+    Tracer,
+    TracerProvider,
+)
+
+from sdk import runtime
+from sdk.guard import internal_error, warn_once
+from sdk.session import ROOT_KEY, SESSION_ID, _current_session, _registry
+from sdk.stats import COUNTERS
+from sdk.version import __version__
+
+TRACER_NAME = "sessiontrace"
+
+
+class SessionSpanProcessor(SynchronousMultiSpanProcessor):
+    """Stamps `session.id` on every span and hands spans to the current pipeline.
+
+    A span belongs to the open session that owns its trace; else to the session set in its
+    context; else to the auto session. Processors added to the provider by the application
+    (``provider.add_span_processor``) run after the pipeline's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        COUNTERS.spans_started.add()
+        try:
+            session = _registry.by_trace.get(span.context.trace_id)
+            if session is None:
+                if span.parent is None and span.attributes and SESSION_ID in span.attributes:
+                    session = None  # a session's own root span: stamped and counted at creation
+                else:
+                    session = _current_session.get() or _registry.auto
+                    if session is not None:
+                        span.set_attribute(SESSION_ID, session.id)
+                        session._spans.add()
+            else:
+                span.set_attribute(SESSION_ID, session.id)
+                session._spans.add()
+        except Exception as exc:
+            internal_error("session stamping", exc)
+        runtime.current().on_start(span, parent_context)
+        if self._span_processors:
+            super().on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        COUNTERS.spans_ended.add()
+        runtime.current().on_end(span)
+        if self._span_processors:
+            super().on_end(span)
+
+
+class SessionTracer(Tracer):
+    """A Tracer whose spans with no parent join the auto session's trace, when an auto session runs.
+
+    Only spans created outside any explicit session, with no valid parent span (a new thread, a
+    callback, a later notebook cell), are adopted. A context carrying the SDK's new-trace key
+    (sessions' own root spans) is left alone.
+    """
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> trace.Span:
+        auto = _registry.auto
+        if auto is not None and _current_session.get() is None:
+            try:
+                parent = trace.get_current_span(context).get_span_context()
+                if not parent.is_valid and not (context is not None and context.get(ROOT_KEY)):
+                    context = trace.set_span_in_context(auto.span, context)
+            except Exception as exc:
+                internal_error("auto session parenting", exc)
+        return super().start_span(name, context, *args, **kwargs)
+
+
+class SessionTracerProvider(TracerProvider):
+    """The SDK's TracerProvider: one per process; its resource is replaced in place on re-init."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(
+            resource=resource, shutdown_on_exit=False, active_span_processor=SessionSpanProcessor()
+        )
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        tracer = super().get_tracer(*args, **kwargs)
+        if type(tracer) is Tracer:
+            # The SDK has no tracer factory hook; SessionTracer adds behaviour only, no state.
+            tracer.__class__ = SessionTracer
+        return tracer
+
+    def replace_resource(self, resource: Resource) -> None:
+        """Use `resource` for every tracer, existing ones included (new settings after re-init)."""
+        with self._tracers_lock:
+            self._resource = resource
+            for tracer in self._tracers.values():
+                tracer._set_resource(resource)
+
+    def shutdown(self) -> None:
+        """The SDK's provider lives as long as the process; `sdk.shutdown()` closes the pipeline."""
+        runtime.current().force_flush(1.0)
+
+
+_installed: dict[str, Any] = {}
+
+
+def install(resource: Resource) -> trace.Tracer:
+    """Make sure spans flow through the SDK; return the tracer the SDK's own API uses.
+
+    - No provider set yet: install SessionTracerProvider as OpenTelemetry's global provider.
+    - Our provider already installed (re-init): update its resource.
+    - The application installed an OpenTelemetry SDK TracerProvider first: add our span processor
+      to it, once (the application keeps its provider, resource and processors).
+    - Anything else: keep it, and use a private SessionTracerProvider for the SDK's own spans.
+    """
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, SessionTracerProvider):
+        provider.replace_resource(resource)
+    elif isinstance(provider, trace.ProxyTracerProvider):
+        provider = SessionTracerProvider(resource)
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:  # another thread won the race
+            return install(resource)
+    elif isinstance(provider, TracerProvider):
+        if not getattr(provider, "_sessiontrace_processor", None):
+            processor = SessionSpanProcessor()
+            provider.add_span_processor(processor)
+            provider._sessiontrace_processor = processor  # type: ignore[attr-defined]
+            warn_once(
+                "foreign-provider",
+                "sessiontrace: an OpenTelemetry TracerProvider was already installed; sessiontrace adds "
+                "its span processor to it (spans get session.id and go to sessiontrace's exporter too)",
+            )
+    else:
+        warn_once(
+            "unknown-provider",
+            "sessiontrace: the global TracerProvider is a %s, not OpenTelemetry's SDK provider; only "
+            "spans made through sessiontrace's API are recorded",
+            type(provider).__name__,
+        )
+        private = _installed.get("private")
+        if not isinstance(private, SessionTracerProvider):
+            private = SessionTracerProvider(resource)
+            _installed["private"] = private
+        private.replace_resource(resource)
+        provider = private
+    _installed["provider"] = provider
+    return provider.get_tracer(TRACER_NAME, __version__)
+
+
+def installed_provider() -> trace.TracerProvider | None:
+    """The provider the SDK uses, once `init()` has run."""
+    provider = _installed.get("provider")
+    return provider if isinstance(provider, trace.TracerProvider) else None
