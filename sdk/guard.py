@@ -50,6 +50,12 @@ def internal_error(where: str, exc: BaseException) -> None:
         raise exc
 
 
+def forget_logged() -> None:
+    """Log the next internal error or warning of each kind again (used by `sdk.testing.reset`)."""
+    with _seen_lock:
+        _seen.clear()
+
+
 def warn_once(key: str, message: str, *args: object) -> None:
     """Log a warning about the user's setup or call, once per key."""
     with _seen_lock:

@@ -31,6 +31,10 @@ class Counters:
     """The process's counters. One instance lives for the whole process (re-init keeps counting)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start every counter again from zero."""
         self.spans_started = Counter()
         self.spans_ended = Counter()
         self.spans_exported = Counter()

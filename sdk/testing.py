@@ -19,7 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sdk import lifecycle
+from sdk.guard import forget_logged
 from sdk.session import _registry
+from sdk.stats import COUNTERS
 
 
 class CapturedSpans:
@@ -55,6 +57,8 @@ def capture(**settings: Any) -> CapturedSpans:
 def reset() -> None:
     """Shut the SDK down and forget its process state, so the next test starts clean."""
     lifecycle.shutdown(timeout=2.0)
+    forget_logged()
+    COUNTERS.reset()
     registry = _registry
     with registry.lock:
         registry.by_id.clear()
