@@ -357,3 +357,27 @@ def test_console_summary_line_on_session_end(capsys):
         pass
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"sessiontrace: session 'summarised' {s.id} success in {s.duration:.2f}s, 1 span"]
+
+
+def test_span_from_forwarded_traceparent_lands_in_session(tracer):
+    """A span whose parent arrived as a bare traceparent, in a thread with no session, joins that session."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    captured = capture(auto_start_session=True)
+    carrier: dict[str, str] = {}
+
+    def consumer() -> None:
+        ctx = TraceContextTextMapPropagator().extract(carrier)
+        with tracer.start_as_current_span("handler", context=ctx):
+            pass
+
+    with sdk.session("queued-work") as s:
+        TraceContextTextMapPropagator().inject(carrier)
+        assert set(carrier) == {"traceparent"}
+        t = threading.Thread(target=consumer)
+        t.start()
+        t.join()
+    handler = captured.named("handler")
+    assert handler.attributes["session.id"] == s.id
+    assert f"{handler.context.trace_id:032x}" == s.trace_id
+    assert handler.attributes["session.id"] != sdk.current_session().id
