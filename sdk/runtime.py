@@ -40,12 +40,13 @@ class Runtime:
         self.config = config
         self.enabled = config is not None and config.enabled
         self.processors = tuple(processors)
+        self._starters = tuple(p for p in self.processors if not isinstance(p, BatchExportProcessor))
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
         self.summary = config.summary_enabled if config else False
 
     def on_start(self, span: Span, parent_context: Context | None) -> None:
-        for processor in self.processors:
+        for processor in self._starters:
             try:
                 processor.on_start(span, parent_context)
             except Exception as exc:

@@ -7,9 +7,11 @@ its one span processor (see runtime.py) and updates the resource of every tracer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
@@ -19,6 +21,7 @@ from opentelemetry.sdk.trace import (
     Tracer,
     TracerProvider,
 )
+from opentelemetry.util.types import Attributes
 
 from sdk import runtime
 from sdk.guard import internal_error, warn_once
@@ -49,11 +52,8 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                     session = None  # a session's own root span: stamped and counted at creation
                 else:
                     session = _current_session.get() or _registry.auto
-                    if session is not None:
-                        span.set_attribute(SESSION_ID, session.id)
-                        session._spans.add()
-            else:
-                span.set_attribute(SESSION_ID, session.id)
+            if session is not None:
+                _stamp(span, session.id)
                 session._spans.add()
         except Exception as exc:
             internal_error("session stamping", exc)
@@ -68,6 +68,22 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
             super().on_end(span)
 
 
+def _stamp(span: Span, session_id: str) -> None:
+    """Set session.id on a span that is starting.
+
+    Span.set_attribute takes a lock and re-validates the value; on a span that has just been
+    created by this thread neither is needed, and this runs for every span. Falls back to the
+    public API when the attributes are not the SDK's usual mutable BoundedAttributes.
+    """
+    attrs = span._attributes
+    if type(attrs) is BoundedAttributes and not attrs._immutable:
+        limit = attrs.maxlen
+        if limit is None or len(attrs._dict) < limit:
+            attrs._dict[SESSION_ID] = session_id
+            return
+    span.set_attribute(SESSION_ID, session_id)
+
+
 class SessionTracer(Tracer):
     """A Tracer whose spans with no parent join the auto session's trace, when an auto session runs.
 
@@ -80,8 +96,12 @@ class SessionTracer(Tracer):
         self,
         name: str,
         context: Context | None = None,
-        *args: Any,
-        **kwargs: Any,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
     ) -> trace.Span:
         auto = _registry.auto
         if auto is not None and _current_session.get() is None:
@@ -91,7 +111,17 @@ class SessionTracer(Tracer):
                     context = trace.set_span_in_context(auto.span, context)
             except Exception as exc:
                 internal_error("auto session parenting", exc)
-        return super().start_span(name, context, *args, **kwargs)
+        return Tracer.start_span(
+            self,
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
 
 
 class SessionTracerProvider(TracerProvider):
