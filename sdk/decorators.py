@@ -270,18 +270,44 @@ def _span_begin(kind: str, name: str, attributes: Mapping[str, Any] | None, qual
     return begin
 
 
-def _make_decorator(kind: str) -> Any:
-    @overload
-    def decorator(fn: F, /) -> F: ...
+class SpanDecorator:
+    """Record each call of the decorated function as a span of one kind under the current session.
+
+    Use as ``@tool``, ``@tool()``, ``@tool("name")`` or ``@tool(name=..., attributes={...})`` on
+    sync, async, generator and async-generator functions and methods (staticmethod and
+    classmethod too, in either order). An exception is recorded on the span and re-raised
+    unchanged. `agent` and `tool` spans follow the OpenTelemetry GenAI conventions
+    (``invoke_agent {name}``, ``execute_tool {name}``).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.__name__ = kind
+        self.__qualname__ = kind
 
     @overload
-    def decorator(
-        name: str | None = None, /, *, attributes: Mapping[str, Any] | None = None
+    def __call__(self, fn: F, /) -> F: ...
+
+    @overload
+    def __call__(
+        self,
+        span_name: str | None = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
 
-    def decorator(
-        name_or_fn: Any = None, /, *, name: str | None = None, attributes: Mapping[str, Any] | None = None
+    def __call__(
+        self,
+        name_or_fn: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> Any:
+        kind = self.kind
+
         def apply(fn: Any) -> Any:
             def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
                 qualname = f"{func.__module__}.{func.__qualname__}"
@@ -294,21 +320,14 @@ def _make_decorator(kind: str) -> Any:
             return apply(name_or_fn)
         return apply
 
-    decorator.__name__ = kind
-    decorator.__qualname__ = kind
-    decorator.__doc__ = (
-        f"Record each call of the decorated function as a `{kind}` span under the current session.\n\n"
-        f'Use as ``@{kind}``, ``@{kind}()``, ``@{kind}("name")`` or ``@{kind}(name=..., attributes={{...}})``'
-        " on sync, async, generator and async-generator functions and methods. An exception is recorded"
-        " on the span and re-raised unchanged."
-    )
-    return decorator
+    def __repr__(self) -> str:
+        return f"sdk.{self.kind}"
 
 
-agent = _make_decorator("agent")
-tool = _make_decorator("tool")
-task = _make_decorator("task")
-workflow = _make_decorator("workflow")
+agent = SpanDecorator("agent")
+tool = SpanDecorator("tool")
+task = SpanDecorator("task")
+workflow = SpanDecorator("workflow")
 
 
 def wrap_in_session(fn: F, scope: SessionScope) -> F:

@@ -1,0 +1,63 @@
+"""Public-API usage that must type-check under mypy --strict (checked by .ci/run, never executed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import sdk
+
+
+@sdk.tool
+def plain(x: int) -> str:
+    return str(x)
+
+
+@sdk.agent("named")
+async def coroutine(x: int) -> int:
+    return x
+
+
+@sdk.task(name="gen", attributes={"k": "v"})
+def generator(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+@sdk.workflow()
+async def agen() -> AsyncIterator[str]:
+    yield "x"
+
+
+@sdk.session
+def in_session() -> bool:
+    return True
+
+
+@sdk.session("named", tags=["t"])
+async def in_named_session() -> None:
+    return None
+
+
+async def use() -> None:
+    config: sdk.Config = sdk.init(service_name="typed", auto_start_session=True)
+    assert config.service_name == "typed"
+    text: str = plain(1)
+    number: int = await coroutine(2)
+    values: list[int] = list(generator(3))
+    items: list[str] = [item async for item in agen()]
+    flag: bool = in_session()
+    await in_named_session()
+    with sdk.session("s", user_id="u", tags=["a"]) as s:
+        sid: str = s.id
+        state: sdk.SessionState = s.state
+        s.set_tag("b")
+        sdk.event("e", n=1)
+    async with sdk.session() as s2:
+        s2.end("fail", reason="why")
+    manual: sdk.Session = sdk.start_session("m")
+    sdk.end_session(manual, state=sdk.SessionState.INDETERMINATE)
+    current: sdk.Session | None = sdk.current_session()
+    stats: sdk.Stats = sdk.stats()
+    explained: list[tuple[str, str, str]] = sdk.config().explain()
+    ok: bool = sdk.flush(timeout=1.0)
+    sdk.shutdown()
+    print(text, number, values, items, flag, sid, state, current, stats, explained, ok)
