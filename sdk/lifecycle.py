@@ -127,6 +127,16 @@ def _install_exit_hook() -> None:
     atexit.register(_at_exit)
 
 
+def note_exit_status(code: object) -> None:
+    """Tell the exit handler the program is exiting with `code` (from a SystemExit it saw).
+
+    A non-zero status ends the auto session as `fail` (reason ``exit <code>``). The interpreter
+    does not tell exit handlers the status, so runners such as ``python -m sdk run`` report it.
+    """
+    if code is not None and code != 0:
+        _state["uncaught"] = f"exit {code}"
+
+
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     _state["uncaught"] = exc_type.__name__
     previous = _state["previous_excepthook"] or sys.__excepthook__
@@ -138,7 +148,8 @@ def _at_exit() -> None:
     try:
         uncaught = _state["uncaught"]
         state = SessionState.FAIL if uncaught else SessionState.SUCCESS
-        end_open_sessions(state, f"uncaught {uncaught}" if uncaught else None, "process exit")
+        reason = (uncaught if uncaught.startswith("exit ") else f"uncaught {uncaught}") if uncaught else None
+        end_open_sessions(state, reason, "process exit")
         rt = runtime.current()
         if rt.config is not None:
             runtime.swap(runtime.Runtime(None))
