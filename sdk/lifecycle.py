@@ -138,7 +138,7 @@ def note_exit_status(code: object) -> None:
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    _state["uncaught"] = exc_type.__name__
+    _state["uncaught"] = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else exc_type.__name__
     previous = _state["previous_excepthook"] or sys.__excepthook__
     previous(exc_type, exc, tb)
 
@@ -147,8 +147,13 @@ def _at_exit() -> None:
     """End every open session and flush, within flush_timeout, whatever the backend does."""
     try:
         uncaught = _state["uncaught"]
-        state = SessionState.FAIL if uncaught else SessionState.SUCCESS
-        reason = (uncaught if uncaught.startswith("exit ") else f"uncaught {uncaught}") if uncaught else None
+        if uncaught == "interrupted":
+            state, reason = SessionState.INDETERMINATE, "interrupted"
+        elif uncaught:
+            state = SessionState.FAIL
+            reason = uncaught if uncaught.startswith("exit ") else f"uncaught {uncaught}"
+        else:
+            state, reason = SessionState.SUCCESS, None
         end_open_sessions(state, reason, "process exit")
         rt = runtime.current()
         if rt.config is not None:

@@ -11,8 +11,9 @@ import os
 import platform
 import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -43,7 +44,7 @@ class Runtime:
         self._starters = tuple(p for p in self.processors if not isinstance(p, BatchExportProcessor))
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
-        self.summary = config.summary_enabled if config else False
+        self.summary = bool(config is not None and self.enabled and config.summary_enabled)
 
     def on_start(self, span: Span, parent_context: Context | None) -> None:
         for processor in self._starters:
@@ -61,33 +62,54 @@ class Runtime:
 
     def session_ended(self, summary: SessionSummary, show: bool | None) -> None:
         """Report an ended session (the console line when enabled for it)."""
-        if show if show is not None else self.summary:
+        if self.enabled and (show if show is not None else self.summary):
             print_summary(summary)
 
     def force_flush(self, timeout: float) -> bool:
-        """Export everything queued; False when the timeout ran out first."""
+        """Export everything queued; False when the timeout (for all processors together) ran out."""
+        deadline = time.monotonic() + timeout
         ok = True
         for processor in self.processors:
+            left = max(deadline - time.monotonic(), 0.0)
             try:
-                ok = processor.force_flush(int(timeout * 1000)) and ok
+                ok = processor.force_flush(int(left * 1000)) and ok
             except Exception as exc:
                 internal_error(f"span processor {type(processor).__name__}.force_flush", exc)
                 ok = False
         return ok
 
     def shutdown(self, timeout: float, keep: Sequence[object] = ()) -> None:
-        """Flush and close every processor (except those in `keep`, still used by a newer pipeline)."""
+        """Flush and close every processor (except those in `keep`, still used by a newer pipeline).
+
+        Returns within `timeout` seconds in all: the SDK's batch processors honour it themselves;
+        other processors (the application's, with no timeout of their own) are shut down in a
+        daemon thread that is given the time left.
+        """
+        deadline = time.monotonic() + timeout
         for processor in self.processors:
-            if any(processor is k for k in keep):
-                processor.force_flush(int(timeout * 1000))
+            left = max(deadline - time.monotonic(), 0.0)
+            kept = any(processor is k for k in keep)
+            if isinstance(processor, BatchExportProcessor) and not kept:
+                try:
+                    processor.shutdown(left, close_exporter=not any(processor.exporter is k for k in keep))
+                except Exception as exc:
+                    internal_error(f"span processor {type(processor).__name__}.shutdown", exc)
                 continue
-            try:
-                if isinstance(processor, BatchExportProcessor):
-                    processor.shutdown(timeout, close_exporter=not any(processor.exporter is k for k in keep))
-                else:
-                    processor.shutdown()
-            except Exception as exc:
-                internal_error(f"span processor {type(processor).__name__}.shutdown", exc)
+            stop = (
+                (lambda p=processor, ms=int(left * 1000): p.force_flush(ms)) if kept else processor.shutdown
+            )
+            worker = threading.Thread(
+                target=_guarded, args=(stop, type(processor).__name__), name="sessiontrace-close", daemon=True
+            )
+            worker.start()
+            worker.join(left)
+
+
+def _guarded(call: Callable[[], object], name: str) -> None:
+    try:
+        call()
+    except Exception as exc:
+        internal_error(f"span processor {name} shutdown", exc)
 
 
 def build_resource(config: Config) -> Resource:
@@ -119,7 +141,7 @@ def build_exporter(config: Config) -> SpanExporter | None:
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        return ConsoleSpanExporter()
+        return ConsoleSpanExporter(out=sys.stdout)
     if kind == "file":
         from sdk.export.jsonl import OTLPJsonFileExporter
 

@@ -2,12 +2,19 @@
 
 Unlike OpenTelemetry's BatchSpanProcessor it counts every span it could not deliver, and its
 `shutdown(timeout)` and `force_flush(timeout)` return within their timeout even when the
-exporter hangs (the worker is a daemon thread; what it could not send is counted as dropped).
+exporter hangs (the worker is a daemon thread; what it could not send, the batch stuck in the
+exporter included, is counted as dropped).
+
+The worker runs with OpenTelemetry's suppress-instrumentation key set in its context, so the
+exporter's own HTTP or gRPC traffic is never traced by instrumentations that honour it. What
+OpenTelemetry's exporters log from the SDK's threads (a line or three per failed batch while a
+backend is down) is logged once per message; every failure stays counted in `sdk.stats()`.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import weakref
@@ -21,6 +28,38 @@ from sdk.guard import internal_error, warn_once
 from sdk.stats import COUNTERS
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_THREAD_PREFIX = "sessiontrace-"
+
+
+class _OncePerMessage(logging.Filter):
+    """Let an exporter's log message through once when it comes from the SDK's export threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, object]] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.threadName or "").startswith(_THREAD_PREFIX):
+            return True  # the application's own use of the same exporter classes is left alone
+        key = (record.name, record.msg)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+        return True
+
+
+_once_per_message = _OncePerMessage()
+
+
+def _quiet_exporter_logs(exporter: SpanExporter) -> None:
+    """Add the once-per-message filter to the loggers of the OpenTelemetry modules `exporter` runs."""
+    for cls in type(exporter).__mro__:
+        if cls.__module__.startswith("opentelemetry.exporter."):
+            logger = logging.getLogger(cls.__module__)
+            if _once_per_message not in logger.filters:
+                logger.addFilter(_once_per_message)
 
 
 class BatchExportProcessor(SpanProcessor):
@@ -35,6 +74,7 @@ class BatchExportProcessor(SpanProcessor):
         export_interval: float,
     ) -> None:
         self.exporter = exporter
+        _quiet_exporter_logs(exporter)
         self._max_queue = max_queue_size
         self._batch = max_export_batch_size
         self._interval = export_interval
@@ -43,7 +83,11 @@ class BatchExportProcessor(SpanProcessor):
         self._flush_lock = threading.Lock()
         self._flush_waiters: list[threading.Event] = []
         self._stopping = False
+        self._append_lock = threading.Lock()
         self._exporter_closed = False
+        # The batch the exporter is working on; shutdown() takes it over when it gives up waiting.
+        self._inflight_lock = threading.Lock()
+        self._inflight: list[ReadableSpan] | None = None
         self._start_worker()
         if hasattr(os, "register_at_fork"):
             weak_self = weakref.ref(self)
@@ -56,7 +100,7 @@ class BatchExportProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=after_fork_in_child)
 
     def _start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._run, name="sessiontrace-export", daemon=True)
+        self._worker = threading.Thread(target=self._run, name=f"{_THREAD_PREFIX}export", daemon=True)
         self._worker.start()
 
     def _after_fork(self) -> None:
@@ -65,6 +109,9 @@ class BatchExportProcessor(SpanProcessor):
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
         self._flush_waiters = []
+        self._append_lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
+        self._inflight = None
         if not self._stopping:
             self._start_worker()
 
@@ -72,34 +119,42 @@ class BatchExportProcessor(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._stopping:
-            COUNTERS.spans_dropped.add()
-            return
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            COUNTERS.spans_dropped.add()
+        # The check and the append are one step under the lock: once shutdown() has set _stopping,
+        # no span can slip into the queue after the worker's last drain (a span ending on a pipeline
+        # that init() is replacing right now is either exported by it or counted as dropped).
+        with self._append_lock:
+            if self._stopping:
+                full = False
+            elif len(self._queue) >= self._max_queue:
+                full = True
+            else:
+                self._queue.append(span)
+                if len(self._queue) >= self._batch or self._interval <= 0:
+                    self._wake.set()
+                return
+        COUNTERS.spans_dropped.add()
+        if full:
             warn_once(
                 "queue-full",
                 "sessiontrace: export queue full (max_queue_size=%d); spans are being dropped and "
                 "counted in sdk.stats().spans_dropped",
                 self._max_queue,
             )
-            return
-        queue.append(span)
-        if len(queue) >= self._batch:
-            self._wake.set()
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        # export_interval=0 means "export as soon as a span ends": on_end wakes the worker then.
+        interval = self._interval if self._interval > 0 else None
         while True:
-            self._wake.wait(self._interval)
+            self._wake.wait(interval)
             self._wake.clear()
             with self._flush_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
+            stopping = self._stopping  # read before draining: no span is queued after it was set
             self._drain()
             for waiter in waiters:
                 waiter.set()
-            if self._stopping:
+            if stopping:
                 return
 
     def _drain(self) -> None:
@@ -114,23 +169,53 @@ class BatchExportProcessor(SpanProcessor):
             self._export(batch)
 
     def _export(self, batch: list[ReadableSpan]) -> None:
+        with self._inflight_lock:
+            self._inflight = batch
+        error: Exception | None = None
         try:
             result = self.exporter.export(batch)
         except Exception as exc:
             result = SpanExportResult.FAILURE
-            internal_error(f"exporter {type(self.exporter).__name__}.export", exc)
-        if result is SpanExportResult.SUCCESS:
-            COUNTERS.spans_exported.add_many(len(batch))
-        else:
-            COUNTERS.export_errors.add()
-            COUNTERS.spans_dropped.add_many(len(batch))
-            warn_once(
-                f"export-failed-{id(self.exporter)}",
-                "sessiontrace: %s failed to export %d spans; failed batches are counted in "
-                "sdk.stats().spans_dropped (this is logged once)",
-                type(self.exporter).__name__,
-                len(batch),
-            )
+            error = exc
+        if self._settle(batch):  # else shutdown() gave up on this batch and counted it as dropped
+            if result is SpanExportResult.SUCCESS:
+                COUNTERS.spans_exported.add_many(len(batch))
+            else:
+                COUNTERS.export_errors.add()
+                COUNTERS.spans_dropped.add_many(len(batch))
+                warn_once(
+                    f"export-failed-{id(self.exporter)}",
+                    "sessiontrace: %s failed to export %d spans; failed batches are counted in "
+                    "sdk.stats().spans_dropped (this is logged once)",
+                    type(self.exporter).__name__,
+                    len(batch),
+                )
+        if error is not None:  # last: the SDK's own tests make internal_error() re-raise
+            internal_error(f"exporter {type(self.exporter).__name__}.export", error)
+
+    def _settle(self, batch: list[ReadableSpan]) -> bool:
+        """Mark `batch` as no longer in flight; False if shutdown() already took it over."""
+        with self._inflight_lock:
+            if self._inflight is not batch:
+                return False
+            self._inflight = None
+            return True
+
+    def _take_undelivered(self) -> int:
+        """Remove what is queued and the batch in flight; return how many spans that was."""
+        left = 0
+        queue = self._queue
+        while True:
+            try:
+                queue.popleft()
+            except IndexError:
+                break
+            left += 1
+        with self._inflight_lock:
+            if self._inflight is not None:
+                left += len(self._inflight)
+                self._inflight = None
+        return left
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Export everything queued now; True when done within the timeout."""
@@ -144,27 +229,37 @@ class BatchExportProcessor(SpanProcessor):
 
     def shutdown(self, timeout: float = 30.0, close_exporter: bool = True) -> None:
         """Export what is queued, then close the exporter; returns within `timeout` seconds."""
-        if self._stopping:
-            return
-        self._stopping = True
+        with self._append_lock:
+            if self._stopping:
+                return
+            self._stopping = True
         self._wake.set()
         self._worker.join(timeout)
         if self._worker.is_alive():
-            left = len(self._queue)
-            self._queue.clear()
+            left = self._take_undelivered()
             COUNTERS.spans_dropped.add_many(left)
             warn_once(
                 f"shutdown-timeout-{id(self)}",
-                "sessiontrace: the exporter did not finish within %.1fs; %d queued spans were dropped "
+                "sessiontrace: the exporter did not finish within %.1fs; %d spans were dropped "
                 "(counted in sdk.stats().spans_dropped)",
                 timeout,
                 left,
             )
             if close_exporter:
-                closer = threading.Thread(target=self._close_exporter, name="sessiontrace-close", daemon=True)
-                closer.start()
+                # Closing may wait for the stuck export; do it aside. At interpreter exit (3.12+)
+                # no thread can be started any more: the process is ending, so skip it then.
+                closer = threading.Thread(
+                    target=self._close_exporter, name=f"{_THREAD_PREFIX}close", daemon=True
+                )
+                try:
+                    closer.start()
+                except RuntimeError:
+                    return
                 closer.join(0.1)
-        elif close_exporter:
+            return
+        # Nothing is left when the worker finished (on_end stops queueing first); count it if so.
+        COUNTERS.spans_dropped.add_many(self._take_undelivered())
+        if close_exporter:
             self._close_exporter()
 
     def _close_exporter(self) -> None:
