@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import sys
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -30,6 +32,7 @@ Layer = Literal["default", "file", "env", "init", "session"]
 EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
 PROTOCOLS = ("http/protobuf", "grpc")
 DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_OTLP_GRPC_ENDPOINT = "http://localhost:4317"
 
 
 class ConfigError(ValueError):
@@ -40,11 +43,29 @@ class ConfigError(ValueError):
         self.value = value
         self.source = source
         self.problem = problem
-        shown = "" if value is _NO_VALUE else f" {value!r}"
+        shown = "" if value is _NO_VALUE else f" {_show(value)}"
         super().__init__(f"sessiontrace config: {key}{shown} (from {source}): {problem}")
 
 
 _NO_VALUE: Any = object()
+_SHOW_MAX = 200
+
+
+def _show_exc(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = type(exc).__name__
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """repr() for messages: never raises (a broken __repr__, an int too long to print), never huge."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,8 @@ class Source:
     detail: str = ""
 
     def __str__(self) -> str:
+        if self.detail.startswith(self.layer):  # "init(service_name=...)", not "init init(...)"
+            return self.detail
         return f"{self.layer} {self.detail}".strip()
 
 
@@ -84,7 +107,7 @@ def _optional_bool(value: object) -> bool | None:
     return _bool(value)
 
 
-def _int_at_least(minimum: int) -> Callable[[object], int]:
+def _int_at_least(minimum: int, maximum: int = sys.maxsize) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool):
             raise _Invalid("expected an integer")
@@ -97,7 +120,9 @@ def _int_at_least(minimum: int) -> Callable[[object], int]:
             raise _Invalid("expected an integer")
         if value < minimum:
             raise _Invalid(f"must be at least {minimum}")
-        return value
+        if value > maximum:
+            raise _Invalid(f"must be at most {maximum}")
+        return int.__index__(value)  # a plain int, also for int subclasses
 
     return parse
 
@@ -115,6 +140,8 @@ def _seconds(value: object, scale: float = 1.0) -> float:
     seconds = float(value) * scale
     if not math.isfinite(seconds) or seconds < 0:
         raise _Invalid("must be a finite, non-negative number of seconds")
+    if seconds > threading.TIMEOUT_MAX:  # Event.wait() and Thread.join() refuse longer timeouts
+        raise _Invalid(f"must be at most {threading.TIMEOUT_MAX:.0f} seconds")
     return seconds
 
 
@@ -122,12 +149,18 @@ def _millis(value: object) -> float:
     return _seconds(value, scale=0.001)
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid("expected a non-empty string")
-    if any(ord(c) < 32 for c in value):
+    text = value.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise _Invalid("must not contain control characters")
-    return value.strip()
+    if _SURROGATES.search(text):
+        raise _Invalid("must be valid Unicode text (it contains a lone surrogate)")
+    return str(text)
 
 
 def _path(value: object) -> Path:
@@ -158,52 +191,90 @@ def _url(value: object) -> str:
     return text
 
 
+def _append_traces_path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/traces"))
+
+
 def _traces_url(value: object) -> str:
     """An OTLP/HTTP endpoint given as a base URL gets the traces path, as OTEL_EXPORTER_OTLP_ENDPOINT does."""
     url = _url(value)
     if urllib.parse.urlsplit(url).path in ("", "/"):
-        return url.rstrip("/") + "/v1/traces"
+        return _append_traces_path(url)
     return url
 
 
 def _base_url(value: object) -> str:
-    url = _url(value)
-    return url.rstrip("/") + "/v1/traces"
+    """OTEL_EXPORTER_OTLP_ENDPOINT: `/v1/traces` is appended to whatever path it has (the OTLP spec)."""
+    return _append_traces_path(_url(value))
 
 
 def _optional_traces_url(value: object) -> str | None:
     return None if value is None else _traces_url(value)
 
 
+def _split_pairs(text: str, *, what: str) -> list[tuple[str, str]]:
+    """``k=v,k2=v2`` (W3C baggage style, as the OTEL_* variables): names and values percent-decoded."""
+    items = []
+    for member in text.split(","):
+        if not member.strip():
+            continue
+        key, sep, val = member.partition("=")
+        if not sep:
+            raise _Invalid(f"expected {what} as key=value pairs separated by commas")
+        items.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
+    return items
+
+
 def _key_values(value: object, *, what: str) -> dict[str, str]:
-    """``k=v,k2=v2`` (W3C baggage style, values percent-decoded) or a mapping of strings."""
+    """``k=v,k2=v2`` (see _split_pairs) or a mapping of strings."""
+    items: list[tuple[object, object]]
     if isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, str):
-        items = []
-        for member in value.split(","):
-            if not member.strip():
-                continue
-            key, sep, val = member.partition("=")
-            if not sep:
-                raise _Invalid(f"expected {what} as key=value pairs separated by commas")
-            items.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
+        items = list(_split_pairs(value, what=what))
     else:
         raise _Invalid(f"expected {what} as a mapping or a 'key=value,key2=value2' string")
     result: dict[str, str] = {}
     for key, val in items:
         if not isinstance(key, str) or not key.strip() or any(c in key for c in " \t\r\n,="):
-            raise _Invalid(f"{what} key {key!r} is not a valid name")
+            raise _Invalid(f"{what} key {_show(key)} is not a valid name")
         if not isinstance(val, str):
             raise _Invalid(f"{what} value for {key!r} must be a string")
         if any(c in val for c in "\r\n\x00"):
             raise _Invalid(f"{what} value for {key!r} must not contain line breaks")
-        result[key.strip()] = val
+        result[str(key.strip())] = str(val)
     return result
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _headers(value: object) -> dict[str, str]:
-    return {k.lower(): v for k, v in _key_values(value, what="headers").items()}
+    """HTTP headers: names must be HTTP tokens, values Latin-1 text without control characters.
+
+    Messages never show a value (they are credentials) nor a name that is not a valid token (a
+    mistyped ``Authorization: Bearer ...`` puts the credential into the name)."""
+    items: list[tuple[object, object]]
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = list(_split_pairs(value, what="headers"))
+    else:
+        raise _Invalid("expected headers as a mapping or a 'key=value,key2=value2' string")
+    result: dict[str, str] = {}
+    for name, val in items:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name.strip()):
+            raise _Invalid("a header name is not a valid HTTP header name (a token such as x-api-key)")
+        key = name.strip().lower()
+        if not isinstance(val, str):
+            raise _Invalid(f"the value of header {key!r} must be a string")
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in val):
+            raise _Invalid(
+                f"the value of header {key!r} has control or non-Latin-1 characters (HTTP cannot send it)"
+            )
+        result[key] = str(val)
+    return result
 
 
 def _resource_attributes(value: object) -> dict[str, str]:
@@ -454,7 +525,7 @@ class Config:
     resource_attributes: Mapping[str, str]
     exporter: str | SpanExporter
     endpoint: str | None
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # secret: see masked()
     protocol: str
     export_timeout: float
     auto_start_session: bool
@@ -482,8 +553,10 @@ class Config:
 
     @property
     def traces_endpoint(self) -> str:
-        """The OTLP endpoint spans are sent to when exporting over OTLP."""
-        return self.endpoint or DEFAULT_OTLP_HTTP_ENDPOINT
+        """The OTLP endpoint spans are sent to when exporting over OTLP (defaults: 4318 HTTP, 4317 gRPC)."""
+        if self.endpoint:
+            return self.endpoint
+        return DEFAULT_OTLP_GRPC_ENDPOINT if self.protocol == "grpc" else DEFAULT_OTLP_HTTP_ENDPOINT
 
     @property
     def summary_enabled(self) -> bool:
@@ -495,9 +568,11 @@ class Config:
     def masked(self, name: str) -> str:
         """A setting's value as text, with secrets masked."""
         value = getattr(self, name)
-        if SETTINGS[name].secret and isinstance(value, Mapping):
-            return ",".join(f"{k}=***" for k in value) if value else "{}"
-        return mask_url(value) if isinstance(value, str) else repr(value)
+        if SETTINGS[name].secret:
+            if isinstance(value, Mapping):
+                return ",".join(f"{k}=***" for k in value) if value else "{}"
+            return "***"
+        return mask_url(value) if isinstance(value, str) else _show(value)
 
     def explain(self) -> list[tuple[str, str, str]]:
         """(name, masked value, source) for every setting, in table order."""
@@ -510,36 +585,61 @@ class Config:
         values: dict[str, Any] = {}
         sources = dict(self.sources)
         for key, raw in overrides.items():
-            source = Source("session", f"override {key}=")
+            source = Source("session", f"session(overrides={{{key!r}: ...}})")
             setting = _lookup(key, raw, source)
             if not setting.per_session:
                 per_session = ", ".join(n for n, s in SETTINGS.items() if s.per_session)
-                raise ConfigError(key, raw, source, f"cannot be set per session (these can: {per_session})")
+                raise ConfigError(
+                    key,
+                    _masked_raw(setting, raw),
+                    source,
+                    f"cannot be set per session (these can: {per_session})",
+                )
             values[key] = _parse(setting, setting.parse, raw, source)
             sources[key] = source
         return replace(self, **values, sources=sources)
+
+
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#]*@")
 
 
 def mask_url(text: str) -> str:
     """Hide a password in a URL's user info (``https://user:***@host``)."""
     try:
         parts = urllib.parse.urlsplit(text)
-    except ValueError:
-        return text
+    except ValueError:  # malformed (e.g. a bad IPv6 host): mask what looks like user:password@
+        return _USERINFO_PASSWORD.sub(r"\1***@", text)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     return text
 
 
+class _Masked:
+    """Shows as its text without quotes, so a masked value reads `a=***,***` in messages."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def _masked_raw(setting: Setting, raw: object) -> object:
-    if setting.secret:
+    """The raw value as it may appear in a message: secret values (and malformed names) as ***."""
+    if not setting.secret:
+        return mask_url(raw) if isinstance(raw, str) else raw
+    try:
         if isinstance(raw, Mapping):
-            return dict.fromkeys(raw, "***")
-        if isinstance(raw, str):
-            return ",".join(p.split("=", 1)[0] + "=***" for p in raw.split(",") if p)
-        return "***"
-    return mask_url(raw) if isinstance(raw, str) else raw
+            names = [k if isinstance(k, str) and _HEADER_NAME.fullmatch(k) else "" for k in raw]
+        elif isinstance(raw, str):
+            names = [p.partition("=")[0].strip() if "=" in p else "" for p in raw.split(",") if p.strip()]
+            names = [n if _HEADER_NAME.fullmatch(n) else "" for n in names]
+        else:
+            return _Masked("***")
+    except Exception:
+        return _Masked("***")
+    return _Masked(",".join(f"{n}=***" if n else "***" for n in names) or "''")
 
 
 def _lookup(key: object, raw: object, source: Source) -> Setting:
@@ -555,8 +655,11 @@ def _parse(setting: Setting, parser: Callable[[object], Any], raw: object, sourc
         return parser(raw)
     except _Invalid as exc:
         raise ConfigError(setting.name, _masked_raw(setting, raw), source, str(exc)) from None
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ConfigError(setting.name, _masked_raw(setting, raw), source, f"invalid value ({exc})") from None
+    except Exception as exc:  # a user object's __iter__, __fspath__, ... may raise anything
+        problem = (
+            f"invalid value ({type(exc).__name__})" if setting.secret else f"invalid value ({_show_exc(exc)})"
+        )
+        raise ConfigError(setting.name, _masked_raw(setting, raw), source, problem) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,59 +667,91 @@ def _parse(setting: Setting, parser: Callable[[object], Any], raw: object, sourc
 
 
 def find_config_file(start: Path) -> tuple[Path, Mapping[str, object]] | None:
-    """The nearest sessiontrace.toml, or pyproject.toml with [tool.sessiontrace], from `start` up."""
+    """The nearest sessiontrace.toml, or pyproject.toml with [tool.sessiontrace], from `start` up.
+
+    In each folder a sessiontrace.toml wins over a pyproject.toml; a pyproject.toml without a
+    ``[tool.sessiontrace]`` table does not stop the search."""
     for folder in (start, *start.parents):
         candidate = folder / "sessiontrace.toml"
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate, read_config_file(candidate)
         pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
-            table = _read_toml(pyproject).get("tool", {})
-            section = table.get("sessiontrace") if isinstance(table, dict) else None
-            if section is not None:
-                if not isinstance(section, dict):
-                    raise ConfigError(
-                        "config_file",
-                        _NO_VALUE,
-                        Source("file", str(pyproject)),
-                        "[tool.sessiontrace] must be a table",
-                    )
-                return pyproject, section
+        if _is_file(pyproject):
+            data = _read_toml(pyproject)
+            tool = data.get("tool", {})
+            if isinstance(tool, dict) and "sessiontrace" in tool:
+                return pyproject, _settings_in(pyproject, data)
     return None
 
 
-def read_config_file(path: Path) -> Mapping[str, object]:
-    """The settings in a config file: ``[tool.sessiontrace]`` of a pyproject.toml, else the whole file."""
-    data = _read_toml(path)
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # an unreadable folder on the way up is not a config file
+        return False
+
+
+def read_config_file(path: Path, named_by: Source | None = None) -> Mapping[str, object]:
+    """The settings in a config file: ``[tool.sessiontrace]`` of a pyproject.toml, else the whole
+    file (or its ``[sessiontrace]`` table). `named_by` is where the path came from, for messages."""
+    return _settings_in(path, _read_toml(path, named_by))
+
+
+def _settings_in(path: Path, data: dict[str, Any]) -> Mapping[str, object]:
+    source = Source("file", str(path))
     if path.name == "pyproject.toml":
         tool = data.get("tool", {})
         section = tool.get("sessiontrace", {}) if isinstance(tool, dict) else {}
         if not isinstance(section, dict):
-            raise ConfigError(
-                "config_file", _NO_VALUE, Source("file", str(path)), "[tool.sessiontrace] must be a table"
-            )
+            raise ConfigError("config_file", _NO_VALUE, source, "[tool.sessiontrace] must be a table")
         return section
-    section = data.get("sessiontrace", data)
+    if "sessiontrace" not in data:
+        return data
+    section = data["sessiontrace"]
     if not isinstance(section, dict):
+        raise ConfigError("config_file", _NO_VALUE, source, "[sessiontrace] must be a table")
+    if len(data) > 1:
+        others = ", ".join(repr(k) for k in data if k != "sessiontrace")
         raise ConfigError(
-            "config_file", _NO_VALUE, Source("file", str(path)), "[sessiontrace] must be a table"
+            "config_file",
+            _NO_VALUE,
+            source,
+            f"put settings either at the top level or under [sessiontrace], not both "
+            f"(found {others} outside [sessiontrace])",
         )
     return section
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, named_by: Source | None = None) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
-            return data
+            content = f.read()
     except OSError as exc:
         raise ConfigError(
-            "config_file", str(path), Source("file", str(path)), f"cannot be read ({exc.strerror})"
+            "config_file",
+            str(path),
+            named_by or Source("file", str(path)),
+            f"cannot be read ({exc.strerror})",
         ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # a path the OS cannot take (unencodable characters)
+        raise ConfigError(
+            "config_file", str(path), named_by or Source("file", str(path)), f"cannot be read ({exc})"
+        ) from None
+    try:
+        data: dict[str, Any] = tomllib.loads(content.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "config_file", str(path), Source("file", str(path)), "is not valid TOML (not UTF-8 text)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             "config_file", str(path), Source("file", str(path)), f"is not valid TOML ({exc})"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            "config_file", str(path), Source("file", str(path)), "is not valid TOML (nested too deeply)"
+        ) from None
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,7 +764,10 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Config:
-    """Resolve every setting through the layers. Raises ConfigError naming key, value and layer."""
+    """Resolve every setting through the layers. Raises ConfigError naming key, value and layer.
+
+    `environ` (default: os.environ) and `cwd` (default: the working directory; where the config
+    file search starts and relative config_file paths are resolved) exist for tests and tools."""
     kwargs = dict(kwargs or {})
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -642,7 +780,7 @@ def load_config(
     for key, raw in kwargs.items():
         _lookup(key, raw, Source("init", f"init({key}=...)"))
 
-    file_values, file_path = _file_layer(kwargs, environ, cwd)
+    file_values, file_path, file_named_by = _file_layer(kwargs, environ, cwd)
     for key, raw in file_values.items():
         source = Source("file", str(file_path))
         setting = _lookup(key, raw, source)
@@ -650,9 +788,6 @@ def load_config(
             raise ConfigError(key, _NO_VALUE, source, "can only be given as an init() keyword")
         values[key] = _parse(setting, setting.parse, raw, source)
         sources[key] = source
-    if file_path is not None:
-        values["config_file"] = file_path
-        sources["config_file"] = sources.get("config_file", Source("file", "found by search"))
 
     for name, setting in SETTINGS.items():
         for var in setting.env:
@@ -670,6 +805,18 @@ def load_config(
         values[key] = _parse(setting, setting.parse, raw, source)
         sources[key] = source
 
+    # config_file is the file actually read (resolved), and says what named it.
+    values["config_file"] = file_path
+    sources["config_file"] = file_named_by
+
+    # OpenTelemetry: service.name in OTEL_RESOURCE_ATTRIBUTES counts when OTEL_SERVICE_NAME is not set.
+    named = values["resource_attributes"].get("service.name", "")
+    if sources["service_name"].layer == "default" and named.strip():
+        values["service_name"] = _parse(
+            SETTINGS["service_name"], _text, named, sources["resource_attributes"]
+        )
+        sources["service_name"] = sources["resource_attributes"]
+
     config = Config(**values, sources=sources)
     _check_combination(config)
     return config
@@ -677,35 +824,37 @@ def load_config(
 
 def _file_layer(
     kwargs: Mapping[str, object], environ: Mapping[str, str], cwd: Path | None
-) -> tuple[Mapping[str, object], Path | None]:
+) -> tuple[Mapping[str, object], Path | None, Source]:
+    """The config file's settings, its path (None: no file) and what named it."""
     setting = SETTINGS["config_file"]
     explicit: Path | None = None
+    named_by = Source("default")
     if kwargs.get("config_file") is not None:
-        explicit = _parse(setting, _path, kwargs["config_file"], Source("init", "init(config_file=...)"))
+        named_by = Source("init", "init(config_file=...)")
+        explicit = _parse(setting, _path, kwargs["config_file"], named_by)
     elif environ.get("SESSIONTRACE_CONFIG_FILE", "").strip():
-        explicit = _parse(
-            setting, _path, environ["SESSIONTRACE_CONFIG_FILE"], Source("env", "SESSIONTRACE_CONFIG_FILE")
-        )
+        named_by = Source("env", "SESSIONTRACE_CONFIG_FILE")
+        explicit = _parse(setting, _path, environ["SESSIONTRACE_CONFIG_FILE"], named_by)
     if explicit is not None:
-        values = read_config_file(explicit)
-        if "config_file" in values:
-            raise ConfigError(
-                "config_file", _NO_VALUE, Source("file", str(explicit)), "a config file cannot name another"
-            )
-        return values, explicit
-    try:
-        start = (cwd or Path.cwd()).resolve()
-    except OSError:
-        return {}, None
-    found = find_config_file(start)
-    if found is None:
-        return {}, None
-    path, values = found
+        if cwd is not None:
+            explicit = cwd / explicit  # an absolute `explicit` stays as it is
+        values = read_config_file(explicit, named_by)
+        path = explicit
+    else:
+        try:
+            start = (cwd or Path.cwd()).resolve()
+        except (OSError, RuntimeError):
+            return {}, None, named_by
+        found = find_config_file(start)
+        if found is None:
+            return {}, None, named_by
+        path, values = found
+        named_by = Source("file", str(path))
     if "config_file" in values:
         raise ConfigError(
             "config_file", _NO_VALUE, Source("file", str(path)), "a config file cannot name another"
         )
-    return values, path
+    return values, path, named_by
 
 
 def _check_combination(config: Config) -> None:

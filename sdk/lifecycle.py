@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -71,11 +72,17 @@ def _apply_auto_session(config: Config) -> None:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Export every finished span now. Returns False if `timeout` (default: flush_timeout) ran out."""
+    """Export every finished span now, including what pipelines replaced by a re-init still held.
+
+    Returns False if `timeout` (default: flush_timeout) ran out first.
+    """
     rt = runtime.current()
     if rt.config is None:
-        return True
-    return rt.force_flush(rt.config.flush_timeout if timeout is None else timeout)
+        return runtime.wait_for_replaced(0.0 if timeout is None else timeout)
+    limit = rt.config.flush_timeout if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    replaced = runtime.wait_for_replaced(limit)
+    return rt.force_flush(max(deadline - time.monotonic(), 0.0)) and replaced
 
 
 def shutdown(timeout: float | None = None) -> None:

@@ -187,6 +187,7 @@ def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
 
 _lock = threading.Lock()
 _current = Runtime(None)
+_closing: list[threading.Thread] = []
 
 
 def current() -> Runtime:
@@ -212,5 +213,18 @@ def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading
     closer = threading.Thread(
         target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
     )
+    with _lock:
+        _closing[:] = [t for t in _closing if t.is_alive()]
+        _closing.append(closer)
     closer.start()
     return closer
+
+
+def wait_for_replaced(timeout: float) -> bool:
+    """Wait until pipelines replaced by init() have delivered what they held; False on timeout."""
+    deadline = time.monotonic() + timeout
+    with _lock:
+        closing = list(_closing)
+    for closer in closing:
+        closer.join(max(deadline - time.monotonic(), 0.0))
+    return not any(t.is_alive() for t in closing)
