@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.util.types import AttributeValue
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -109,3 +110,21 @@ def to_attributes(values: Mapping[Any, Any] | None, max_length: int) -> dict[str
     except Exception:
         pass
     return out
+
+
+def write_attributes(span: Any, attributes: Mapping[str, AttributeValue]) -> None:
+    """Put already-valid attributes on a recording span the SDK has just started (or is ending).
+
+    `Span.set_attribute` takes a lock and validates every value again. For values this module
+    produced (or constant keys and strings) neither is needed, and this runs for every span:
+    write them straight into the span's attribute dict, within its attribute-count limit (each
+    dict write is atomic; the SDK writes only spans it started, at start and at end). Anything
+    else goes through the public API.
+    """
+    bounded = getattr(span, "_attributes", None)
+    if type(bounded) is BoundedAttributes and not bounded._immutable:
+        limit = bounded.maxlen
+        if limit is None or len(bounded._dict) + len(attributes) <= limit:
+            bounded._dict.update(attributes)
+            return
+    span.set_attributes(attributes)

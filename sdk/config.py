@@ -7,7 +7,6 @@ standard ``OTEL_*``) < ``init()`` keywords < per-session overrides.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -17,15 +16,20 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from opentelemetry.sdk.trace import SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+
+def _span_exporter_class() -> type[SpanExporter]:
+    # Imported when a config is resolved, not when sdk is imported (import time is budgeted).
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    return SpanExporter
+
 
 Layer = Literal["default", "file", "env", "init", "session"]
 
@@ -68,8 +72,7 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Where a setting's value came from: its layer, and which file, variable or keyword."""
 
     layer: Layer
@@ -290,7 +293,7 @@ def _scalar_text(key: object, value: object) -> str:
 
 
 def _exporter(value: object) -> str | SpanExporter:
-    if isinstance(value, SpanExporter):
+    if isinstance(value, _span_exporter_class()):
         return value
     if isinstance(value, str) and value.strip().lower() in EXPORTER_NAMES:
         return value.strip().lower()
@@ -330,16 +333,14 @@ def _not_disabled(value: object) -> bool:
 # The settings table: every setting declared once.
 
 
-@dataclass(frozen=True)
-class EnvVar:
+class EnvVar(NamedTuple):
     """An environment variable that feeds a setting, with its own parser when its units differ."""
 
     name: str
     parse: Callable[[object], Any] | None = None
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One setting: its name (the init() keyword and config-file key), parser, default and doc."""
 
     name: str
@@ -545,7 +546,7 @@ class Config:
     @property
     def exporter_kind(self) -> str:
         """The exporter actually used: `auto` resolved to `otlp` or `file`, an instance to `custom`."""
-        if isinstance(self.exporter, SpanExporter):
+        if not isinstance(self.exporter, str):
             return "custom"
         if self.exporter == "auto":
             return "otlp" if self.endpoint else "file"
@@ -645,6 +646,8 @@ def _masked_raw(setting: Setting, raw: object) -> object:
 def _lookup(key: object, raw: object, source: Source) -> Setting:
     if isinstance(key, str) and key in SETTINGS:
         return SETTINGS[key]
+    import difflib
+
     close = difflib.get_close_matches(str(key), SETTINGS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known settings: {', '.join(SETTINGS)}"
     raise ConfigError(str(key), _NO_VALUE, source, f"unknown setting{hint}")
@@ -737,6 +740,10 @@ def _read_toml(path: Path, named_by: Source | None = None) -> dict[str, Any]:
         raise ConfigError(
             "config_file", str(path), named_by or Source("file", str(path)), f"cannot be read ({exc})"
         ) from None
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     try:
         data: dict[str, Any] = tomllib.loads(content.decode("utf-8"))
     except UnicodeDecodeError:

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from sdk import runtime
-from sdk.attributes import to_attributes
+from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
 from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly
 
@@ -260,9 +260,12 @@ def _span_begin(kind: str, name: str, attributes: Mapping[str, Any] | None, qual
         try:
             attrs = state.get("attrs")
             if attrs is None or state.get("max") != rt.attribute_max_length:
-                attrs = {**to_attributes(attributes, rt.attribute_max_length), **static}
+                converted = to_attributes({**(attributes or {}), **static}, rt.attribute_max_length)
+                attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in converted.items()}
                 state["attrs"], state["max"] = attrs, rt.attribute_max_length
-            return _SpanScope(rt.tracer.start_span(span_name, attributes=attrs))
+            span = rt.tracer.start_span(span_name)
+            write_attributes(span, attrs)
+            return _SpanScope(span)
         except Exception as exc:
             internal_error(f"@{kind} span start", exc)
             return None

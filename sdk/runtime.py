@@ -7,6 +7,7 @@ span that started before the swap and ends after it goes to the new pipeline, ex
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -14,19 +15,22 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
 from sdk.config import Config
-from sdk.export.batch import BatchExportProcessor
-from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error
 from sdk.version import __version__
+
+if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by `import sdk`
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from sdk.export.batch import BatchExportProcessor
 
 
 class Runtime:
@@ -37,17 +41,19 @@ class Runtime:
         config: Config | None,
         processors: Sequence[SpanProcessor] = (),
         tracer: trace.Tracer | None = None,
+        batches: Sequence[BatchExportProcessor] = (),
     ) -> None:
         self.config = config
         self.enabled = config is not None and config.enabled
-        self.processors = tuple(processors)
-        self._starters = tuple(p for p in self.processors if not isinstance(p, BatchExportProcessor))
+        self.batches = tuple(batches)
+        self.processors: tuple[SpanProcessor, ...] = (*self.batches, *processors)
+        self.starters = tuple(processors)
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
         self.summary = bool(config is not None and self.enabled and config.summary_enabled)
 
     def on_start(self, span: Span, parent_context: Context | None) -> None:
-        for processor in self._starters:
+        for processor in self.starters:
             try:
                 processor.on_start(span, parent_context)
             except Exception as exc:
@@ -60,10 +66,9 @@ class Runtime:
             except Exception as exc:
                 internal_error(f"span processor {type(processor).__name__}.on_end", exc)
 
-    def session_ended(self, summary: SessionSummary, show: bool | None) -> None:
-        """Report an ended session (the console line when enabled for it)."""
-        if self.enabled and (show if show is not None else self.summary):
-            print_summary(summary)
+    def summary_wanted(self, show: bool | None) -> bool:
+        """Whether an ended session prints its summary line (`show`: the session's own setting)."""
+        return self.enabled and (show if show is not None else self.summary)
 
     def force_flush(self, timeout: float) -> bool:
         """Export everything queued; False when the timeout (for all processors together) ran out."""
@@ -86,15 +91,15 @@ class Runtime:
         daemon thread that is given the time left.
         """
         deadline = time.monotonic() + timeout
-        for processor in self.processors:
+        for batch in self.batches:
+            left = max(deadline - time.monotonic(), 0.0)
+            try:
+                batch.shutdown(left, close_exporter=not any(batch.exporter is k for k in keep))
+            except Exception as exc:
+                internal_error(f"span processor {type(batch).__name__}.shutdown", exc)
+        for processor in self.starters:
             left = max(deadline - time.monotonic(), 0.0)
             kept = any(processor is k for k in keep)
-            if isinstance(processor, BatchExportProcessor) and not kept:
-                try:
-                    processor.shutdown(left, close_exporter=not any(processor.exporter is k for k in keep))
-                except Exception as exc:
-                    internal_error(f"span processor {type(processor).__name__}.shutdown", exc)
-                continue
             stop = (
                 (lambda p=processor, ms=int(left * 1000): p.force_flush(ms)) if kept else processor.shutdown
             )
@@ -132,12 +137,23 @@ def build_resource(config: Config) -> Resource:
 
 
 def build_exporter(config: Config) -> SpanExporter | None:
-    """The SpanExporter the config asks for (None for `none`). Heavy modules are imported here, lazily."""
+    """The SpanExporter the config asks for (None for `none`).
+
+    The built-in exporters are deferred: their modules are imported and the exporter is built on
+    the export worker's thread, so init() stays fast whatever the exporter needs.
+    """
+    from sdk.export.deferred import DeferredExporter
+
     kind = config.exporter_kind
-    if isinstance(config.exporter, SpanExporter):
+    if not isinstance(config.exporter, str):
         return config.exporter
     if kind == "none":
         return None
+    return DeferredExporter(functools.partial(_make_exporter, config), kind)
+
+
+def _make_exporter(config: Config) -> SpanExporter:
+    kind = config.exporter_kind
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -170,10 +186,12 @@ def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
     """A new pipeline for `config`. Never blocks on the network: exporters connect lazily."""
     if not config.enabled:
         return Runtime(config, (), tracer)
-    processors: list[SpanProcessor] = []
+    from sdk.export.batch import BatchExportProcessor
+
+    batches = []
     exporter = build_exporter(config)
     if exporter is not None:
-        processors.append(
+        batches.append(
             BatchExportProcessor(
                 exporter,
                 max_queue_size=config.max_queue_size,
@@ -181,8 +199,7 @@ def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
                 export_interval=config.export_interval,
             )
         )
-    processors.extend(config.span_processors)
-    return Runtime(config, processors, tracer)
+    return Runtime(config, config.span_processors, tracer, batches)
 
 
 _lock = threading.Lock()
@@ -208,8 +225,8 @@ def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading
 
     Processors and exporters that the new pipeline uses too (the same instances passed to init()
     again) are flushed but not closed."""
-    keep: list[object] = list(new.processors)
-    keep += [p.exporter for p in new.processors if isinstance(p, BatchExportProcessor)]
+    keep: list[object] = list(new.starters)
+    keep += [b.exporter for b in new.batches]
     closer = threading.Thread(
         target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
     )

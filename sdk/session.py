@@ -22,9 +22,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from sdk import runtime
-from sdk.attributes import to_attribute_value, to_attributes
+from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.config import Config
-from sdk.export.summary import SessionSummary
+from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error
 from sdk.stats import COUNTERS, Counter
 
@@ -67,8 +67,7 @@ ROOT_KEY = otel_context.create_key("sessiontrace-new-trace")
 """Context key asking the SDK's tracer for a new trace even where an auto session would adopt the span."""
 
 
-def _root_context() -> Context:
-    return otel_context.set_value(ROOT_KEY, True, Context())
+_ROOT_CONTEXT = otel_context.set_value(ROOT_KEY, True, Context())
 
 
 def _new_session_id() -> str:
@@ -76,6 +75,8 @@ def _new_session_id() -> str:
 
 
 def _parse_state(state: SessionState | str) -> SessionState:
+    if type(state) is SessionState and state is not SessionState.RUNNING:
+        return state
     try:
         parsed = SessionState(state)
     except ValueError:
@@ -89,7 +90,7 @@ def _parse_state(state: SessionState | str) -> SessionState:
 def _check_id(session_id: object) -> str:
     if not isinstance(session_id, str) or not session_id.strip():
         raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
-    if len(session_id) > MAX_ID_LENGTH or any(ord(c) < 32 for c in session_id):
+    if len(session_id) > MAX_ID_LENGTH or not session_id.isprintable():
         raise ValueError(
             f"session_id must be at most {MAX_ID_LENGTH} printable characters, got {session_id[:40]!r}..."
         )
@@ -238,10 +239,13 @@ class Session:
             self._ended_ns = time.time_ns()
         _registry.remove(self)
         COUNTERS.sessions_ended.add()
+        rt = runtime.current()
         try:
-            self.span.set_attribute(SESSION_STATE, parsed.value)
             if reason:
-                self.span.set_attribute(SESSION_END_REASON, str(reason))
+                reason_text = to_attribute_value(str(reason), rt.attribute_max_length)
+                write_attributes(self.span, {SESSION_STATE: parsed.value, SESSION_END_REASON: reason_text})
+            else:
+                write_attributes(self.span, {SESSION_STATE: parsed.value})
             if parsed is SessionState.FAIL:
                 self.span.set_status(Status(StatusCode.ERROR, reason))
             self.span.end(self._ended_ns)
@@ -250,11 +254,11 @@ class Session:
         activation, self._activation = self._activation, None
         if activation is not None and _current_session.get() is self:
             activation.undo()
-        try:
-            summary = SessionSummary(self.id, self.name, parsed.value, self.duration, self.span_count, reason)
-            runtime.current().session_ended(summary, self._show_summary)
-        except Exception as exc:
-            internal_error("session summary", exc)
+        if rt.summary_wanted(self._show_summary):
+            try:
+                print_summary(self.summary())
+            except Exception as exc:
+                internal_error("session summary", exc)
 
     def _end_for(self, exc: BaseException | None) -> None:
         """End the session as its `with` block or decorated call finished (with `exc` escaping, if any)."""
@@ -297,6 +301,7 @@ class _Registry:
         self.auto: Session | None = None
         self.auto_was_ended = False
         self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.auto_listeners: list[Callable[[bool], None]] = []
 
     def add(self, session: Session) -> None:
         with self.lock:
@@ -311,6 +316,8 @@ class _Registry:
             if session.auto:
                 self.auto = session
                 self.auto_was_ended = False
+        if session.auto:
+            self._tell_auto_listeners(True)
 
     def remove(self, session: Session) -> None:
         with self.lock:
@@ -318,12 +325,22 @@ class _Registry:
                 del self.by_id[session.id]
             if self.by_trace.get(session.trace_id_int) is session:
                 del self.by_trace[session.trace_id_int]
-            if self.auto is session:
+            auto_ended = self.auto is session
+            if auto_ended:
                 self.auto = None
                 self.auto_was_ended = True
             self.recently_ended[session.id] = None
             if len(self.recently_ended) > 1024:
                 self.recently_ended.popitem(last=False)
+        if auto_ended:
+            self._tell_auto_listeners(False)
+
+    def _tell_auto_listeners(self, running: bool) -> None:
+        for listener in self.auto_listeners:
+            try:
+                listener(running)
+            except Exception as exc:
+                internal_error("auto session listener", exc)
 
     def open_sessions(self) -> list[Session]:
         with self.lock:
@@ -428,27 +445,22 @@ def _start(
     if rt.enabled:
         try:
             attrs = to_attributes(attributes, max_length)
-            attrs.update(
-                {
-                    SESSION_ID: sid,
-                    SESSION_NAME: name,
-                    SESSION_STATE: SessionState.RUNNING.value,
-                    SPAN_KIND: "session",
-                }
-            )
+            attrs[SESSION_ID] = sid
+            attrs[SESSION_NAME] = to_attribute_value(name, max_length)
+            attrs[SESSION_STATE] = "running"
+            attrs[SPAN_KIND] = "session"
             if tag_tuple:
-                attrs[SESSION_TAGS] = list(tag_tuple)
+                attrs[SESSION_TAGS] = tuple(to_attribute_value(list(tag_tuple), max_length))  # type: ignore[arg-type]
             if user_id is not None:
-                attrs[USER_ID] = user_id
+                attrs[USER_ID] = to_attribute_value(user_id, max_length)
             if auto:
                 attrs[SESSION_AUTO] = True
             links = []
             if outer is not None:
                 attrs[SESSION_PARENT_ID] = outer.id
                 links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
-            span = rt.tracer.start_span(
-                name, context=_root_context(), attributes=attrs, links=links, start_time=started_ns
-            )
+            span = rt.tracer.start_span(name, context=_ROOT_CONTEXT, links=links, start_time=started_ns)
+            write_attributes(span, attrs)
         except Exception as exc:
             internal_error("session start", exc)
             span = trace.INVALID_SPAN
@@ -574,8 +586,12 @@ class SessionScope:
         if not self._entered:
             return
         current = _current_session.get()
-        index = next((i for i, (s, _) in enumerate(self._entered) if s is current), len(self._entered) - 1)
-        session, activation = self._entered.pop(index)
+        entered = self._entered
+        if entered[-1][0] is current:
+            session, activation = entered.pop()
+        else:  # this scope object was entered in several tasks at once: find this context's entry
+            index = next((i for i, (s, _) in enumerate(entered) if s is current), len(entered) - 1)
+            session, activation = entered.pop(index)
         activation.undo()
         session._end_for(exc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Counter:
@@ -47,8 +47,7 @@ class Counters:
         self.internal_errors = Counter()
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
     """A snapshot of the SDK's counters.
 
     `spans_dropped` counts every span that was not delivered: refused by a full queue, or in a

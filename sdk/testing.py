@@ -66,3 +66,4 @@ def reset() -> None:
         registry.auto = None
         registry.auto_was_ended = False
         registry.recently_ended.clear()
+    registry._tell_auto_listeners(False)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.util.types import Attributes
 
 from sdk import runtime
+from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
 from sdk.session import ROOT_KEY, SESSION_ID, _current_session, _registry
 from sdk.stats import COUNTERS
@@ -46,50 +46,35 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         COUNTERS.spans_started.add()
         try:
-            session = _registry.by_trace.get(span.context.trace_id)
-            if session is None:
-                if span.parent is None and span.attributes and SESSION_ID in span.attributes:
-                    session = None  # a session's own root span: stamped and counted at creation
-                else:
-                    session = _current_session.get() or _registry.auto
+            session = _registry.by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
+            if session is None and not (parent_context is not None and ROOT_KEY in parent_context):
+                session = _current_session.get() or _registry.auto
             if session is not None:
-                _stamp(span, session.id)
+                write_attributes(span, {SESSION_ID: session.id})
                 session._spans.add()
         except Exception as exc:
             internal_error("session stamping", exc)
-        runtime.current().on_start(span, parent_context)
+        rt = runtime._current
+        if rt.starters:
+            rt.on_start(span, parent_context)
         if self._span_processors:
             super().on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
         COUNTERS.spans_ended.add()
-        runtime.current().on_end(span)
+        runtime._current.on_end(span)
         if self._span_processors:
             super().on_end(span)
 
 
-def _stamp(span: Span, session_id: str) -> None:
-    """Set session.id on a span that is starting.
-
-    Span.set_attribute takes a lock and re-validates the value; on a span that has just been
-    created by this thread neither is needed, and this runs for every span. Falls back to the
-    public API when the attributes are not the SDK's usual mutable BoundedAttributes.
-    """
-    attrs = span._attributes
-    if type(attrs) is BoundedAttributes and not attrs._immutable:
-        limit = attrs.maxlen
-        if limit is None or len(attrs._dict) < limit:
-            attrs._dict[SESSION_ID] = session_id
-            return
-    span.set_attribute(SESSION_ID, session_id)
-
-
 class SessionTracer(Tracer):
-    """A Tracer whose spans with no parent join the auto session's trace, when an auto session runs.
+    """A Tracer whose spans with no parent join the auto session's trace.
 
-    Only spans created outside any explicit session, with no valid parent span (a new thread, a
-    callback, a later notebook cell), are adopted. A context carrying the SDK's new-trace key
-    (sessions' own root spans) is left alone.
+    Tracers of the SDK's provider are of this class only while an auto session runs (see
+    `SessionTracerProvider.adopt_orphans`), so that spans pay for the check only then. Only spans
+    created outside any explicit session, with no valid parent span (a new thread, a callback, a
+    later notebook cell), are adopted. A context carrying the SDK's new-trace key (sessions' own
+    root spans) is left alone.
     """
 
     def start_span(
@@ -107,7 +92,7 @@ class SessionTracer(Tracer):
         if auto is not None and _current_session.get() is None:
             try:
                 parent = trace.get_current_span(context).get_span_context()
-                if not parent.is_valid and not (context is not None and context.get(ROOT_KEY)):
+                if not parent.is_valid and not (context is not None and ROOT_KEY in context):
                     context = trace.set_span_in_context(auto.span, context)
             except Exception as exc:
                 internal_error("auto session parenting", exc)
@@ -131,13 +116,25 @@ class SessionTracerProvider(TracerProvider):
         super().__init__(
             resource=resource, shutdown_on_exit=False, active_span_processor=SessionSpanProcessor()
         )
+        _registry.auto_listeners.append(self.adopt_orphans)
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         tracer = super().get_tracer(*args, **kwargs)
-        if type(tracer) is Tracer:
-            # The SDK has no tracer factory hook; SessionTracer adds behaviour only, no state.
-            tracer.__class__ = SessionTracer
+        with self._tracers_lock:
+            if type(tracer) in (Tracer, SessionTracer):
+                tracer.__class__ = SessionTracer if _registry.auto is not None else Tracer
         return tracer
+
+    def adopt_orphans(self, on: bool) -> None:
+        """Switch every tracer to (or from) SessionTracer as the auto session starts (or ends).
+
+        The SDK has no tracer factory hook, and SessionTracer adds behaviour only, no state, so a
+        tracer's class can change in place; one already inside start_span finishes as it began.
+        """
+        with self._tracers_lock:
+            for tracer in self._tracers.values():
+                if type(tracer) in (Tracer, SessionTracer):
+                    tracer.__class__ = SessionTracer if on else Tracer
 
     def replace_resource(self, resource: Resource) -> None:
         """Use `resource` for every tracer, existing ones included (new settings after re-init)."""

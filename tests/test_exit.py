@@ -150,7 +150,7 @@ def test_exit_is_bounded_by_flush_timeout_when_backend_hangs(tmp_path, receiver)
         import sdk
 
         # Registered before init(), so it runs after the SDK's exit handler.
-        atexit.register(lambda: print("STATS", json.dumps(dataclasses.asdict(sdk.stats())), time.monotonic()))
+        atexit.register(lambda: print("STATS", json.dumps(sdk.stats()._asdict()), time.monotonic()))
         sdk.init(flush_timeout=1, auto_start_session=True)  # export_timeout stays at 10 s
         with sdk.session("work"):
             pass
@@ -212,7 +212,7 @@ print(json.dumps({
     "enabled": config.enabled,
     "states": [s.state.value, explicit.state.value],
     "ids": [s.id, explicit.id],
-    "stats": dataclasses.asdict(sdk.stats()),
+    "stats": sdk.stats()._asdict(),
 }))
 """
 

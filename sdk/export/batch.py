@@ -24,6 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from sdk.export.deferred import DeferredExporter
 from sdk.guard import internal_error, warn_once
 from sdk.stats import COUNTERS
 
@@ -74,6 +75,9 @@ class BatchExportProcessor(SpanProcessor):
         export_interval: float,
     ) -> None:
         self.exporter = exporter
+        self._exporter_name = (
+            exporter.name if isinstance(exporter, DeferredExporter) else type(exporter).__name__
+        )
         _quiet_exporter_logs(exporter)
         self._max_queue = max_queue_size
         self._batch = max_export_batch_size
@@ -143,6 +147,11 @@ class BatchExportProcessor(SpanProcessor):
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        if isinstance(self.exporter, DeferredExporter):
+            try:
+                _quiet_exporter_logs(self.exporter.warm())
+            except Exception as exc:  # e.g. the grpc extra missing: export() will fail and count
+                internal_error(f"building exporter {self._exporter_name}", exc)
         # export_interval=0 means "export as soon as a span ends": on_end wakes the worker then.
         interval = self._interval if self._interval > 0 else None
         while True:
@@ -187,11 +196,11 @@ class BatchExportProcessor(SpanProcessor):
                     f"export-failed-{id(self.exporter)}",
                     "sessiontrace: %s failed to export %d spans; failed batches are counted in "
                     "sdk.stats().spans_dropped (this is logged once)",
-                    type(self.exporter).__name__,
+                    self._exporter_name,
                     len(batch),
                 )
         if error is not None:  # last: the SDK's own tests make internal_error() re-raise
-            internal_error(f"exporter {type(self.exporter).__name__}.export", error)
+            internal_error(f"exporter {self._exporter_name}.export", error)
 
     def _settle(self, batch: list[ReadableSpan]) -> bool:
         """Mark `batch` as no longer in flight; False if shutdown() already took it over."""
@@ -269,4 +278,4 @@ class BatchExportProcessor(SpanProcessor):
         try:
             self.exporter.shutdown()
         except Exception as exc:
-            internal_error(f"exporter {type(self.exporter).__name__}.shutdown", exc)
+            internal_error(f"exporter {self._exporter_name}.shutdown", exc)

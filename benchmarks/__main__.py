@@ -1,0 +1,91 @@
+"""``python -m benchmarks [--quick] [--only NAME ...] [--out DIR]``: run, print one table, write results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import BENCHMARKS
+from benchmarks.harness import (
+    Result,
+    Settings,
+    describe_settings,
+    load_average,
+    machine_info,
+    render_text,
+    write_results,
+)
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time sessiontrace against raw OpenTelemetry, interleaved in the same process.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and ops: well under a minute")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable, or comma-separated): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder for the Markdown and JSON (default {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--gc",
+        action="store_true",
+        help="leave the garbage collector on during samples (default: collect before, off during)",
+    )
+    args = parser.parse_args(argv)
+    if args.only:
+        names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown:
+            parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        args.only = names
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    settings = Settings.make(quick=args.quick, gc_during_samples=args.gc)
+    machine = machine_info()
+    names = args.only or list(BENCHMARKS)
+    print(f"sessiontrace benchmarks ({'quick' if args.quick else 'full'}): {describe_settings(settings)}")
+    print("; ".join(f"{k}: {v}" for k, v in machine.items() if k != "OS"), flush=True)
+    results: list[Result] = []
+    started = time.perf_counter()
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        t0 = time.perf_counter()
+        print(f"  {name} ...", end="", flush=True)
+        results.extend(module.run(settings))
+        print(f" {time.perf_counter() - t0:.1f} s", flush=True)
+    machine["load average at end (1/5/15 min)"] = load_average()
+    machine["total run time"] = f"{time.perf_counter() - started:.1f} s"
+    print()
+    print(render_text(results))
+    md_path, json_path = write_results(results, machine, settings, argv, args.out)
+    print(f"\nwritten: {md_path}\n         {json_path}")
+    failed_checks = [r.name for r in results if not r.checks_ok]
+    if failed_checks:
+        print(f"fairness checks failed (see the Markdown): {', '.join(failed_checks)}", file=sys.stderr)
+        return 2
+    missed = [r.name for r in results if r.met is False]
+    if missed:
+        print(f"budgets missed: {', '.join(missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
