@@ -48,6 +48,7 @@ class Runtime:
         self.batches = tuple(batches)
         self.processors: tuple[SpanProcessor, ...] = (*self.batches, *processors)
         self.starters = tuple(processors)
+        self._enders = tuple((p.on_end, type(p).__name__) for p in self.processors)
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
         self.summary = bool(config is not None and self.enabled and config.summary_enabled)
@@ -60,11 +61,11 @@ class Runtime:
                 internal_error(f"span processor {type(processor).__name__}.on_start", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
-        for processor in self.processors:
+        for on_end, name in self._enders:
             try:
-                processor.on_end(span)
+                on_end(span)
             except Exception as exc:
-                internal_error(f"span processor {type(processor).__name__}.on_end", exc)
+                internal_error(f"span processor {name}.on_end", exc)
 
     def summary_wanted(self, show: bool | None) -> bool:
         """Whether an ended session prints its summary line (`show`: the session's own setting)."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
@@ -30,6 +31,7 @@ from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 TRACER_NAME = "sessiontrace"
+_by_trace = _registry.by_trace  # the registry's dict: never replaced, only changed
 
 
 class SessionSpanProcessor(SynchronousMultiSpanProcessor):
@@ -46,11 +48,20 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         COUNTERS.spans_started.add()
         try:
-            session = _registry.by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
+            session = _by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
             if session is None and not (parent_context is not None and ROOT_KEY in parent_context):
                 session = _current_session.get() or _registry.auto
             if session is not None:
-                write_attributes(span, {SESSION_ID: session.id})
+                # write_attributes() inlined for the one key: this runs for every span.
+                bounded = span._attributes
+                if (
+                    type(bounded) is BoundedAttributes
+                    and not bounded._immutable
+                    and (bounded.maxlen is None or len(bounded._dict) < bounded.maxlen)
+                ):
+                    bounded._dict[SESSION_ID] = session.id
+                else:
+                    write_attributes(span, {SESSION_ID: session.id})
                 session._spans.add()
         except Exception as exc:
             internal_error("session stamping", exc)

@@ -289,3 +289,29 @@ def test_application_provider_installed_first_gets_sdk_processing(tmp_path):
     exported = read_otlp_json_spans(tmp_path / ".sessiontrace" / "traces")
     names = sorted(s["name"] for s in exported)
     assert names == ["app-span", "s"]
+
+
+@pytest.mark.subprocess
+def test_import_sdk_loads_no_optional_or_heavy_modules(tmp_path):
+    """`import sdk` imports no IPython, grpc, redis, openai, anthropic, requests or exporter modules."""
+    script = (
+        "import sys, json; import sdk; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'IPython', 'grpc', 'redis', 'openai', 'anthropic', 'requests', 'google', 'wrapt'} "
+        "or m.startswith('opentelemetry.exporter'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_tracers_check_for_orphans_only_while_an_auto_session_runs():
+    """Tracers are switched to the adopting class when the auto session starts and back when it ends."""
+    exporter = CountingExporter()
+    _init(exporter)
+    plain = trace.get_tracer("switching")
+    assert type(plain) is tracing.Tracer
+    _init(exporter, auto_start_session=True)
+    assert type(plain) is tracing.SessionTracer
+    assert type(trace.get_tracer("new.one")) is tracing.SessionTracer
+    sdk.end_session()
+    assert type(plain) is tracing.Tracer
