@@ -299,7 +299,9 @@ def test_import_sdk_loads_no_optional_or_heavy_modules(tmp_path):
         "{'IPython', 'grpc', 'redis', 'openai', 'anthropic', 'requests', 'google', 'wrapt'} "
         "or m.startswith('opentelemetry.exporter'))))"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
 
