@@ -8,17 +8,20 @@
 See README.md and docs/ for the contract, configuration and examples.
 """
 
+from sdk import context
 from sdk.config import Config, ConfigError
 from sdk.decorators import agent, event, task, tool, workflow
 from sdk.lifecycle import config, flush, init, shutdown, stats
 from sdk.session import (
     Session,
+    SessionInfo,
     SessionScope,
     SessionState,
     SessionWarning,
     current_session,
     end_session,
     session,
+    sessions,
     start_session,
 )
 from sdk.stats import Stats
@@ -28,6 +31,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Session",
+    "SessionInfo",
     "SessionScope",
     "SessionState",
     "SessionWarning",
@@ -35,12 +39,14 @@ __all__ = [
     "__version__",
     "agent",
     "config",
+    "context",
     "current_session",
     "end_session",
     "event",
     "flush",
     "init",
     "session",
+    "sessions",
     "shutdown",
     "start_session",
     "stats",

@@ -148,6 +148,15 @@ def _seconds(value: object, scale: float = 1.0) -> float:
     return seconds
 
 
+def _optional_positive_seconds(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise _Invalid("must be a positive number of seconds (or none to turn it off)")
+    return seconds
+
+
 def _millis(value: object) -> float:
     return _seconds(value, scale=0.001)
 
@@ -500,6 +509,38 @@ SETTINGS: dict[str, Setting] = {
             _env("SESSIONTRACE_FILE_MAX_BYTES"),
         ),
         Setting(
+            "propagate_executors",
+            _bool,
+            True,
+            "Work handed to `ThreadPoolExecutor.submit`/`map` or `loop.run_in_executor` continues the "
+            "caller's session (a patch of ThreadPoolExecutor.submit, applied once, removed by shutdown()).",
+            _env("SESSIONTRACE_PROPAGATE_EXECUTORS"),
+        ),
+        Setting(
+            "propagate_threads",
+            _bool,
+            False,
+            "A `threading.Thread` continues the session of the code that called its `start()` "
+            "(a patch of Thread.start; off by default: use `sdk.context.wrap`).",
+            _env("SESSIONTRACE_PROPAGATE_THREADS"),
+        ),
+        Setting(
+            "session_idle_timeout",
+            _optional_positive_seconds,
+            None,
+            "End an explicit session that started no span for this many seconds, as `indeterminate` "
+            "with reason `idle_timeout` (default: none, sessions never time out).",
+            _env("SESSIONTRACE_SESSION_IDLE_TIMEOUT"),
+        ),
+        Setting(
+            "max_open_sessions",
+            _int_at_least(1),
+            10_000,
+            "Open explicit sessions at most. Starting one more ends the least recently active as "
+            "`indeterminate` with reason `max_open_sessions` (and warns once).",
+            _env("SESSIONTRACE_MAX_OPEN_SESSIONS"),
+        ),
+        Setting(
             "span_processors",
             _processors,
             (),
@@ -539,6 +580,10 @@ class Config:
     export_interval: float
     attribute_max_length: int
     file_max_bytes: int
+    propagate_executors: bool
+    propagate_threads: bool
+    session_idle_timeout: float | None
+    max_open_sessions: int
     span_processors: tuple[SpanProcessor, ...]
     config_file: Path | None
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)

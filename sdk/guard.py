@@ -26,6 +26,15 @@ _seen: set[tuple[str, str]] = set()
 _seen_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _seen_lock
+    _seen_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def raise_internal_errors() -> bool:
     """Whether internal errors are re-raised (only the SDK's own tests turn this on)."""
     return os.environ.get("SESSIONTRACE_RAISE_INTERNAL_ERRORS", "") == "1"

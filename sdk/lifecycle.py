@@ -8,6 +8,7 @@ place. The auto session belongs to the process, not to a pipeline, so it survive
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import time
@@ -19,10 +20,20 @@ from opentelemetry.sdk.trace import _TracerConfig
 from sdk import runtime, tracing
 from sdk.config import Config, load_config
 from sdk.guard import internal_error
+from sdk.reaper import REAPER
 from sdk.session import SessionState, auto_session, end_open_sessions, open_sessions, start_auto_session
 from sdk.stats import COUNTERS, Stats
 
 _lock = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _state: dict[str, Any] = {"exit_hook": False, "uncaught": None, "previous_excepthook": None}
 
 
@@ -38,6 +49,7 @@ def init(**settings: Any) -> Config:
     with _lock:
         old = runtime.current()
         if old.config is not None and old.config == config and old.enabled == config.enabled:
+            _apply_process_features(config)
             _apply_auto_session(config)
             return old.config
         if config.enabled:
@@ -50,6 +62,7 @@ def init(**settings: Any) -> Config:
         runtime.swap(new)
         if old.config is not None:
             runtime.close_in_background(old, new, config.flush_timeout)
+        _apply_process_features(config)
         _apply_auto_session(config)
         _install_exit_hook()
         return config
@@ -60,6 +73,17 @@ def _set_provider_enabled(enabled: bool) -> None:
     if isinstance(provider, tracing.SessionTracerProvider):
         config = _TracerConfig(is_enabled=enabled)
         provider._set_tracer_configurator(tracer_configurator=lambda _scope: config)
+
+
+def _apply_process_features(config: Config) -> None:
+    """Context patches and the idle reaper, as the config asks (each applied at most once)."""
+    from sdk.instrument import threads
+
+    threads.configure(
+        executors=config.enabled and config.propagate_executors,
+        threads=config.enabled and config.propagate_threads,
+    )
+    REAPER.configure(config.session_idle_timeout if config.enabled else None)
 
 
 def _apply_auto_session(config: Config) -> None:
@@ -98,6 +122,10 @@ def shutdown(timeout: float | None = None) -> None:
         end_open_sessions(SessionState.SUCCESS, None, "sdk.shutdown()")
         runtime.swap(runtime.Runtime(None))
         _set_provider_enabled(False)
+        REAPER.configure(None)
+        from sdk.instrument import threads
+
+        threads.remove_all()
         rt.shutdown(rt.config.flush_timeout if timeout is None else timeout)
 
 

@@ -208,6 +208,16 @@ _current = Runtime(None)
 _closing: list[threading.Thread] = []
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _closing.clear()  # the parent's closer threads do not exist here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def current() -> Runtime:
     """The pipeline in use now."""
     return _current

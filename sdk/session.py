@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import os
 import random
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
@@ -25,7 +26,7 @@ from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.config import Config
 from sdk.export.summary import SessionSummary, print_summary
-from sdk.guard import internal_error
+from sdk.guard import internal_error, warn_once
 from sdk.stats import COUNTERS, Counter
 
 SESSION_ID = "session.id"
@@ -35,6 +36,7 @@ SESSION_TAGS = "session.tags"
 SESSION_END_REASON = "session.end_reason"
 SESSION_PARENT_ID = "session.parent_id"
 SESSION_AUTO = "session.auto"
+SESSION_CONTINUED = "session.continued"
 USER_ID = "user.id"
 SPAN_KIND = "sessiontrace.span.kind"
 
@@ -131,6 +133,7 @@ class Session:
         "auto",
         "config",
         "id",
+        "last_active_ns",
         "name",
         "parent_id",
         "span",
@@ -161,6 +164,7 @@ class Session:
         self.parent_id = parent_id
         self.auto = auto
         self.started_ns = started_ns
+        self.last_active_ns = time.monotonic_ns()
         self.trace_id_int = span.get_span_context().trace_id
         self._state = SessionState.RUNNING
         self._reason: str | None = None
@@ -201,6 +205,11 @@ class Session:
         """Seconds from start to end (or to now while running)."""
         end = self._ended_ns if self._ended_ns is not None else time.time_ns()
         return (end - self.started_ns) / 1e9
+
+    @property
+    def idle(self) -> float:
+        """Seconds since a span last started in this session (or since it started)."""
+        return (time.monotonic_ns() - self.last_active_ns) / 1e9
 
     @property
     def ended(self) -> bool:
@@ -303,21 +312,32 @@ class _Registry:
         self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.auto_listeners: list[Callable[[bool], None]] = []
 
-    def add(self, session: Session) -> None:
+    def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> Session | None:
+        """Register an open session; return the session to evict when `limit` is exceeded.
+
+        A continued session (one received from another process or service) may share its id with
+        an open session of this process: the first keeps the id and the trace.
+        """
+        evict: Session | None = None
         with self.lock:
-            if session.id in self.by_id:
+            if session.id in self.by_id and not continued:
                 raise ValueError(
                     f"a session with id {session.id!r} is already open in this process; "
                     "end it first or choose another id"
                 )
-            self.by_id[session.id] = session
+            self.by_id.setdefault(session.id, session)
             if session.trace_id_int:
-                self.by_trace[session.trace_id_int] = session
+                self.by_trace.setdefault(session.trace_id_int, session)
             if session.auto:
                 self.auto = session
                 self.auto_was_ended = False
+            elif limit is not None and len(self.by_id) - (self.auto is not None) > limit:
+                candidates = [s for s in self.by_id.values() if not s.auto and s is not session]
+                if candidates:
+                    evict = min(candidates, key=lambda s: s.last_active_ns)
         if session.auto:
             self._tell_auto_listeners(True)
+        return evict
 
     def remove(self, session: Session) -> None:
         with self.lock:
@@ -348,6 +368,15 @@ class _Registry:
 
 
 _registry = _Registry()
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork time stays held forever in the child.
+    _registry.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Activation:
@@ -419,9 +448,17 @@ def _start(
     tags: Iterable[str] | str | None = None,
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | Context | None = None,
     auto: bool = False,
 ) -> Session:
     rt = runtime.current()
+    start_context = _ROOT_CONTEXT
+    continued = False
+    if parent is not None:
+        start_context, remote_id = _remote_parent(parent)
+        continued = remote_id is not None
+        if session_id is None:
+            session_id = remote_id
     config = rt.config
     if overrides:
         if config is None:
@@ -435,7 +472,7 @@ def _start(
     if user_id is not None and not isinstance(user_id, str):
         raise ValueError(f"user_id must be a string, got {user_id!r}")
     tag_tuple = _check_tags(tags)
-    outer = None if auto else current_session()
+    outer = None if auto or parent is not None else current_session()
     if outer is not None and outer.auto:
         outer = None
     max_length = config.attribute_max_length if config else 4096
@@ -455,11 +492,13 @@ def _start(
                 attrs[USER_ID] = to_attribute_value(user_id, max_length)
             if auto:
                 attrs[SESSION_AUTO] = True
+            if continued:
+                attrs[SESSION_CONTINUED] = True
             links = []
             if outer is not None:
                 attrs[SESSION_PARENT_ID] = outer.id
                 links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
-            span = rt.tracer.start_span(name, context=_ROOT_CONTEXT, links=links, start_time=started_ns)
+            span = rt.tracer.start_span(name, context=start_context, links=links, start_time=started_ns)
             write_attributes(span, attrs)
         except Exception as exc:
             internal_error("session start", exc)
@@ -476,12 +515,42 @@ def _start(
         started_ns=started_ns,
     )
     try:
-        _registry.add(session)
+        evicted = _registry.add(
+            session, continued=continued, limit=config.max_open_sessions if config else None
+        )
     except ValueError:
         span.end()
         raise
     COUNTERS.sessions_started.add()
+    if evicted is not None:
+        warn_once(
+            "max-open-sessions",
+            "sessiontrace: more than max_open_sessions=%d sessions open; the least recently active "
+            "are ended as indeterminate (reason max_open_sessions)",
+            config.max_open_sessions if config else 0,
+        )
+        evicted.end(SessionState.INDETERMINATE, "max_open_sessions")
     return session
+
+
+def _remote_parent(parent: Mapping[str, str] | Context) -> tuple[Context, str | None]:
+    """The context a continued session starts in, and the session id its baggage carries."""
+    if isinstance(parent, Context):
+        ctx = parent
+    else:
+        if not isinstance(parent, Mapping):
+            raise TypeError(
+                "parent must be W3C headers (a mapping) or an OpenTelemetry Context, "
+                f"not {type(parent).__name__}"
+            )
+        from sdk.context import extract
+
+        ctx = extract(parent)  # type: ignore[arg-type]  # not a Context here, so W3C headers
+    remote = baggage.get_baggage(SESSION_ID, ctx)
+    remote_id = remote if isinstance(remote, str) and remote else None
+    if remote_id is not None:
+        _check_id(remote_id)
+    return otel_context.set_value(ROOT_KEY, True, ctx), remote_id
 
 
 def start_session(
@@ -492,6 +561,7 @@ def start_session(
     tags: Iterable[str] | str | None = None,
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | Context | None = None,
 ) -> Session:
     """Start a session and make it current in this thread or task until it ends.
 
@@ -499,7 +569,13 @@ def start_session(
     settings (those marked per-session in docs/configuration.md).
     """
     session = _start(
-        name, session_id=session_id, user_id=user_id, tags=tags, attributes=attributes, overrides=overrides
+        name,
+        session_id=session_id,
+        user_id=user_id,
+        tags=tags,
+        attributes=attributes,
+        overrides=overrides,
+        parent=parent,
     )
     session._activation = _Activation(session)
     return session
@@ -622,6 +698,7 @@ def session(
     tags: Iterable[str] | str | None = None,
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | Context | None = None,
 ) -> SessionScope: ...
 
 
@@ -633,12 +710,17 @@ def session(
     tags: Iterable[str] | str | None = None,
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | Context | None = None,
 ) -> Any:
     """A session as a context manager (``with`` / ``async with``) or a decorator.
 
     ``with sdk.session("refund-flow", user_id="u-42", tags=["prod"]) as s:`` — every span created
     inside, in this thread or task and in work it hands off with context, belongs to `s`. A
     session opened inside another is its own trace, linked to the outer one (see docs/concepts.md).
+
+    ``parent=`` W3C headers (``traceparent`` + ``baggage`` from `sdk.context.inject`) or an
+    OpenTelemetry Context continues a session of another process or service: same
+    ``session.id``, spans in the caller's trace (see docs/concurrency.md).
     """
     options: dict[str, Any] = {
         "session_id": session_id,
@@ -646,7 +728,56 @@ def session(
         "tags": tags,
         "attributes": attributes,
         "overrides": overrides,
+        "parent": parent,
     }
     if callable(name):
         return SessionScope(None, options)(name)
     return SessionScope(name, options)
+
+
+class SessionInfo(NamedTuple):
+    """One open session, as `sdk.sessions()` lists it."""
+
+    id: str
+    name: str
+    user_id: str | None
+    tags: tuple[str, ...]
+    auto: bool
+    age: float
+    """Seconds since the session started."""
+    idle: float
+    """Seconds since a span last started in it."""
+    spans: int
+    trace_id: str
+    session: Session
+
+
+def sessions() -> list[SessionInfo]:
+    """The open sessions of this process (the auto session included), oldest first."""
+    now = time.time_ns()
+    listed = [
+        SessionInfo(
+            s.id,
+            s.name,
+            s.user_id,
+            s.tags,
+            s.auto,
+            (now - s.started_ns) / 1e9,
+            s.idle,
+            s.span_count,
+            s.trace_id,
+            s,
+        )
+        for s in open_sessions()
+    ]
+    return sorted(listed, key=lambda info: -info.age)
+
+
+def end_idle_sessions(timeout: float) -> int:
+    """End every explicit session idle longer than `timeout` seconds as indeterminate (idle_timeout)."""
+    ended = 0
+    for session in open_sessions():
+        if not session.auto and session.idle > timeout:
+            session.end(SessionState.INDETERMINATE, "idle_timeout")
+            ended += 1
+    return ended

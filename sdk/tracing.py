@@ -7,10 +7,11 @@ its one span processor (see runtime.py) and updates the resource of every tracer
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -31,6 +32,7 @@ from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 TRACER_NAME = "sessiontrace"
+_monotonic_ns = time.monotonic_ns
 _by_trace = _registry.by_trace  # the registry's dict: never replaced, only changed
 
 
@@ -38,7 +40,8 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     """Stamps `session.id` on every span and hands spans to the current pipeline.
 
     A span belongs to the open session that owns its trace; else to the session set in its
-    context; else to the auto session. Processors added to the provider by the application
+    context; else to the session whose ``session.id`` its context carries in W3C baggage (a
+    session of another process or service); else to the auto session. Processors added to the provider by the application
     (``provider.add_span_processor``) run after the pipeline's.
     """
 
@@ -50,7 +53,13 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         try:
             session = _by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
             if session is None and not (parent_context is not None and ROOT_KEY in parent_context):
-                session = _current_session.get() or _registry.auto
+                session = _current_session.get()
+                if session is None:
+                    remote = baggage.get_baggage(SESSION_ID, parent_context)
+                    if isinstance(remote, str) and remote:  # a session of another process or service
+                        write_attributes(span, {SESSION_ID: remote})
+                    else:
+                        session = _registry.auto
             if session is not None:
                 # write_attributes() inlined for the one key: this runs for every span.
                 bounded = span._attributes
@@ -63,6 +72,7 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                 else:
                     write_attributes(span, {SESSION_ID: session.id})
                 session._spans.add()
+                session.last_active_ns = _monotonic_ns()
         except Exception as exc:
             internal_error("session stamping", exc)
         rt = runtime._current

@@ -1,0 +1,151 @@
+"""Carrying the current session across threads, executors, processes and services.
+
+- `wrap(fn)`: a callable that runs `fn` in the caller's session and OpenTelemetry context, in
+  whatever thread calls it (and, pickled, in another process: see `wrap`).
+- `run(fn, *args, **kwargs)`: call `fn` in a copy of the current context, so that sessions it
+  starts or context it attaches never leak back into the caller.
+- `inject(carrier)` / `extract(carrier)`: W3C ``traceparent`` and ``baggage`` (carrying
+  ``session.id``) for HTTP headers, message envelopes and environment variables.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sdk import runtime
+from sdk.session import SESSION_ID, Session, _current_session, current_session, detach_quietly
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+def _outgoing_context() -> Context:
+    """The current OpenTelemetry context, with the current session's span and id in it."""
+    ctx = otel_context.get_current()
+    session = current_session()
+    if session is None:
+        return ctx
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        ctx = trace.set_span_in_context(session.span, ctx)
+    return baggage.set_baggage(SESSION_ID, session.id, ctx)
+
+
+def inject(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Write ``traceparent`` (and ``tracestate``) and ``baggage`` with ``session.id`` into `carrier`.
+
+    Returns the carrier (a new dict when none is given). Outside any span the current session's
+    own span is the parent; outside any session only the ambient context is written.
+    """
+    target: MutableMapping[str, str] = {} if carrier is None else carrier
+    _PROPAGATOR.inject(target, context=_outgoing_context())
+    return target
+
+
+def extract(carrier: Mapping[str, str], context: Context | None = None) -> Context:
+    """An OpenTelemetry Context from W3C headers: the remote parent span and the baggage.
+
+    Spans started under it join the remote session: they sit in its trace and the SDK stamps
+    the ``session.id`` it finds in the baggage. Header names are matched case-insensitively.
+    """
+    lowered = {str(k).lower(): v for k, v in carrier.items()}
+    return _PROPAGATOR.extract(lowered, context=context)
+
+
+def session_id_from(context: Context | None = None) -> str | None:
+    """The ``session.id`` carried in a context's baggage (e.g. one returned by `extract`)."""
+    value = baggage.get_baggage(SESSION_ID, context)
+    return value if isinstance(value, str) and value else None
+
+
+class Wrapped(Generic[P, R]):
+    """`fn` bound to the session and OpenTelemetry context that were current when it was wrapped.
+
+    Calling it in any thread runs `fn` with that session current. Pickled (to send to a process
+    pool or a `multiprocessing` child), it carries the W3C headers instead of the live context:
+    in the other process, spans started by `fn` join the same trace and session.
+    """
+
+    def __init__(self, fn: Callable[P, R], session: Session | None, ctx: Context | None) -> None:
+        self.fn = fn
+        self._session = session
+        self._ctx = ctx
+        self._carrier: dict[str, str] | None = None
+        self._pid = os.getpid()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        elsewhere = os.getpid() != self._pid
+        try:
+            if self._ctx is None:
+                token = otel_context.attach(extract(self._carrier or {}))
+                try:
+                    return self.fn(*args, **kwargs)
+                finally:
+                    detach_quietly(token)
+            session_token = _current_session.set(self._session)
+            token = otel_context.attach(self._ctx)
+            try:
+                return self.fn(*args, **kwargs)
+            finally:
+                detach_quietly(token)
+                _current_session.reset(session_token)
+        finally:
+            if elsewhere:
+                # A process-pool or multiprocessing child may leave through os._exit(), which runs
+                # no exit handler: deliver this call's spans now.
+                rt = runtime.current()
+                if rt.config is not None:
+                    rt.force_flush(rt.config.flush_timeout)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        carrier = self._carrier
+        if carrier is None and self._ctx is not None:
+            carrier = {}
+            ctx = self._ctx
+            if self._session is not None:
+                ctx = baggage.set_baggage(SESSION_ID, self._session.id, ctx)
+                if not trace.get_current_span(ctx).get_span_context().is_valid:
+                    ctx = trace.set_span_in_context(self._session.span, ctx)
+            _PROPAGATOR.inject(carrier, context=ctx)
+        return (_rebuild, (self.fn, carrier))
+
+    def __repr__(self) -> str:
+        return f"sdk.context.wrap({self.fn!r})"
+
+
+def _rebuild(fn: Callable[..., Any], carrier: dict[str, str] | None) -> Wrapped[Any, Any]:
+    wrapped: Wrapped[Any, Any] = Wrapped(fn, None, None)
+    wrapped._carrier = carrier
+    wrapped._pid = -1  # unpickled: this is another process than the one that wrapped it
+    return wrapped
+
+
+def wrap(fn: Callable[P, R]) -> Wrapped[P, R]:
+    """Bind `fn` to the caller's current session and OpenTelemetry context (captured now).
+
+    ``threading.Thread(target=sdk.context.wrap(work))``, callbacks, queues: wherever `fn` runs,
+    its spans belong to the session that was current here.
+    """
+    return Wrapped(fn, _current_session.get(), otel_context.get_current())
+
+
+def run(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call `fn` in a copy of the current context: what it starts or attaches stays inside the call.
+
+    A callback that calls `sdk.start_session()` makes that session current only for itself, not
+    for the code that invoked the callback (an event loop, a framework's dispatcher).
+    """
+    return contextvars.copy_context().run(fn, *args, **kwargs)

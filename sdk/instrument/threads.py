@@ -1,0 +1,67 @@
+"""Carry the caller's session into thread pools (on by default) and threads (opt-in).
+
+`ThreadPoolExecutor.submit` (which `map` and `loop.run_in_executor` use) and `Thread.start` are
+wrapped so that the submitted callable or the thread's `run` runs in the session and
+OpenTelemetry context of the code that submitted or started it. Nothing is carried when there is
+nothing to carry (no session and no span in the caller's context): the call passes through.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from sdk import instrument
+from sdk.context import Wrapped
+from sdk.session import _current_session
+
+EXECUTOR_PATCH = "concurrent.futures.ThreadPoolExecutor.submit"
+THREAD_PATCH = "threading.Thread.start"
+
+
+def _bind_current(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """`fn` bound to the current session and context, or None when there is nothing to carry."""
+    session = _current_session.get()
+    ctx = otel_context.get_current()
+    if session is None and not trace.get_current_span(ctx).get_span_context().is_valid:
+        return None
+    return Wrapped(fn, session, ctx)
+
+
+def _submit(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if args:
+        bound = _bind_current(args[0])
+        if bound is not None:
+            return wrapped(bound, *args[1:], **kwargs)
+    return wrapped(*args, **kwargs)
+
+
+def _start(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if isinstance(instance, threading.Thread) and "run" not in instance.__dict__:
+        bound = _bind_current(instance.run)
+        if bound is not None:
+            instance.run = bound  # type: ignore[method-assign]
+    return wrapped(*args, **kwargs)
+
+
+def configure(executors: bool, threads: bool) -> None:
+    """Apply or remove the two patches to match the settings (each at most once per process)."""
+    if executors:
+        instrument.apply(EXECUTOR_PATCH, ThreadPoolExecutor, "submit", _submit)
+    else:
+        instrument.remove(EXECUTOR_PATCH)
+    if threads:
+        instrument.apply(THREAD_PATCH, threading.Thread, "start", _start)
+    else:
+        instrument.remove(THREAD_PATCH)
+
+
+def remove_all() -> None:
+    """Remove both patches (shutdown)."""
+    instrument.remove(EXECUTOR_PATCH)
+    instrument.remove(THREAD_PATCH)
