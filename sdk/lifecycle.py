@@ -51,6 +51,7 @@ def init(**settings: Any) -> Config:
         if old.config is not None and old.config == config and old.enabled == config.enabled:
             _apply_process_features(config)
             _apply_auto_session(config)
+            _run_environment_hooks()
             return old.config
         if config.enabled:
             tracer = tracing.install(runtime.build_resource(config))
@@ -65,6 +66,7 @@ def init(**settings: Any) -> Config:
         _apply_process_features(config)
         _apply_auto_session(config)
         _install_exit_hook()
+        _run_environment_hooks()
         return config
 
 
@@ -84,6 +86,29 @@ def _apply_process_features(config: Config) -> None:
         threads=config.enabled and config.propagate_threads,
     )
     REAPER.configure(config.session_idle_timeout if config.enabled else None)
+
+
+def _run_environment_hooks() -> None:
+    """Let installed integrations attach to the environment the program runs in, after each init().
+
+    Integrations declare a callable in the ``sessiontrace.hooks`` entry-point group (the notebook
+    extension's attaches cell hooks to a running IPython kernel). They are looked up only when
+    IPython is already imported, so a script pays nothing; each hook must be idempotent.
+    """
+    if "IPython" not in sys.modules:
+        return
+    from importlib.metadata import entry_points
+
+    try:
+        hooks = list(entry_points(group="sessiontrace.hooks"))
+    except Exception as exc:
+        internal_error("looking up sessiontrace.hooks entry points", exc)
+        return
+    for hook in hooks:
+        try:
+            hook.load()()
+        except Exception as exc:
+            internal_error(f"environment hook {hook.name}", exc)
 
 
 def _apply_auto_session(config: Config) -> None:

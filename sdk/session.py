@@ -129,6 +129,7 @@ class Session:
         "_show_summary",
         "_spans",
         "_state",
+        "_step",
         "_tags",
         "auto",
         "config",
@@ -165,6 +166,7 @@ class Session:
         self.auto = auto
         self.started_ns = started_ns
         self.last_active_ns = time.monotonic_ns()
+        self._step: Span | None = None
         self.trace_id_int = span.get_span_context().trace_id
         self._state = SessionState.RUNNING
         self._reason: str | None = None
@@ -237,6 +239,45 @@ class Session:
         except Exception as exc:
             internal_error("Session.set_attribute", exc)
 
+    def begin_step(self, name: str, attributes: Mapping[str, Any] | None = None) -> Span:
+        """Start a child span of this session that is the parent of orphan spans until `end_step()`.
+
+        For runtimes that run user code in steps with no context to attach (a notebook kernel's
+        cells): spans that would join the auto session for lack of a parent join its current step
+        instead. A step still open is ended first. Returns the step's span.
+        """
+        self.end_step()
+        rt = runtime.current()
+        if not rt.enabled or self.ended:
+            return trace.INVALID_SPAN
+        try:
+            span = rt.tracer.start_span(str(name), context=trace.set_span_in_context(self.span, Context()))
+            write_attributes(span, to_attributes(attributes, rt.attribute_max_length))
+        except Exception as exc:
+            internal_error("Session.begin_step", exc)
+            return trace.INVALID_SPAN
+        self._step = span
+        return span
+
+    def end_step(self, error: BaseException | None = None) -> None:
+        """End the current step (recording `error` on it, if given). Without a step, nothing happens."""
+        span, self._step = self._step, None
+        if span is None:
+            return
+        try:
+            if error is not None:
+                span.record_exception(error, escaped=True)
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            span.end()
+        except Exception as exc:
+            internal_error("Session.end_step", exc)
+
+    @property
+    def step(self) -> Span | None:
+        """The open step's span (see `begin_step`), if any."""
+        return self._step
+
     def end(self, state: SessionState | str = SessionState.SUCCESS, reason: str | None = None) -> None:
         """End the session as `success`, `fail` or `indeterminate`. Ending an ended session does nothing."""
         parsed = _parse_state(state)
@@ -248,6 +289,7 @@ class Session:
             self._ended_ns = time.time_ns()
         _registry.remove(self)
         COUNTERS.sessions_ended.add()
+        self.end_step()
         rt = runtime.current()
         try:
             if reason:

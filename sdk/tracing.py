@@ -114,7 +114,7 @@ class SessionTracer(Tracer):
             try:
                 parent = trace.get_current_span(context).get_span_context()
                 if not parent.is_valid and not (context is not None and ROOT_KEY in context):
-                    context = trace.set_span_in_context(auto.span, context)
+                    context = trace.set_span_in_context(auto._step or auto.span, context)
             except Exception as exc:
                 internal_error("auto session parenting", exc)
         return Tracer.start_span(
