@@ -381,3 +381,33 @@ def test_span_from_forwarded_traceparent_lands_in_session(tracer):
     assert handler.attributes["session.id"] == s.id
     assert f"{handler.context.trace_id:032x}" == s.trace_id
     assert handler.attributes["session.id"] != sdk.current_session().id
+
+
+def test_auto_session_step_adopts_orphan_spans(tracer):
+    """While a step of the auto session is open, orphan spans (any thread) become its children."""
+    captured = capture(auto_start_session=True)
+    auto = sdk.current_session()
+    step = auto.begin_step("cell[1]", {"cell.execution_count": 1})
+
+    def orphan() -> None:
+        with tracer.start_as_current_span("in-thread"):
+            pass
+
+    t = threading.Thread(target=orphan)
+    t.start()
+    t.join()
+    with tracer.start_as_current_span("in-main"):
+        pass
+    auto.end_step(ValueError("cell failed"))
+    with tracer.start_as_current_span("after-step"):
+        pass
+    cell = captured.named("cell[1]")
+    assert cell.context.span_id == step.get_span_context().span_id
+    assert cell.parent.span_id == auto.span.get_span_context().span_id
+    assert cell.attributes["session.id"] == auto.id
+    assert cell.attributes["error.type"] == "ValueError"
+    for name in ("in-thread", "in-main"):
+        assert captured.named(name).parent.span_id == cell.context.span_id
+        assert captured.named(name).attributes["session.id"] == auto.id
+    assert captured.named("after-step").parent.span_id == auto.span.get_span_context().span_id
+    assert auto.step is None
