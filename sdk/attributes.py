@@ -122,7 +122,7 @@ def write_attributes(span: Any, attributes: Mapping[str, AttributeValue]) -> Non
     else goes through the public API.
     """
     bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes and not bounded._immutable:
+    if type(bounded) is BoundedAttributes and not bounded._immutable and bounded.max_value_len is None:
         limit = bounded.maxlen
         if limit is None or len(bounded._dict) + len(attributes) <= limit:
             bounded._dict.update(attributes)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 
 from sdk import runtime
 from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly
+from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly, record_error
 
 if TYPE_CHECKING:
     from sdk.session import SessionScope
@@ -56,12 +56,14 @@ class _SpanScope:
         self.done = True
         try:
             if exc is not None and isinstance(exc, (Exception, KeyboardInterrupt)):
-                self.span.record_exception(exc, escaped=True)
-                self.span.set_attribute("error.type", type(exc).__qualname__)
-                self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            self.span.end()
+                record_error(self.span, exc)
         except Exception as err:
-            internal_error("span end", err)
+            internal_error("recording an exception", err)
+        finally:
+            try:
+                self.span.end()
+            except Exception as err:
+                internal_error("span end", err)
 
 
 class _SessionRun:

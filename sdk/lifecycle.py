@@ -57,6 +57,8 @@ def init(**settings: Any) -> Config:
             tracer = tracing.install(runtime.build_resource(config))
             _set_provider_enabled(True)
         else:
+            if old.enabled:  # end them while their spans can still be exported
+                end_open_sessions(SessionState.SUCCESS, "sdk disabled", "sdk disabled")
             _set_provider_enabled(False)
             tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
         new = runtime.build_runtime(config, tracer)
@@ -151,7 +153,7 @@ def shutdown(timeout: float | None = None) -> None:
         from sdk.instrument import threads
 
         threads.remove_all()
-        rt.shutdown(rt.config.flush_timeout if timeout is None else timeout)
+        _close_all(rt, rt.config.flush_timeout if timeout is None else timeout)
 
 
 def config() -> Config:
@@ -206,7 +208,7 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Traceback
 def _at_exit() -> None:
     """End every open session and flush, within flush_timeout, whatever the backend does."""
     try:
-        uncaught = _state["uncaught"]
+        uncaught = _state["uncaught"] or _uncaught_seen_by_another_hook()
         if uncaught == "interrupted":
             state, reason = SessionState.INDETERMINATE, "interrupted"
         elif uncaught:
@@ -218,6 +220,28 @@ def _at_exit() -> None:
         rt = runtime.current()
         if rt.config is not None:
             runtime.swap(runtime.Runtime(None))
-            rt.shutdown(rt.config.flush_timeout)
+            _close_all(rt, rt.config.flush_timeout)
     except Exception as exc:
         internal_error("exit handler", exc)
+
+
+def _close_all(rt: runtime.Runtime, timeout: float) -> None:
+    """Close `rt` and every pipeline a re-init replaced, within `timeout` seconds in all."""
+    deadline = time.monotonic() + timeout
+    runtime.wait_for_replaced(timeout, count_undelivered=False)
+    rt.shutdown(max(deadline - time.monotonic(), 0.0))
+    runtime.wait_for_replaced(0.0, count_undelivered=True)
+
+
+def _uncaught_seen_by_another_hook() -> str | None:
+    """The uncaught exception, when a sys.excepthook installed after init() did not call ours.
+
+    CPython stores it in sys.last_value before calling the hook. In IPython that attribute is set
+    by every cell that raised, so it means nothing there.
+    """
+    if "IPython" in sys.modules:
+        return None
+    error = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if error is None:
+        return None
+    return "interrupted" if isinstance(error, KeyboardInterrupt) else type(error).__name__

@@ -25,6 +25,7 @@ from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
 from sdk.config import Config
 from sdk.guard import internal_error
+from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by `import sdk`
@@ -61,6 +62,9 @@ class Runtime:
                 internal_error(f"span processor {type(processor).__name__}.on_start", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if not self.enabled:  # a span that started before shutdown() or init(enabled=False)
+            COUNTERS.spans_dropped.add()
+            return
         for on_end, name in self._enders:
             try:
                 on_end(span)
@@ -75,13 +79,12 @@ class Runtime:
         """Export everything queued; False when the timeout (for all processors together) ran out."""
         deadline = time.monotonic() + timeout
         ok = True
-        for processor in self.processors:
-            left = max(deadline - time.monotonic(), 0.0)
-            try:
-                ok = processor.force_flush(int(left * 1000)) and ok
-            except Exception as exc:
-                internal_error(f"span processor {type(processor).__name__}.force_flush", exc)
-                ok = False
+        for batch in self.batches:
+            ok = batch.force_flush(int(max(deadline - time.monotonic(), 0.0) * 1000)) and ok
+        for processor in self.starters:
+            # Other processors (OpenTelemetry's BatchSpanProcessor among them) may not honour a
+            # timeout: give each the time left, in a daemon thread.
+            ok = _flush_within(processor, max(deadline - time.monotonic(), 0.0)) and ok
         return ok
 
     def shutdown(self, timeout: float, keep: Sequence[object] = ()) -> None:
@@ -109,6 +112,18 @@ class Runtime:
             )
             worker.start()
             worker.join(left)
+
+
+def _flush_within(processor: SpanProcessor, timeout: float) -> bool:
+    result: list[bool] = []
+
+    def flush() -> None:
+        result.append(bool(processor.force_flush(int(timeout * 1000))))
+
+    worker = threading.Thread(target=_guarded, args=(flush, "flush"), name="sessiontrace-flush", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return result == [True]
 
 
 def _guarded(call: Callable[[], object], name: str) -> None:
@@ -205,7 +220,7 @@ def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
 
 _lock = threading.Lock()
 _current = Runtime(None)
-_closing: list[threading.Thread] = []
+_closing: list[tuple[threading.Thread, Runtime]] = []
 
 
 def _after_fork_in_child() -> None:
@@ -242,17 +257,26 @@ def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading
         target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
     )
     with _lock:
-        _closing[:] = [t for t in _closing if t.is_alive()]
-        _closing.append(closer)
+        _closing[:] = [(t, rt) for t, rt in _closing if t.is_alive()]
+        _closing.append((closer, old))
     closer.start()
     return closer
 
 
-def wait_for_replaced(timeout: float) -> bool:
-    """Wait until pipelines replaced by init() have delivered what they held; False on timeout."""
+def wait_for_replaced(timeout: float, count_undelivered: bool = False) -> bool:
+    """Wait until pipelines replaced by init() have delivered what they held; False on timeout.
+
+    With `count_undelivered`, what a pipeline still holds after the wait is counted as dropped
+    (the exit handler's last step: nothing may disappear uncounted).
+    """
     deadline = time.monotonic() + timeout
     with _lock:
         closing = list(_closing)
-    for closer in closing:
+    for closer, _ in closing:
         closer.join(max(deadline - time.monotonic(), 0.0))
-    return not any(t.is_alive() for t in closing)
+    late = [old for closer, old in closing if closer.is_alive()]
+    if count_undelivered:
+        for old in late:
+            for batch in old.batches:
+                COUNTERS.spans_dropped.add_many(batch._take_undelivered())
+    return not late

@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar, overload
 
@@ -41,6 +42,7 @@ USER_ID = "user.id"
 SPAN_KIND = "sessiontrace.span.kind"
 
 MAX_ID_LENGTH = 256
+DEFAULT_MAX_OPEN_SESSIONS = 10_000  # before init(), when there is no config yet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,12 +124,14 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_activated",
         "_activation",
         "_ended_ns",
         "_lock",
         "_reason",
         "_show_summary",
         "_spans",
+        "_started_thread",
         "_state",
         "_step",
         "_tags",
@@ -167,6 +171,7 @@ class Session:
         self.started_ns = started_ns
         self.last_active_ns = time.monotonic_ns()
         self._step: Span | None = None
+        self._started_thread: int | None = None
         self.trace_id_int = span.get_span_context().trace_id
         self._state = SessionState.RUNNING
         self._reason: str | None = None
@@ -175,6 +180,7 @@ class Session:
         self._spans = Counter()
         self._spans.add()
         self._activation: _Activation | None = None
+        self._activated: _Activation | None = None
         self._show_summary: bool | None = config.console_summary if config else None
 
     @property
@@ -266,17 +272,44 @@ class Session:
             return
         try:
             if error is not None:
-                span.record_exception(error, escaped=True)
-                span.set_attribute("error.type", type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-            span.end()
+                record_error(span, error)
         except Exception as exc:
             internal_error("Session.end_step", exc)
+        finally:
+            try:
+                span.end()
+            except Exception as exc:
+                internal_error("Session.end_step", exc)
 
     @property
     def step(self) -> Span | None:
         """The open step's span (see `begin_step`), if any."""
         return self._step
+
+    def use(self) -> AbstractContextManager[Session]:
+        """Make this session current in this thread or task for a ``with`` block, without ending it there.
+
+        For code that runs on behalf of a session started elsewhere with no context to carry it (a
+        notebook kernel's cells, whose ContextVars need not survive from one cell to the next). A
+        session that has ended is not made current. Leaving the block restores what was current.
+        """
+        return _SessionUse(self)
+
+    @staticmethod
+    def last_started(thread_id: int | None = None) -> Session | None:
+        """The running session that `start_session()` most recently made current in this thread.
+
+        `thread_id` (a `threading.get_ident()` value) asks about another thread. With `use()`, this
+        lets a host that runs user code in steps whose context does not carry over (a notebook
+        kernel's cells) keep such a session current from one step to the next.
+        """
+        ident = threading.get_ident() if thread_id is None else thread_id
+        with _registry.lock:
+            started = list(_registry.started.get(ident, ()))
+        for session in reversed(started):
+            if session._state is SessionState.RUNNING:
+                return session
+        return None
 
     def end(self, state: SessionState | str = SessionState.SUCCESS, reason: str | None = None) -> None:
         """End the session as `success`, `fail` or `indeterminate`. Ending an ended session does nothing."""
@@ -318,7 +351,7 @@ class Session:
             return
         if isinstance(exc, Exception):
             try:
-                self.span.record_exception(exc, escaped=True)
+                record_error(self.span, exc)
             except Exception as err:
                 internal_error("Session.record_exception", err)
             self.end(SessionState.FAIL, type(exc).__name__)
@@ -342,6 +375,26 @@ class Session:
         return f"<Session {self.name!r} id={self.id} state={self._state.value}>"
 
 
+class _SessionUse(AbstractContextManager[Session]):
+    """What `Session.use()` returns: makes the session current on entry, restores the previous on exit."""
+
+    __slots__ = ("_activation", "_session")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._activation: _Activation | None = None
+
+    def __enter__(self) -> Session:
+        if not self._session.ended and self._activation is None:
+            self._activation = _Activation(self._session)
+        return self._session
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        activation, self._activation = self._activation, None
+        if activation is not None:
+            activation.undo()
+
+
 class _Registry:
     """The process's open sessions, by id and by trace, and the auto session."""
 
@@ -353,14 +406,15 @@ class _Registry:
         self.auto_was_ended = False
         self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.auto_listeners: list[Callable[[bool], None]] = []
+        self.started: dict[int, list[Session]] = {}  # by thread: open sessions start_session() made current
 
-    def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> Session | None:
-        """Register an open session; return the session to evict when `limit` is exceeded.
+    def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> list[Session]:
+        """Register an open session; return the sessions to end to get back within `limit`.
 
         A continued session (one received from another process or service) may share its id with
         an open session of this process: the first keeps the id and the trace.
         """
-        evict: Session | None = None
+        evict: list[Session] = []
         with self.lock:
             if session.id in self.by_id and not continued:
                 raise ValueError(
@@ -373,10 +427,12 @@ class _Registry:
             if session.auto:
                 self.auto = session
                 self.auto_was_ended = False
-            elif limit is not None and len(self.by_id) - (self.auto is not None) > limit:
-                candidates = [s for s in self.by_id.values() if not s.auto and s is not session]
-                if candidates:
-                    evict = min(candidates, key=lambda s: s.last_active_ns)
+            elif limit is not None:
+                excess = len(self.by_id) - (self.auto is not None) - limit
+                if excess > 0:
+                    candidates = [s for s in self.by_id.values() if not s.auto and s is not session]
+                    candidates.sort(key=lambda s: s.last_active_ns)
+                    evict = candidates[:excess]
         if session.auto:
             self._tell_auto_listeners(True)
         return evict
@@ -394,6 +450,12 @@ class _Registry:
             self.recently_ended[session.id] = None
             if len(self.recently_ended) > 1024:
                 self.recently_ended.popitem(last=False)
+            if session._started_thread is not None:
+                started = self.started.get(session._started_thread)
+                if started is not None and session in started:
+                    started.remove(session)
+                    if not started:
+                        del self.started[session._started_thread]
         if auto_ended:
             self._tell_auto_listeners(False)
 
@@ -424,12 +486,15 @@ if hasattr(os, "register_at_fork"):
 class _Activation:
     """Tokens that made a session current in one context, and how to undo that."""
 
-    __slots__ = ("otel_token", "previous", "session_token")
+    __slots__ = ("otel_token", "previous", "previous_ctx", "session", "session_token")
 
     def __init__(self, session: Session) -> None:
+        self.session = session
         self.previous = _current_session.get()
+        self.previous_ctx = otel_context.get_current()
         self.session_token = _current_session.set(session)
-        self.otel_token = otel_context.attach(trace.set_span_in_context(session.span))
+        self.otel_token = otel_context.attach(trace.set_span_in_context(session.span, self.previous_ctx))
+        session._activated = self
 
     def undo(self) -> None:
         detach_quietly(self.otel_token)
@@ -437,6 +502,49 @@ class _Activation:
             _current_session.reset(self.session_token)
         except ValueError:  # undone from another context than the one that made it current
             _current_session.set(self.previous)
+        if self.session._activated is self:
+            self.session._activated = None
+        restored = _current_session.get()
+        if restored is not None and restored._state is not SessionState.RUNNING:
+            self._skip_ended(restored)
+
+    def _skip_ended(self, restored: Session) -> None:
+        """Sessions ended out of order (a, b started; a ended, then b): never restore an ended one.
+
+        Go back to the nearest running session and the context it was made current in.
+        """
+        session: Session | None = restored
+        ctx = self.previous_ctx
+        while session is not None and session._state is not SessionState.RUNNING:
+            record = session._activated
+            if record is None:
+                session = None
+                ctx = trace.set_span_in_context(trace.INVALID_SPAN, ctx)
+                break
+            session, ctx = record.previous, record.previous_ctx
+        _current_session.set(session)
+        otel_context.attach(ctx)
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """Record an exception on a span: the `exception` event, `error.type` and an ERROR status.
+
+    Works for exceptions whose ``str()`` raises too.
+    """
+    text = to_attribute_value(error, 4096)
+    span.set_attribute("error.type", type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {text}"))
+    try:
+        span.record_exception(error, escaped=True)
+    except Exception:  # the exception's own __str__ raised: record what could be read of it
+        span.add_event(
+            "exception",
+            {
+                "exception.type": type(error).__qualname__,
+                "exception.message": text,
+                "exception.escaped": True,
+            },
+        )
 
 
 def detach_quietly(token: object) -> None:
@@ -519,6 +627,10 @@ def _start(
         outer = None
     max_length = config.attribute_max_length if config else 4096
 
+    if not continued and sid in _registry.by_id:
+        raise ValueError(
+            f"a session with id {sid!r} is already open in this process; end it first or choose another id"
+        )
     span: Span = trace.INVALID_SPAN
     started_ns = time.time_ns()
     if rt.enabled:
@@ -556,22 +668,18 @@ def _start(
         auto=auto,
         started_ns=started_ns,
     )
-    try:
-        evicted = _registry.add(
-            session, continued=continued, limit=config.max_open_sessions if config else None
-        )
-    except ValueError:
-        span.end()
-        raise
+    limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
+    evicted = _registry.add(session, continued=continued, limit=limit)  # ValueError: duplicate id
     COUNTERS.sessions_started.add()
-    if evicted is not None:
+    if evicted:
         warn_once(
             "max-open-sessions",
             "sessiontrace: more than max_open_sessions=%d sessions open; the least recently active "
             "are ended as indeterminate (reason max_open_sessions)",
-            config.max_open_sessions if config else 0,
+            limit,
         )
-        evicted.end(SessionState.INDETERMINATE, "max_open_sessions")
+        for old in evicted:
+            old.end(SessionState.INDETERMINATE, "max_open_sessions")
     return session
 
 
@@ -620,6 +728,11 @@ def start_session(
         parent=parent,
     )
     session._activation = _Activation(session)
+    if not session.ended:
+        ident = threading.get_ident()
+        with _registry.lock:
+            session._started_thread = ident
+            _registry.started.setdefault(ident, []).append(session)
     return session
 
 
@@ -678,6 +791,11 @@ def end_open_sessions(auto_state: SessionState, auto_reason: str | None, reason:
             session.end(SessionState.INDETERMINATE, reason)
 
 
+_entered: contextvars.ContextVar[tuple[tuple[SessionScope, _Activation], ...]] = contextvars.ContextVar(
+    "sessiontrace_entered_scopes", default=()
+)
+
+
 class SessionScope:
     """What `sdk.session(...)` returns: a context manager (sync and async) and a decorator.
 
@@ -689,7 +807,6 @@ class SessionScope:
     def __init__(self, name: str | None, options: dict[str, Any]) -> None:
         self.name = name
         self.options = options
-        self._entered: list[tuple[Session, _Activation]] = []
 
     def start(self, default_name: str | None = None) -> Session:
         """Start a new session with this scope's parameters (not made current)."""
@@ -697,21 +814,22 @@ class SessionScope:
 
     def __enter__(self) -> Session:
         session = self.start()
-        self._entered.append((session, _Activation(session)))
+        _entered.set((*_entered.get(), (self, _Activation(session))))
         return session
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if not self._entered:
+        # The entries live in this context (thread or task), so one scope object entered by several
+        # tasks at once ends each task's own session.
+        entered = _entered.get()
+        index = len(entered) - 1
+        while index >= 0 and entered[index][0] is not self:
+            index -= 1
+        if index < 0:
             return
-        current = _current_session.get()
-        entered = self._entered
-        if entered[-1][0] is current:
-            session, activation = entered.pop()
-        else:  # this scope object was entered in several tasks at once: find this context's entry
-            index = next((i for i, (s, _) in enumerate(entered) if s is current), len(entered) - 1)
-            session, activation = entered.pop(index)
+        activation = entered[index][1]
+        _entered.set(entered[:index] + entered[index + 1 :])
         activation.undo()
-        session._end_for(exc)
+        activation.session._end_for(exc)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()

@@ -66,6 +66,7 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                 if (
                     type(bounded) is BoundedAttributes
                     and not bounded._immutable
+                    and bounded.max_value_len is None
                     and (bounded.maxlen is None or len(bounded._dict) < bounded.maxlen)
                 ):
                     bounded._dict[SESSION_ID] = session.id
@@ -81,11 +82,39 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         if self._span_processors:
             super().on_start(span, parent_context)
 
+    def _on_ending(self, span: Span) -> None:
+        # OpenTelemetry drops the oldest attribute when a span has more than its limit (128), and
+        # session.id, set at start, is among the oldest: put it back before the span is exported.
+        attrs = span._attributes
+        if type(attrs) is BoundedAttributes and attrs.dropped and SESSION_ID not in attrs._dict:
+            try:
+                _restore_session_id(span, attrs)
+            except Exception as exc:
+                internal_error("session.id restore", exc)
+        if self._span_processors:
+            super()._on_ending(span)
+
     def on_end(self, span: ReadableSpan) -> None:
         COUNTERS.spans_ended.add()
         runtime._current.on_end(span)
         if self._span_processors:
             super().on_end(span)
+
+
+def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
+    """Resolve the span's session again (by its trace first) and set session.id as the newest key."""
+    trace_id = span.get_span_context().trace_id
+    session = _by_trace.get(trace_id)
+    if session is None:
+        candidate = _current_session.get() or _registry.auto
+        session = candidate if candidate is not None and candidate.trace_id_int == trace_id else None
+    session_id = session.id if session is not None else baggage.get_baggage(SESSION_ID)
+    if not isinstance(session_id, str) or not session_id:
+        return
+    with attrs._lock:
+        if attrs.maxlen is not None and len(attrs._dict) >= attrs.maxlen:
+            del attrs._dict[next(iter(attrs._dict))]
+        attrs._dict[SESSION_ID] = session_id
 
 
 class SessionTracer(Tracer):
