@@ -477,6 +477,8 @@ _registry = _Registry()
 def _after_fork_in_child() -> None:
     # A lock another thread held at fork time stays held forever in the child.
     _registry.lock = threading.Lock()
+    for session in list(_registry.by_id.values()):
+        session._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

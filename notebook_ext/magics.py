@@ -1,0 +1,388 @@
+"""``%%session`` and ``%session``: run a cell as one session; show, end or replace sessions.
+
+How ``%%session`` runs its cell: IPython cannot run a cell magic's body with top-level ``await``
+(a cell magic is an ordinary function call), so the cell is not handed to a cell magic at all.
+
+1. An input transformer (pure: it runs for completion checks too) removes the ``%%session ...``
+   line from a cell whose arguments parse, so the body is compiled as the cell itself: top-level
+   ``await``, the displayed value of the last expression, and tracebacks (same lines, same
+   frames) are exactly those of the same code without the magic.
+2. The ``pre_run_cell`` hook, which runs in the context the cell's code runs in, starts the
+   session there (`sdk.start_session`): it is current for the whole cell.
+3. The ``post_run_cell`` hook ends it with the cell's outcome and displays the summary.
+
+A cell whose arguments do not parse is left to IPython, which calls the ``%%session`` cell magic,
+which raises `UsageError` (one line, no traceback). A session that cannot start (say, its id is
+in use) rejects the cell through a one-shot AST transformer that replaces the body with that
+`UsageError`. The cell magic called directly (``get_ipython().run_cell_magic("session", ...)``)
+runs the body with ``shell.run_cell``, as ``%%capture`` does (no top-level ``await`` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import re
+import shlex
+from collections.abc import Sequence
+from typing import Any, NamedTuple, NoReturn, cast
+
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display as _untyped_display
+from traitlets import Unicode
+
+import sdk
+from notebook_ext.kernel import Cell, NotebookHooks, auto_session, guarded
+from notebook_ext.summary import SessionsView, SessionView, error_counter, trace_link
+
+SESSION_CELLS = "session-cells"
+"""The participant the extension adds to the shell's `NotebookHooks`."""
+
+_MAGIC_LINE = re.compile(r"%%session(?=\s|$)(?P<args>.*)\Z", re.DOTALL)
+
+END_STATES = ("success", "fail", "indeterminate")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as IPython's UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+_CELL_PARSER = _Parser(prog="%%session", add_help=False)
+_CELL_PARSER.add_argument("name", nargs="?", default=None)
+_CELL_PARSER.add_argument("--id", dest="session_id", default=None)
+_CELL_PARSER.add_argument("--user", dest="user_id", default=None)
+_CELL_PARSER.add_argument("--tag", dest="tags", action="append", default=[])
+
+
+class SessionArgs(NamedTuple):
+    """What the ``%%session`` line asks for."""
+
+    name: str | None
+    session_id: str | None
+    user_id: str | None
+    tags: tuple[str, ...]
+
+
+def parse_cell_args(line: str) -> SessionArgs:
+    """Parse ``[NAME] [--id ID] [--user U] [--tag T ...]``; raise UsageError when they do not parse."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%%session: {exc}") from None
+    if "--resume" in argv:
+        raise UsageError("%%session: --resume is not available: resuming a session needs the session store")
+    args = _CELL_PARSER.parse_args(argv)
+    for flag, value in (("NAME", args.name), ("--id", args.session_id), ("--user", args.user_id)):
+        if value is not None and not value.strip():
+            raise UsageError(f"%%session: {flag} must not be empty")
+    return SessionArgs(args.name, args.session_id, args.user_id, tuple(args.tags))
+
+
+def split_session_cell(lines: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``(arguments, body lines)`` when the first non-blank line is ``%%session ...``, else None."""
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    if start == len(lines):
+        return None
+    match = _MAGIC_LINE.match(lines[start].rstrip("\r\n"))
+    if match is None:
+        return None
+    return match.group("args").strip(), list(lines[start + 1 :])
+
+
+class SessionCellTransformer:
+    """Input transformer: a ``%%session`` cell whose arguments parse becomes its body (line numbers kept)."""
+
+    has_side_effects = False  # IPython may also call it to check whether input is complete
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        split = split_session_cell(lines)
+        if split is None:
+            return lines
+        try:
+            parse_cell_args(split[0])
+        except UsageError:
+            return lines  # IPython hands it to the cell magic, which raises the UsageError
+        return split[1]
+
+
+class RejectCell(ast.NodeTransformer):
+    """AST transformer: once asked, replaces the next cell's code with ``raise UsageError(message)``."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        message, self.pending = self.pending, None
+        if message is None:
+            return node
+        raising = ast.parse(
+            f"raise __import__('IPython.core.error', fromlist=['UsageError']).UsageError({message!r})"
+        )
+        return ast.Module(body=raising.body, type_ignores=[])
+
+
+def display(obj: object) -> None:
+    """Show `obj` in the cell's output (IPython's `display`, which is not annotated)."""
+    _untyped_display(obj)  # type: ignore[no-untyped-call]  # IPython.display.display has no annotations
+
+
+def end_for(session: sdk.Session, error: BaseException | None) -> None:
+    """End a cell's session as the cell ended: as a ``with sdk.session()`` block would."""
+    if error is None:
+        session.end("success")
+    elif isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
+        # ipykernel interrupts a cell that awaits by cancelling it: both mean "interrupted".
+        session.end("indeterminate", "interrupted")
+    elif isinstance(error, SystemExit):
+        ok = error.code is None or error.code == 0
+        session.end("success" if ok else "fail", None if ok else f"exit {error.code}")
+    elif isinstance(error, Exception):
+        session.span.record_exception(error, escaped=True)
+        session.end("fail", type(error).__name__)
+    else:
+        session.end("indeterminate", type(error).__name__)
+
+
+def start_cell_session(args: SessionArgs) -> sdk.Session:
+    """Start the session of a ``%%session`` cell, current in this context; its summary is ours to show."""
+    options: dict[str, Any] = {"session_id": args.session_id, "user_id": args.user_id, "tags": args.tags}
+    try:
+        session = sdk.start_session(args.name, overrides={"console_summary": False}, **options)
+    except RuntimeError:  # per-session overrides need sdk.init(): the SDK is not started
+        session = sdk.start_session(args.name, **options)
+    counter = error_counter()
+    if counter is not None:
+        counter.watch(session.id)
+    return session
+
+
+class SessionCells:
+    """The hooks' participant for ``%%session`` cells: start before the body, end and summarize after it."""
+
+    def __init__(self, magics: SessionMagics) -> None:
+        self.magics = magics
+        self._open: list[tuple[int, sdk.Session | None]] = []
+
+    def before_cell(self, cell: Cell) -> None:
+        args = self.magics.transformed_cell_args(cell.source)
+        if args is None:
+            return
+        try:
+            session = start_cell_session(args)
+        except (ValueError, TypeError, sdk.ConfigError) as exc:
+            self.magics.rejector.pending = f"%%session: {exc}"
+            self._open.append((cell.depth, None))
+            return
+        self._open.append((cell.depth, session))
+
+    def adopt_cell(self, cell: Cell) -> None:
+        pass
+
+    def after_cell(self, cell: Cell, error: BaseException | None) -> None:
+        if not self._open or self._open[-1][0] != cell.depth:
+            return
+        _, session = self._open.pop()
+        self.magics.rejector.pending = None  # unused if the cell did not even parse
+        if session is not None:
+            self.magics.finish(session, error)
+
+    def abandon(self) -> None:
+        """End what is still open (the extension is being unloaded mid-cell)."""
+        while self._open:
+            _, session = self._open.pop()
+            if session is not None:
+                session.end("indeterminate", "extension unloaded")
+
+
+@magics_class
+class SessionMagics(Magics):
+    """``%%session`` and ``%session`` (``%load_ext notebook_ext``)."""
+
+    ui_url = Unicode(
+        "",
+        help="Address of a trace in your backend's UI, with {trace_id} and/or {session_id}; when set, "
+        "summaries link to it (e.g. http://localhost:16686/trace/{trace_id} for Jaeger).",
+    ).tag(config=True)
+
+    def __init__(self, shell: InteractiveShell) -> None:
+        super().__init__(shell=shell)
+        self.ipython = shell
+        self.transformer = SessionCellTransformer()
+        self.rejector = RejectCell()
+        self.cells = SessionCells(self)
+
+    # --- installing ---------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Register the magics, the transformers and the cell hooks (each once)."""
+        shell = self.ipython
+        shell.register_magics(self)
+        if self.transformer not in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.append(self.transformer)
+        if self.rejector not in shell.ast_transformers:
+            shell.ast_transformers.append(self.rejector)
+        NotebookHooks.attach(shell).add(SESSION_CELLS, self.cells, order=1)
+
+    def uninstall(self) -> None:
+        """Remove everything `install` added."""
+        shell = self.ipython
+        self.cells.abandon()
+        hooks = NotebookHooks.of(shell)
+        if hooks is not None and hooks.participants.get(SESSION_CELLS) is self.cells:
+            hooks.remove(SESSION_CELLS)
+        if self.transformer in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.remove(self.transformer)
+        if self.rejector in shell.ast_transformers:
+            shell.ast_transformers.remove(self.rejector)
+        manager = shell.magics_manager
+        for kind, table in self.magics.items():
+            for name, func in table.items():
+                if manager.magics[kind].get(name) == func:
+                    del manager.magics[kind][name]
+        if manager.registry.get(type(self).__name__) is self:
+            del manager.registry[type(self).__name__]
+        configurables = cast("list[object]", shell.configurables)  # annotated too narrowly by IPython
+        if self in configurables:
+            configurables.remove(self)
+
+    def transformed_cell_args(self, source: str) -> SessionArgs | None:
+        """The arguments of `source` if it is a ``%%session`` cell the transformer turns into its body.
+
+        The decision is the transformer's own: made on the lines IPython's cleanup transforms
+        before it (leading blank lines, indentation, prompts) hand to it.
+        """
+        lines = source.splitlines(keepends=True)
+        try:
+            for transform in list(self.ipython.input_transformers_cleanup):
+                if transform is self.transformer:
+                    break
+                lines = transform(lines)
+            else:
+                return None  # not installed: IPython hands the cell to the cell magic
+        except Exception:  # input IPython will reject too; it runs no code
+            return None
+        split = split_session_cell(lines)
+        if split is None:
+            return None
+        try:
+            return parse_cell_args(split[0])
+        except UsageError:
+            return None
+
+    # --- the magics ---------------------------------------------------------------------------
+
+    @line_cell_magic
+    def session(self, line: str, cell: str | None = None) -> None:
+        """Run a cell as one session (``%%session``); show, end or replace sessions (``%session``).
+
+        %%session [NAME] [--id ID] [--user U] [--tag T ...]
+
+        The cell's code runs inside a new session (``sdk.start_session``) named NAME (default
+        ``session``), with session id ID (default: a random one), user id U and tags T (repeat
+        ``--tag`` for several). Top-level ``await`` works as in any cell. An exception ends the
+        session as ``fail`` and is shown as it would be without the magic; interrupting the
+        kernel ends it as ``indeterminate`` (reason ``interrupted``). After the cell a summary is
+        shown: session id, state, duration, spans, errors (and LLM usage when the session has
+        ``gen_ai.usage.*`` attributes; a link when ``%config SessionMagics.ui_url`` is set).
+        ``%%session`` must be the cell's first line; other cell magics may follow it.
+
+        %session               show the current session and the auto session
+        %session end [STATE]   end the current session (else the auto session) as STATE:
+                               success (default), fail or indeterminate
+        %session new NAME      end the auto session and start a new one named NAME
+        """
+        if cell is None:
+            self._line(line)
+        else:
+            self._cell(line, cell)
+
+    def _cell(self, line: str, cell: str) -> None:
+        args = parse_cell_args(line)  # raises UsageError: the transformer leaves only such cells to us
+        # Called directly (run_cell_magic) rather than as a cell's first line: run the body as a
+        # nested cell, as %%capture does.
+        try:
+            session = start_cell_session(args)
+        except (ValueError, TypeError, sdk.ConfigError) as exc:
+            raise UsageError(f"%%session: {exc}") from None
+        shell: Any = self.ipython  # InteractiveShell.run_cell has no annotations
+        result = shell.run_cell(cell, store_history=False)
+        self.finish(session, result.error_before_exec or result.error_in_exec)
+
+    def _line(self, line: str) -> None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%session: {exc}") from None
+        if not words:
+            current = sdk.current_session()
+            explicit = current if current is not None and not current.auto else None
+            display(SessionsView(explicit, auto_session(), link_template=self.ui_url))
+        elif words[0] == "end":
+            if len(words) > 2:
+                raise UsageError("%session end [STATE]: one state at most")
+            state = words[1] if len(words) == 2 else "success"
+            if state not in END_STATES:
+                raise UsageError(f"%session end: STATE must be one of {', '.join(END_STATES)}, not {state!r}")
+            sdk.end_session(state=state)
+        elif words[0] == "new":
+            if len(words) != 2 or not words[1].strip():
+                raise UsageError("%session new NAME: give the new auto session's name")
+            new_auto_session(words[1])
+        else:
+            raise UsageError(f"%session: unknown command {words[0]!r} (use: end [STATE], new NAME)")
+
+    # --- shared -------------------------------------------------------------------------------
+
+    def finish(self, session: sdk.Session, error: BaseException | None) -> None:
+        """End a cell's session with the cell's outcome and display its summary."""
+        with guarded("%%session end"):
+            end_for(session, error)
+        counter = error_counter()
+        errors = counter.take(session.id) if counter is not None else None
+        with guarded("%%session summary"):
+            display(SessionView(session, errors=errors, link=trace_link(self.ui_url, session)))
+
+
+def new_auto_session(name: str) -> sdk.Session | None:
+    """End the running auto session and start a new one named `name`, keeping every other setting.
+
+    The settings given to ``sdk.init()`` are kept (the config file and environment are read
+    again, as by any ``init()``); only ``auto_session_name`` changes.
+    """
+    current = auto_session()
+    if current is not None:
+        current.end("success", "replaced by %session new")
+    config = sdk.config()
+    settings = {key: getattr(config, key) for key, source in config.sources.items() if source.layer == "init"}
+    settings.update(auto_start_session=True, auto_session_name=name)
+    try:
+        sdk.init(**settings)
+    except sdk.ConfigError as exc:
+        raise UsageError(f"%session new: {exc}") from None
+    return auto_session()
+
+
+def load(shell: InteractiveShell) -> SessionMagics:
+    """Install the extension in `shell`, once: a second load returns what is installed."""
+    existing = shell.magics_manager.registry.get(SessionMagics.__name__)
+    if isinstance(existing, SessionMagics):
+        existing.install()
+        return existing
+    magics = SessionMagics(shell)
+    magics.install()
+    return magics
+
+
+def unload(shell: InteractiveShell) -> None:
+    """Remove everything the extension installed in `shell`."""
+    existing = shell.magics_manager.registry.get(SessionMagics.__name__)
+    if isinstance(existing, SessionMagics):
+        existing.uninstall()
