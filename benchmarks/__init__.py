@@ -11,6 +11,7 @@ BENCHMARKS = (
     "span_in_session",
     "decorated_call",
     "session_start_end",
+    "throughput",
     "import_time",
     "init_time",
 )

@@ -10,6 +10,11 @@
 
 from __future__ import annotations
 
+# Imported before the SDK creates its TracerProvider, so that this module's at-fork handler (which
+# re-creates the lock ThreadPoolExecutor.submit takes) is registered before the provider's: in a
+# forked child the provider's handler submits resource detectors to a ThreadPoolExecutor, and with
+# the handlers in the other order the child deadlocks inside os.fork() on the inherited held lock.
+import concurrent.futures.thread  # noqa: F401
 import contextvars
 import functools
 import os
@@ -24,7 +29,15 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sdk import runtime
-from sdk.session import SESSION_ID, Session, _current_session, current_session, detach_quietly
+from sdk.session import (
+    SESSION_ID,
+    Session,
+    SessionState,
+    _current_session,
+    auto_session,
+    detach_quietly,
+    session_for_trace,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,13 +45,27 @@ R = TypeVar("R")
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 
-def _outgoing_context() -> Context:
-    """The current OpenTelemetry context, with the current session's span and id in it."""
-    ctx = otel_context.get_current()
-    session = current_session()
+def _outgoing_context(ctx: Context, local: Session | None) -> Context:
+    """`ctx` with the session its work belongs to written in: that session's id in the baggage, and
+    its span as the parent when `ctx` has no span.
+
+    The session is found by the rule the span processor stamps spans with: the open session that
+    owns the current span's trace; else `local` (the session set in the caller's context); else the
+    ``session.id`` `ctx` already carries in its baggage (a session of another process, passed on
+    unchanged); else the auto session.
+    """
+    span_context = trace.get_current_span(ctx).get_span_context()
+    session = session_for_trace(span_context.trace_id) if span_context.is_valid else None
+    if session is None:
+        session = local
+    if session is None:
+        if session_id_from(ctx) is not None:
+            return ctx
+        auto = auto_session()
+        session = auto if auto is not None and auto.state is SessionState.RUNNING else None
     if session is None:
         return ctx
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
+    if not span_context.is_valid:
         ctx = trace.set_span_in_context(session.span, ctx)
     return baggage.set_baggage(SESSION_ID, session.id, ctx)
 
@@ -50,7 +77,10 @@ def inject(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[st
     own span is the parent; outside any session only the ambient context is written.
     """
     target: MutableMapping[str, str] = {} if carrier is None else carrier
-    _PROPAGATOR.inject(target, context=_outgoing_context())
+    local = _current_session.get()
+    if local is not None and local.state is not SessionState.RUNNING:
+        local = None
+    _PROPAGATOR.inject(target, context=_outgoing_context(otel_context.get_current(), local))
     return target
 
 
@@ -90,11 +120,16 @@ class Wrapped(Generic[P, R]):
         elsewhere = os.getpid() != self._pid
         try:
             if self._ctx is None:
+                # Unpickled in another process: the session travels in the headers' baggage. Clear
+                # the session this process's context may hold (a forked pool worker inherits the
+                # one that was current in the thread that forked it), so the headers decide.
+                session_token = _current_session.set(None)
                 token = otel_context.attach(extract(self._carrier or {}))
                 try:
                     return self.fn(*args, **kwargs)
                 finally:
                     detach_quietly(token)
+                    _current_session.reset(session_token)
             session_token = _current_session.set(self._session)
             token = otel_context.attach(self._ctx)
             try:
@@ -114,12 +149,7 @@ class Wrapped(Generic[P, R]):
         carrier = self._carrier
         if carrier is None and self._ctx is not None:
             carrier = {}
-            ctx = self._ctx
-            if self._session is not None:
-                ctx = baggage.set_baggage(SESSION_ID, self._session.id, ctx)
-                if not trace.get_current_span(ctx).get_span_context().is_valid:
-                    ctx = trace.set_span_in_context(self._session.span, ctx)
-            _PROPAGATOR.inject(carrier, context=ctx)
+            _PROPAGATOR.inject(carrier, context=_outgoing_context(self._ctx, self._session))
         return (_rebuild, (self.fn, carrier))
 
     def __repr__(self) -> str:

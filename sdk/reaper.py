@@ -10,9 +10,15 @@ from sdk.session import end_idle_sessions
 
 
 class Reaper:
-    """Checks open sessions a few times per timeout; idle ones end as indeterminate (idle_timeout)."""
+    """Checks open sessions a few times per timeout; idle ones end as indeterminate (idle_timeout).
+
+    `configure` and the thread's decision to stop are made under one lock, so a reconfiguration that
+    races with the thread stopping (shutdown() then init()) always leaves exactly one thread running
+    when a timeout is set.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._timeout: float | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -21,19 +27,28 @@ class Reaper:
 
     def configure(self, timeout: float | None) -> None:
         """Run with this idle timeout (None: stop)."""
-        self._timeout = timeout
-        self._wake.set()
-        if timeout is not None and (self._thread is None or not self._thread.is_alive()):
-            self._wake = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="sessiontrace-reaper", daemon=True)
-            self._thread.start()
+        with self._lock:
+            self._timeout = timeout
+            self._wake.set()
+            if timeout is not None and self._thread is None:
+                self._wake = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="sessiontrace-reaper", daemon=True)
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the reaper thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def _run(self) -> None:
         while True:
-            timeout = self._timeout
-            if timeout is None:
-                return
-            wake = self._wake
+            with self._lock:
+                timeout = self._timeout
+                if timeout is None:
+                    self._thread = None
+                    return
+                wake = self._wake
             wake.wait(min(max(timeout / 4, 0.01), 1.0))
             wake.clear()
             try:
@@ -42,6 +57,8 @@ class Reaper:
                 internal_error("idle session reaper", exc)
 
     def _after_fork(self) -> None:
+        # The parent's thread does not exist here, and the lock may have been held at fork time.
+        self._lock = threading.Lock()
         self._thread = None
         self._wake = threading.Event()
         if self._timeout is not None:

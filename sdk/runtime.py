@@ -53,6 +53,22 @@ class Runtime:
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
         self.summary = bool(config is not None and self.enabled and config.summary_enabled)
+        for batch in self.batches:
+            batch.hand_on = self._hand_on
+
+    def _hand_on(self, span: ReadableSpan) -> bool:
+        """Give a span this (replaced) pipeline's batch processor refused to the current pipeline's.
+
+        False when this is still the current pipeline or the SDK was shut down: then it is dropped
+        and counted. Only the export path is repeated; span processors of the application saw the
+        span already.
+        """
+        current = _current
+        if current is self or not current.batches:
+            return False
+        for batch in current.batches:
+            batch.on_end(span)
+        return True
 
     def on_start(self, span: Span, parent_context: Context | None) -> None:
         for processor in self.starters:

@@ -128,6 +128,7 @@ class Session:
         "_activation",
         "_ended_ns",
         "_lock",
+        "_pid",
         "_reason",
         "_show_summary",
         "_spans",
@@ -177,6 +178,7 @@ class Session:
         self._reason: str | None = None
         self._ended_ns: int | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._spans = Counter()
         self._spans.add()
         self._activation: _Activation | None = None
@@ -314,6 +316,11 @@ class Session:
     def end(self, state: SessionState | str = SessionState.SUCCESS, reason: str | None = None) -> None:
         """End the session as `success`, `fail` or `indeterminate`. Ending an ended session does nothing."""
         parsed = _parse_state(state)
+        if self._pid != os.getpid():
+            # A forked child's copy of a session of its parent: the parent ends and exports it.
+            self._state = parsed
+            _registry.remove(self)
+            return
         with self._lock:
             if self._state is not SessionState.RUNNING:
                 return
@@ -685,19 +692,24 @@ def _start(
     return session
 
 
-def _remote_parent(parent: Mapping[str, str] | Context) -> tuple[Context, str | None]:
-    """The context a continued session starts in, and the session id its baggage carries."""
+def _remote_parent(parent: object) -> tuple[Context, str | None]:
+    """The context a continued session starts in, and the session id its baggage carries.
+
+    `parent`: a Context, or W3C headers as a mapping or anything with ``items()`` (such as the
+    headers object http.server gives a handler).
+    """
     if isinstance(parent, Context):
         ctx = parent
     else:
-        if not isinstance(parent, Mapping):
+        items = getattr(parent, "items", None)
+        if not callable(items):
             raise TypeError(
                 "parent must be W3C headers (a mapping) or an OpenTelemetry Context, "
                 f"not {type(parent).__name__}"
             )
         from sdk.context import extract
 
-        ctx = extract(parent)  # type: ignore[arg-type]  # not a Context here, so W3C headers
+        ctx = extract({str(k): str(v) for k, v in items()})
     remote = baggage.get_baggage(SESSION_ID, ctx)
     remote_id = remote if isinstance(remote, str) and remote else None
     if remote_id is not None:

@@ -7,6 +7,7 @@ its one span processor (see runtime.py) and updates the resource of every tracer
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -185,6 +186,10 @@ class SessionTracerProvider(TracerProvider):
             for tracer in self._tracers.values():
                 if type(tracer) in (Tracer, SessionTracer):
                     tracer.__class__ = SessionTracer if on else Tracer
+
+    def _handle_fork(self) -> None:
+        super()._handle_fork()
+        self.replace_resource(self._resource.merge(Resource({"process.pid": os.getpid()})))
 
     def replace_resource(self, resource: Resource) -> None:
         """Use `resource` for every tracer, existing ones included (new settings after re-init)."""

@@ -220,7 +220,7 @@ def test_reinit_under_concurrent_spans_loses_and_doubles_nothing(tracer):
     """Re-init while threads create spans: every span is exported exactly once across all exporters."""
     exporters = [CountingExporter() for _ in range(4)]
     dropped_before = sdk.stats().spans_dropped
-    _init(exporters[0])
+    _init(exporters[0], max_queue_size=1_000_000)  # the queue cap is not what this tests
     stop = threading.Event()
     made: list[int] = []
 
@@ -237,7 +237,7 @@ def test_reinit_under_concurrent_spans_loses_and_doubles_nothing(tracer):
     for t in threads:
         t.start()
     for exporter in exporters[1:]:
-        _init(exporter)
+        _init(exporter, max_queue_size=1_000_000)
     stop.set()
     for t in threads:
         t.join()

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -92,6 +93,9 @@ class BatchExportProcessor(SpanProcessor):
         # The batch the exporter is working on; shutdown() takes it over when it gives up waiting.
         self._inflight_lock = threading.Lock()
         self._inflight: list[ReadableSpan] | None = None
+        # Set by the Runtime that owns this processor: hands a span this processor refuses because
+        # it is stopping (a re-init replaced its pipeline) to the pipeline current now.
+        self.hand_on: Callable[[ReadableSpan], bool] | None = None
         self._start_worker()
         if hasattr(os, "register_at_fork"):
             weak_self = weakref.ref(self)
@@ -133,9 +137,14 @@ class BatchExportProcessor(SpanProcessor):
                 full = True
             else:
                 self._queue.append(span)
-                if len(self._queue) >= self._batch or self._interval <= 0:
+                if (len(self._queue) >= self._batch or self._interval <= 0) and not self._wake.is_set():
                     self._wake.set()
                 return
+        # A span that chose this pipeline just before init() replaced it (it read runtime._current,
+        # then waited for the GIL or for _append_lock while the old pipeline began to close) goes to
+        # the new pipeline: exported once, not dropped.
+        if not full and self.hand_on is not None and self.hand_on(span):
+            return
         COUNTERS.spans_dropped.add()
         if full:
             warn_once(

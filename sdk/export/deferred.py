@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -22,6 +24,27 @@ class DeferredExporter(SpanExporter):
         self._exporter: SpanExporter | None = None
         self._closed = False
         self.name = name
+        if hasattr(os, "register_at_fork"):
+            me = weakref.ref(self)
+
+            def before() -> None:
+                exporter = me()
+                if exporter is not None:
+                    exporter._lock.acquire()  # a fork waits for a build in progress
+
+            def after_in_parent() -> None:
+                exporter = me()
+                if exporter is not None:
+                    exporter._lock.release()
+
+            def after_in_child() -> None:
+                # The child builds its own exporter: the parent's holds its HTTP connections.
+                exporter = me()
+                if exporter is not None:
+                    exporter._lock = threading.Lock()
+                    exporter._exporter = None
+
+            os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
 
     def warm(self) -> SpanExporter:
         """The real exporter, built now if it was not yet."""

@@ -4,13 +4,18 @@
 wrapped so that the submitted callable or the thread's `run` runs in the session and
 OpenTelemetry context of the code that submitted or started it. Nothing is carried when there is
 nothing to carry (no session and no span in the caller's context): the call passes through.
+
+Two kinds of thread are never bound to the context that started them: ThreadPoolExecutor workers
+(a pool is shared: each task carries its submitter's context through the executor patch, and a
+worker bound to the session that happened to start it would put every later task that carries
+nothing into that session) and the SDK's own threads (``sessiontrace-*``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, thread
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -41,12 +46,37 @@ def _submit(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], k
     return wrapped(*args, **kwargs)
 
 
+def _carries(instance: object) -> bool:
+    """Whether starting this thread should bind its run() to the starter's context."""
+    if not isinstance(instance, threading.Thread) or "run" in instance.__dict__:
+        return False
+    pool_worker = getattr(thread, "_worker", None)
+    if pool_worker is not None and getattr(instance, "_target", None) is pool_worker:
+        return False  # a ThreadPoolExecutor worker
+    return not instance.name.startswith("sessiontrace-")
+
+
 def _start(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if isinstance(instance, threading.Thread) and "run" not in instance.__dict__:
-        bound = _bind_current(instance.run)
-        if bound is not None:
-            instance.run = bound  # type: ignore[method-assign]
-    return wrapped(*args, **kwargs)
+    if not _carries(instance):
+        return wrapped(*args, **kwargs)
+    bound = _bind_current(instance.run)
+    if bound is None:
+        return wrapped(*args, **kwargs)
+
+    def run_once() -> None:
+        # Drop the binding when run() returns: the Thread object, which the application may keep,
+        # does not keep the session and its context alive (as Thread.run drops its target).
+        try:
+            bound()
+        finally:
+            instance.__dict__.pop("run", None)
+
+    instance.run = run_once
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException:
+        instance.__dict__.pop("run", None)
+        raise
 
 
 def configure(executors: bool, threads: bool) -> None:
