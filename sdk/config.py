@@ -512,8 +512,9 @@ SETTINGS: dict[str, Setting] = {
             "propagate_executors",
             _bool,
             True,
-            "Work handed to `ThreadPoolExecutor.submit`/`map` or `loop.run_in_executor` continues the "
-            "caller's session (a patch of ThreadPoolExecutor.submit, applied once, removed by shutdown()).",
+            "Work handed to `ThreadPoolExecutor`/`ProcessPoolExecutor` `submit`/`map` or "
+            "`loop.run_in_executor` continues the caller's session (patches of the two `submit` "
+            "methods, applied once, removed by shutdown()).",
             _env("SESSIONTRACE_PROPAGATE_EXECUTORS"),
         ),
         Setting(

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 import sdk
 from sdk import instrument
-from sdk.instrument.threads import EXECUTOR_PATCH, THREAD_PATCH
+from sdk.instrument.threads import EXECUTOR_PATCH, PROCESS_POOL_PATCH, THREAD_PATCH
 from sdk.testing import CapturedSpans, capture
 
 TRACEPARENT_REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -227,7 +227,7 @@ def test_threads_not_carried_by_default(auto):
 def test_threads_carried_with_propagate_threads():
     """With propagate_threads=True a Thread, a Thread subclass overriding run() and a Timer continue the session of the code that started them."""
     captured = capture(propagate_threads=True)
-    assert instrument.applied() == sorted([EXECUTOR_PATCH, THREAD_PATCH])
+    assert instrument.applied() == sorted([EXECUTOR_PATCH, PROCESS_POOL_PATCH, THREAD_PATCH])
     with sdk.session("starter") as s:
         timer = threading.Timer(0.0, _traced, args=("timer-thread",))
         _run_threads(
@@ -512,7 +512,7 @@ def test_patches_applied_once_removed_by_shutdown_reapplied_by_init():
     sdk.init(exporter="none", service_name="changed")  # a new pipeline: patches stay as they are
     sdk.init(exporter="none", propagate_threads=True)
     sdk.init(exporter="none", propagate_threads=True, service_name="again")
-    assert instrument.applied() == sorted([EXECUTOR_PATCH, THREAD_PATCH])
+    assert instrument.applied() == sorted([EXECUTOR_PATCH, PROCESS_POOL_PATCH, THREAD_PATCH])
     patched = _submit_attribute()
     original = patched.__wrapped__  # type: ignore[attr-defined]
     assert isinstance(original, types.FunctionType)
@@ -520,7 +520,7 @@ def test_patches_applied_once_removed_by_shutdown_reapplied_by_init():
     assert isinstance(threading.Thread.__dict__["start"].__wrapped__, types.FunctionType)
 
     sdk.init(exporter="none", propagate_threads=False)
-    assert instrument.applied() == [EXECUTOR_PATCH]
+    assert instrument.applied() == sorted([EXECUTOR_PATCH, PROCESS_POOL_PATCH])
     assert isinstance(threading.Thread.__dict__["start"], types.FunctionType)
 
     sdk.shutdown()
@@ -528,7 +528,7 @@ def test_patches_applied_once_removed_by_shutdown_reapplied_by_init():
     assert _submit_attribute() is original
 
     sdk.init(exporter="none")
-    assert instrument.applied() == [EXECUTOR_PATCH]
+    assert instrument.applied() == sorted([EXECUTOR_PATCH, PROCESS_POOL_PATCH])
     again = _submit_attribute()
     assert again.__wrapped__ is original  # type: ignore[attr-defined]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, thread
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, thread
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -26,6 +26,7 @@ from sdk.context import Wrapped
 from sdk.session import _current_session
 
 EXECUTOR_PATCH = "concurrent.futures.ThreadPoolExecutor.submit"
+PROCESS_POOL_PATCH = "concurrent.futures.ProcessPoolExecutor.submit"
 THREAD_PATCH = "threading.Thread.start"
 
 
@@ -43,6 +44,19 @@ def _submit(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], k
         bound = _bind_current(args[0])
         if bound is not None:
             return wrapped(bound, *args[1:], **kwargs)
+    return wrapped(*args, **kwargs)
+
+
+def _submit_to_process(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    # Always wrapped, even with nothing to carry: a forked worker keeps the session that was current
+    # where it was forked, and every task must run in its own submitter's context, not that one.
+    # The wrapper pickles as W3C headers; in the worker it flushes after the call (workers may
+    # leave through os._exit()).
+    if args and not isinstance(args[0], Wrapped):
+        bound = Wrapped(args[0], _current_session.get(), otel_context.get_current())
+        return wrapped(bound, *args[1:], **kwargs)
     return wrapped(*args, **kwargs)
 
 
@@ -83,8 +97,10 @@ def configure(executors: bool, threads: bool) -> None:
     """Apply or remove the two patches to match the settings (each at most once per process)."""
     if executors:
         instrument.apply(EXECUTOR_PATCH, ThreadPoolExecutor, "submit", _submit)
+        instrument.apply(PROCESS_POOL_PATCH, ProcessPoolExecutor, "submit", _submit_to_process)
     else:
         instrument.remove(EXECUTOR_PATCH)
+        instrument.remove(PROCESS_POOL_PATCH)
     if threads:
         instrument.apply(THREAD_PATCH, threading.Thread, "start", _start)
     else:
@@ -94,4 +110,5 @@ def configure(executors: bool, threads: bool) -> None:
 def remove_all() -> None:
     """Remove both patches (shutdown)."""
     instrument.remove(EXECUTOR_PATCH)
+    instrument.remove(PROCESS_POOL_PATCH)
     instrument.remove(THREAD_PATCH)
