@@ -216,3 +216,23 @@ def test_uncaught_exception_fails_the_auto_session_with_a_later_excepthook(tmp_p
     attrs = {a["key"]: next(iter(a["value"].values())) for a in roots[0]["attributes"]}
     assert attrs["session.state"] == "fail", json.dumps(attrs)
     assert attrs["session.end_reason"] == "uncaught KeyError"
+
+
+@pytest.mark.subprocess
+def test_process_pool_patched_when_imported_after_init_and_init_does_not_import_it(tmp_path):
+    """init() does not import concurrent.futures.process (30 ms); importing it later gets the patch."""
+    proc = _run(
+        """
+        import sys
+        import sdk
+        sdk.init(exporter="none")
+        print("imported by init:", "concurrent.futures.process" in sys.modules)
+        from concurrent.futures import ProcessPoolExecutor
+        print("patched:", hasattr(ProcessPoolExecutor.submit, "__wrapped__"))
+        sdk.shutdown()
+        print("removed:", not hasattr(ProcessPoolExecutor.submit, "__wrapped__"))
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["imported by init: False", "patched: True", "removed: True"]

@@ -1,14 +1,25 @@
-"""Patches of other libraries' code, made with wrapt: each applied once per process, each removable.
+"""Patches of other libraries' code: each applied once per process, each removable.
 
 `init()` applies what the config asks for, however often it is called; `shutdown()` removes them.
+Wrappers take wrapt's signature ``(wrapped, instance, args, kwargs)``. A plain function defined on
+a class (the standard library's executors and threads) is wrapped by a small function of our own,
+which costs nothing to import; anything else goes through wrapt, imported then.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import threading
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sdk.guard import internal_error
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -30,15 +41,26 @@ def apply(name: str, owner: object, attribute: str, wrapper: Wrapper) -> bool:
 
     Returns True when the patch was applied now.
     """
-    import wrapt
-
     with _lock:
         if name in _applied:
             return False
         original = owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
-        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        if isinstance(owner, type) and isinstance(original, types.FunctionType):
+            setattr(owner, attribute, _method_wrapper(original, wrapper))
+        else:
+            import wrapt  # over 100 ms to import (it loads asyncio): only when needed
+
+            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
         _applied[name] = (owner, attribute, original)
         return True
+
+
+def _method_wrapper(original: Callable[..., Any], wrapper: Wrapper) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def patched(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(functools.partial(original, self), self, args, kwargs)
+
+    return patched
 
 
 def remove(name: str) -> bool:
@@ -52,7 +74,64 @@ def remove(name: str) -> bool:
     return True
 
 
+def is_applied(name: str) -> bool:
+    """Whether patch `name` is in place."""
+    return name in _applied
+
+
 def applied() -> list[str]:
     """The names of the patches in place."""
     with _lock:
         return sorted(_applied)
+
+
+class _AfterImport:
+    """Runs callbacks right after a module is first imported (a post-import hook, as wrapt has).
+
+    A meta-path finder needs only find_spec(); subclassing importlib.abc.MetaPathFinder would import
+    importlib.resources (25 ms) at init().
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Callable[[types.ModuleType], None]]] = {}
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> ModuleSpec | None:
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                continue
+            self._call_after_exec(spec.loader, fullname)
+            return spec
+        return None
+
+    def _call_after_exec(self, loader: Any, fullname: str) -> None:
+        exec_module = loader.exec_module
+
+        def exec_then_call(module: types.ModuleType) -> None:
+            exec_module(module)
+            for callback in self.pending.pop(fullname, []):
+                try:
+                    callback(module)
+                except Exception as exc:
+                    internal_error(f"post-import hook for {fullname}", exc)
+
+        loader.exec_module = exec_then_call
+
+
+_after_import = _AfterImport()
+
+
+def when_imported(module_name: str, callback: Callable[[types.ModuleType], None]) -> None:
+    """Call `callback(module)` now if the module is imported, else right after it is imported."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        callback(module)
+        return
+    with _lock:
+        _after_import.pending.setdefault(module_name, []).append(callback)
+        if _after_import not in sys.meta_path:
+            sys.meta_path.insert(0, _after_import)

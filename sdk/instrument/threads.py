@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, thread
+from concurrent.futures import ThreadPoolExecutor, thread
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -93,11 +93,17 @@ def _start(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kw
         raise
 
 
+def _patch_process_pool(module: Any) -> None:
+    if instrument.is_applied(EXECUTOR_PATCH):
+        instrument.apply(PROCESS_POOL_PATCH, module.ProcessPoolExecutor, "submit", _submit_to_process)
+
+
 def configure(executors: bool, threads: bool) -> None:
     """Apply or remove the two patches to match the settings (each at most once per process)."""
     if executors:
         instrument.apply(EXECUTOR_PATCH, ThreadPoolExecutor, "submit", _submit)
-        instrument.apply(PROCESS_POOL_PATCH, ProcessPoolExecutor, "submit", _submit_to_process)
+        # concurrent.futures.process imports multiprocessing (30 ms): patch it when the program does.
+        instrument.when_imported("concurrent.futures.process", _patch_process_pool)
     else:
         instrument.remove(EXECUTOR_PATCH)
         instrument.remove(PROCESS_POOL_PATCH)
