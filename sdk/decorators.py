@@ -20,7 +20,7 @@ from opentelemetry.trace import Span
 from sdk import runtime
 from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly, record_error
+from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly, end_span
 
 if TYPE_CHECKING:
     from sdk.session import SessionScope
@@ -54,16 +54,7 @@ class _SpanScope:
         if self.done:
             return
         self.done = True
-        try:
-            if exc is not None and isinstance(exc, (Exception, KeyboardInterrupt)):
-                record_error(self.span, exc)
-        except Exception as err:
-            internal_error("recording an exception", err)
-        finally:
-            try:
-                self.span.end()
-            except Exception as err:
-                internal_error("span end", err)
+        end_span(self.span, exc if isinstance(exc, (Exception, KeyboardInterrupt)) else None)
 
 
 class _SessionRun:

@@ -100,7 +100,13 @@ class Runtime:
         for processor in self.starters:
             # Other processors (OpenTelemetry's BatchSpanProcessor among them) may not honour a
             # timeout: give each the time left, in a daemon thread.
-            ok = _flush_within(processor, max(deadline - time.monotonic(), 0.0)) and ok
+            left = max(deadline - time.monotonic(), 0.0)
+            done = _call_within(
+                functools.partial(processor.force_flush, int(left * 1000)),
+                left,
+                f"span processor {type(processor).__name__}.force_flush",
+            )
+            ok = done is True and ok
         return ok
 
     def shutdown(self, timeout: float, keep: Sequence[object] = ()) -> None:
@@ -119,34 +125,32 @@ class Runtime:
                 internal_error(f"span processor {type(batch).__name__}.shutdown", exc)
         for processor in self.starters:
             left = max(deadline - time.monotonic(), 0.0)
-            kept = any(processor is k for k in keep)
-            stop = (
-                (lambda p=processor, ms=int(left * 1000): p.force_flush(ms)) if kept else processor.shutdown
-            )
-            worker = threading.Thread(
-                target=_guarded, args=(stop, type(processor).__name__), name="sessiontrace-close", daemon=True
-            )
-            worker.start()
-            worker.join(left)
+            name = type(processor).__name__
+            if any(processor is k for k in keep):
+                stop = functools.partial(processor.force_flush, int(left * 1000))
+                _call_within(stop, left, f"span processor {name}.force_flush")
+            else:
+                _call_within(processor.shutdown, left, f"span processor {name}.shutdown")
 
 
-def _flush_within(processor: SpanProcessor, timeout: float) -> bool:
-    result: list[bool] = []
+def _call_within(call: Callable[[], object], timeout: float, where: str) -> object:
+    """Run `call` in a daemon thread and wait for it at most `timeout` seconds.
 
-    def flush() -> None:
-        result.append(bool(processor.force_flush(int(timeout * 1000))))
+    For the application's processors, which may not honour a timeout of their own. Returns what
+    `call` returned, or None when it timed out or raised (an internal error, logged once).
+    """
+    result: list[object] = []
 
-    worker = threading.Thread(target=_guarded, args=(flush, "flush"), name="sessiontrace-flush", daemon=True)
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:
+            internal_error(where, exc)
+
+    worker = threading.Thread(target=run, name="sessiontrace-close", daemon=True)
     worker.start()
     worker.join(timeout)
-    return result == [True]
-
-
-def _guarded(call: Callable[[], object], name: str) -> None:
-    try:
-        call()
-    except Exception as exc:
-        internal_error(f"span processor {name} shutdown", exc)
+    return result[0] if result else None
 
 
 def build_resource(config: Config) -> Resource:

@@ -270,18 +270,8 @@ class Session:
     def end_step(self, error: BaseException | None = None) -> None:
         """End the current step (recording `error` on it, if given). Without a step, nothing happens."""
         span, self._step = self._step, None
-        if span is None:
-            return
-        try:
-            if error is not None:
-                record_error(span, error)
-        except Exception as exc:
-            internal_error("Session.end_step", exc)
-        finally:
-            try:
-                span.end()
-            except Exception as exc:
-                internal_error("Session.end_step", exc)
+        if span is not None:
+            end_span(span, error)
 
     @property
     def step(self) -> Span | None:
@@ -554,6 +544,20 @@ def record_error(span: Span, error: BaseException) -> None:
                 "exception.escaped": True,
             },
         )
+
+
+def end_span(span: Span, error: BaseException | None = None) -> None:
+    """End a span the SDK started, recording `error` on it first; the span ends whatever happens."""
+    try:
+        if error is not None:
+            record_error(span, error)
+    except Exception as exc:
+        internal_error("recording an exception", exc)
+    finally:
+        try:
+            span.end()
+        except Exception as exc:
+            internal_error("span end", exc)
 
 
 def detach_quietly(token: object) -> None:
