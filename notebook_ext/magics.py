@@ -58,6 +58,7 @@ _CELL_PARSER.add_argument("name", nargs="?", default=None)
 _CELL_PARSER.add_argument("--id", dest="session_id", default=None)
 _CELL_PARSER.add_argument("--user", dest="user_id", default=None)
 _CELL_PARSER.add_argument("--tag", dest="tags", action="append", default=[])
+_CELL_PARSER.add_argument("--resume", action="store_true")
 
 
 class SessionArgs(NamedTuple):
@@ -67,21 +68,22 @@ class SessionArgs(NamedTuple):
     session_id: str | None
     user_id: str | None
     tags: tuple[str, ...]
+    resume: bool = False
 
 
 def parse_cell_args(line: str) -> SessionArgs:
-    """Parse ``[NAME] [--id ID] [--user U] [--tag T ...]``; raise UsageError when they do not parse."""
+    """Parse ``[NAME] [--id ID] [--user U] [--tag T ...] [--resume]``; raise UsageError when they do not parse."""
     try:
         argv = shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"%%session: {exc}") from None
-    if "--resume" in argv:
-        raise UsageError("%%session: --resume is not available: resuming a session needs the session store")
     args = _CELL_PARSER.parse_args(argv)
     for flag, value in (("NAME", args.name), ("--id", args.session_id), ("--user", args.user_id)):
         if value is not None and not value.strip():
             raise UsageError(f"%%session: {flag} must not be empty")
-    return SessionArgs(args.name, args.session_id, args.user_id, tuple(args.tags))
+    if args.resume and args.session_id is None:
+        raise UsageError("%%session: --resume needs --id ID (the id of the session to resume)")
+    return SessionArgs(args.name, args.session_id, args.user_id, tuple(args.tags), args.resume)
 
 
 def split_session_cell(lines: Sequence[str]) -> tuple[str, list[str]] | None:
@@ -153,7 +155,12 @@ def end_for(session: sdk.Session, error: BaseException | None) -> None:
 
 def start_cell_session(args: SessionArgs) -> sdk.Session:
     """Start the session of a ``%%session`` cell, current in this context; its summary is ours to show."""
-    options: dict[str, Any] = {"session_id": args.session_id, "user_id": args.user_id, "tags": args.tags}
+    options: dict[str, Any] = {
+        "session_id": args.session_id,
+        "user_id": args.user_id,
+        "tags": args.tags,
+        "resume": args.resume,
+    }
     try:
         session = sdk.start_session(args.name, overrides={"console_summary": False}, **options)
     except RuntimeError:  # per-session overrides need sdk.init(): the SDK is not started
@@ -283,15 +290,17 @@ class SessionMagics(Magics):
     def session(self, line: str, cell: str | None = None) -> None:
         """Run a cell as one session (``%%session``); show, end or replace sessions (``%session``).
 
-        %%session [NAME] [--id ID] [--user U] [--tag T ...]
+        %%session [NAME] [--id ID] [--user U] [--tag T ...] [--resume]
 
         The cell's code runs inside a new session (``sdk.start_session``) named NAME (default
         ``session``), with session id ID (default: a random one), user id U and tags T (repeat
-        ``--tag`` for several). Top-level ``await`` works as in any cell. An exception ends the
-        session as ``fail`` and is shown as it would be without the magic; interrupting the
-        kernel ends it as ``indeterminate`` (reason ``interrupted``). After the cell a summary is
-        shown: session id, state, duration, spans, errors (and LLM usage when the session has
-        ``gen_ai.usage.*`` attributes; a link when ``%config SessionMagics.ui_url`` is set).
+        ``--tag`` for several). ``--resume`` (with ``--id``) continues session ID from the session
+        store, also after a kernel restart: same session id, same trace, a new segment. Top-level
+        ``await`` works as in any cell. An exception ends the session as ``fail`` and is shown
+        as it would be without the magic; interrupting the kernel ends it as ``indeterminate``
+        (reason ``interrupted``). After the cell a summary is shown: session id, state,
+        duration, spans, errors (and LLM calls, tokens and cost when the session made LLM calls;
+        a link when ``%config SessionMagics.ui_url`` is set).
         ``%%session`` must be the cell's first line; other cell magics may follow it.
 
         %session               show the current session and the auto session

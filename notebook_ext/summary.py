@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
@@ -20,9 +20,6 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace import StatusCode
 
 import sdk
-
-LLM_PREFIX = "gen_ai.usage."
-"""Session-span attributes shown as the LLM rows (tokens, cost, calls), when the session has any."""
 
 _COUNTER_ATTRIBUTE = "_sessiontrace_notebook_error_counter"
 
@@ -94,16 +91,17 @@ def trace_link(template: str, session: sdk.Session) -> str | None:
     return template.replace("{trace_id}", session.trace_id).replace("{session_id}", session.id)
 
 
-def llm_usage(session: sdk.Session) -> dict[str, Any]:
-    """The session span's ``gen_ai.usage.*`` attributes (LLM calls, tokens, cost), by short name."""
-    attributes = getattr(session.span, "attributes", None)
-    if not isinstance(attributes, Mapping):
-        return {}
-    return {
-        str(key)[len(LLM_PREFIX) :]: value
-        for key, value in attributes.items()
-        if str(key).startswith(LLM_PREFIX)
-    }
+def llm_rows(session: sdk.Session) -> list[Row]:
+    """LLM calls, tokens and cost of the session (none when it made no LLM call)."""
+    usage = session.usage
+    if not usage.llm_calls:
+        return []
+    return [
+        Row("LLM calls", str(usage.llm_calls)),
+        Row("LLM input tokens", str(usage.input_tokens)),
+        Row("LLM output tokens", str(usage.output_tokens)),
+        Row("LLM cost", f"${usage.cost_usd:.6g}"),
+    ]
 
 
 def format_duration(seconds: float) -> str:
@@ -137,21 +135,12 @@ def session_rows(session: sdk.Session, *, errors: int | None = None, link: str |
     ]
     if errors is not None:
         rows.append(Row("errors", str(errors)))
-    for name, value in llm_usage(session).items():
-        rows.append(Row(f"LLM {name.replace('_', ' ')}", _show(value)))
+    rows.extend(llm_rows(session))
     if not session.span.get_span_context().is_valid:
         rows.append(Row("note", "not recorded: sdk.init() has not run, or tracing is off"))
     if link:
         rows.append(Row("trace", session.trace_id, link))
     return rows
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return ", ".join(_show(v) for v in value)
-    return str(value)
 
 
 def rows_html(title: str, rows: Iterable[Row]) -> str:

@@ -8,9 +8,12 @@
 See README.md and docs/ for the contract, configuration and examples.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from sdk import context
 from sdk.config import Config, ConfigError
 from sdk.decorators import agent, event, task, tool, workflow
+from sdk.instrument import uninstrument
 from sdk.lifecycle import config, flush, init, shutdown, stats
 from sdk.session import (
     Session,
@@ -27,15 +30,21 @@ from sdk.session import (
 from sdk.stats import Stats
 from sdk.version import __version__
 
+if TYPE_CHECKING:
+    from sdk.store import SessionRecord, SessionStore, Usage
+
 __all__ = [
     "Config",
     "ConfigError",
     "Session",
     "SessionInfo",
+    "SessionRecord",
     "SessionScope",
     "SessionState",
+    "SessionStore",
     "SessionWarning",
     "Stats",
+    "Usage",
     "__version__",
     "agent",
     "config",
@@ -52,5 +61,16 @@ __all__ = [
     "stats",
     "task",
     "tool",
+    "uninstrument",
     "workflow",
 ]
+
+_LAZY = {"SessionRecord", "SessionStore", "Usage"}  # sdk.store costs import time; load it on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import sdk.store
+
+        return getattr(sdk.store, name)
+    raise AttributeError(f"module 'sdk' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``sessiontrace`` command line (also ``python -m sdk``): ``doctor`` and ``run``.
+"""The ``sessiontrace`` command line (also ``python -m sdk``): ``doctor``, ``run`` and ``sessions``.
 
 ``doctor`` shows the resolved configuration (secrets masked, each value with where it came from),
 the versions that matter, the exporter actually used, and checks that spans can get out: the
@@ -7,6 +7,10 @@ OTLP endpoint answers, or the local traces folder is writable.
 ``run`` runs a Python program as ``python SCRIPT ARGS...`` or ``python -m MODULE ARGS...`` would,
 with the SDK started and an auto session open, so everything the program does lands in one
 session. Its output, exit code and uncaught-exception traceback are the program's own.
+
+``sessions list|show|end`` reads the session store (the ``session_store`` setting, or
+``--store``): a table of sessions, one session with its segments and its span tree from the
+local traces, or ending sessions whose process is gone.
 
 See docs/cli.md.
 """
@@ -29,14 +33,17 @@ import traceback
 import types
 import urllib.parse
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sdk.config import Config, ConfigError, load_config, mask_url
 from sdk.version import __version__
+
+if TYPE_CHECKING:
+    from sdk.store import Segment, SessionRecord, SessionStore
 
 CHECK_TIMEOUT = 2.0
 """Seconds `doctor` waits for the OTLP endpoint to answer."""
@@ -59,6 +66,9 @@ examples:
   %(prog)s doctor --json          the same, as JSON
   %(prog)s run app.py --port 80   run app.py (with its arguments) inside an auto session
   %(prog)s run -m mypkg.worker    run a module, as python -m does
+  %(prog)s sessions list          the stored sessions, most recently active first
+  %(prog)s sessions show ID       one session: its segments and its span tree
+  %(prog)s sessions end --stale   end the sessions whose process is gone
 
 Run '%(prog)s COMMAND --help' for a command's options."""
 
@@ -108,6 +118,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sessiontrace") -> in
     options = parser.parse_args(args)
     if options.command == "doctor":
         return doctor_command(as_json=options.json, prog=prog)
+    if options.command == "sessions":
+        return sessions_command(options, prog=f"{prog} sessions")
     parser.print_help(sys.stderr)
     return 2
 
@@ -140,6 +152,7 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentP
     run.add_argument("script", metavar="SCRIPT", nargs="?", help="path of the Python script to run")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module (as python -m does)")
     run.add_argument("args", metavar="ARGS", nargs="*", help="arguments passed to the program (sys.argv[1:])")
+    add_sessions_parser(commands)
     return parser, run
 
 
@@ -568,3 +581,576 @@ def _skip_report_of(exc: BaseException) -> None:
             previous(exc_type, value, tb)
 
     sys.excepthook = hook
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions
+
+_SESSIONS_DESCRIPTION = """\
+List, show and end the sessions in the session store: the store the session_store setting
+names (SESSIONTRACE_SESSION_STORE, the config file; the default is the SQLite file in the data
+folder), or the one given with --store. Every action takes --json for scripts.
+
+exit status: 0 ok, 1 unknown session id (or the store failed), 2 usage or configuration error."""
+
+_SESSIONS_EPILOG = """\
+examples:
+  %(prog)s list                              the 50 most recently active sessions
+  %(prog)s list --state running --since 2h   running, active in the last two hours
+  %(prog)s list --user u-42 --tag prod --json
+  %(prog)s list --stale                      running, but their process is gone or silent
+  %(prog)s show chat-7f3a                    its segments and its span tree
+  %(prog)s end chat-7f3a --state fail --reason "worker lost"
+  %(prog)s end --stale                       end every stale session (indeterminate)
+  %(prog)s list --store redis://localhost:6379/0"""
+
+_LIST_DESCRIPTION = """\
+A table of stored sessions, most recently active first: id, name, state, started, duration
+(start to end; for a running session, start to its last recorded activity), spans, tokens and
+cost, each summed over the session's segments. Filters combine."""
+
+_SHOW_DESCRIPTION = """\
+One session: its identity, state and counters, each segment (one per process run: the first
+start and every resume), and, when the local OTLP-JSON traces are in the data folder, the
+session's span tree with durations."""
+
+_END_DESCRIPTION = """\
+Mark a session's latest segment ended in the store (for a session whose process died or hung
+without ending it). A session that has ended already is left as it is. If the owning process
+is in fact still running, its own end, when it comes, replaces this one."""
+
+END_STATES = ("success", "fail", "indeterminate")
+STATES = ("running", *END_STATES)
+DEFAULT_LIMIT = 50
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``30s``, ``15m``, ``1h``, ``2d``, ``1w`` ago, or an ISO date or date-time (local time unless it says), as epoch seconds."""
+    import datetime
+    import re
+
+    now = time_now() if now is None else now
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        return now - float(match.group(1)) * _SINCE_UNITS[match.group(2)]
+    iso = text.strip()
+    if iso.endswith(("Z", "z")):
+        iso = iso[:-1] + "+00:00"
+    try:
+        when = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 1h, 2d or an ISO date like 2025-01-31 or 2025-01-31T14:00, not {text!r}"
+        ) from None
+    return when.timestamp()  # a naive date-time is local time
+
+
+def time_now() -> float:
+    """The current time in epoch seconds (one place, so the commands agree on 'now')."""
+    import time
+
+    return time.time()
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0: no limit), not {text!r}")
+    return value
+
+
+def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``sessions list|show|end`` to the top-level subparsers; return the `sessions` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="SPEC",
+        help="the session store to read: sqlite, sqlite:PATH or a redis:// / rediss:// URL "
+        "(default: the session_store setting)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sessions = commands.add_parser(
+        "sessions",
+        help="list, show and end the sessions in the session store",
+        description=_SESSIONS_DESCRIPTION,
+        epilog=_SESSIONS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = sessions.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="a table of sessions, most recently active first",
+        description=_LIST_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--state", choices=STATES, help="only sessions in this state")
+    listing.add_argument("--user", metavar="USER_ID", help="only sessions of this user id")
+    listing.add_argument(
+        "--tag",
+        metavar="TAG",
+        action="append",
+        default=[],
+        help="only sessions with this tag (repeat: all of them)",
+    )
+    listing.add_argument(
+        "--since",
+        metavar="WHEN",
+        type=parse_since,
+        help="only sessions active since WHEN: 30m, 1h, 2d, 1w ago, or an ISO date / date-time",
+    )
+    listing.add_argument(
+        "--stale",
+        action="store_true",
+        help="only stale sessions: running, but their process on this host is gone, or silent "
+        "for longer than session_stale_after",
+    )
+    listing.add_argument(
+        "--limit",
+        metavar="N",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        help=f"show at most N sessions (default {DEFAULT_LIMIT}; 0: all)",
+    )
+
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="one session: its segments and its span tree",
+        description=_SHOW_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("session_id", metavar="ID", help="the session id")
+
+    end = actions.add_parser(
+        "end",
+        parents=[common],
+        help="mark a session (or every stale session) ended in the store",
+        description=_END_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    end.add_argument("session_id", metavar="ID", nargs="?", help="the session id")
+    end.add_argument("--stale", action="store_true", help="end every stale session instead of one id")
+    end.add_argument(
+        "--state",
+        choices=END_STATES,
+        default="indeterminate",
+        help="the state to end with (default: indeterminate)",
+    )
+    end.add_argument("--reason", default="ended by CLI", help="the end reason (default: 'ended by CLI')")
+    parser: argparse.ArgumentParser = sessions
+    return parser
+
+
+class _SessionsError(Exception):
+    """A sessions command failed in a way reported in one line, with an exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Sessions:
+    """The store a sessions command reads (None: the SQLite file does not exist yet) and its settings."""
+
+    store: SessionStore | None
+    description: str
+    stale_after: float | None
+    traces: Path
+
+    def find(self, **filters: Any) -> list[SessionRecord]:
+        return [] if self.store is None else self.store.list(**filters)
+
+    def get(self, session_id: str) -> SessionRecord:
+        record = None if self.store is None else self.store.get(session_id)
+        if record is None:
+            raise _SessionsError(f"no session {session_id!r} in the session store ({self.description})", 1)
+        return record
+
+    def stale(self, now: float) -> list[SessionRecord]:
+        from sdk.store import RUNNING, is_stale
+
+        return [r for r in self.find(state=RUNNING) if is_stale(r, self.stale_after, now)]
+
+
+def sessions_command(options: argparse.Namespace, *, prog: str = "sessiontrace sessions") -> int:
+    """`sessions list|show|end`: run the action on the configured (or ``--store``) session store."""
+    from sdk.store import StoreError
+
+    if options.action == "end" and (options.session_id is None) == (not options.stale):
+        _print_error(f"{prog} end: give a session ID or --stale (one of them)")
+        return 2
+    try:
+        sessions = _open_sessions(options.store)
+    except ConfigError as exc:
+        _print_error(str(exc))
+        return 2
+    except _SessionsError as exc:
+        _print_error(f"{prog}: {exc}")
+        return exc.status
+    try:
+        if options.action == "list":
+            return _sessions_list(options, sessions)
+        if options.action == "show":
+            return _sessions_show(options, sessions)
+        return _sessions_end(options, sessions)
+    except StoreError as exc:
+        _print_error(f"{prog}: the session store failed: {exc}")
+        return 1
+    except _SessionsError as exc:
+        _print_error(f"{prog}: {exc}")
+        return exc.status
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as other command-line tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    finally:
+        if sessions.store is not None:
+            sessions.store.close()
+
+
+def _open_sessions(spec_text: str | None) -> _Sessions:
+    from sdk.config import SETTINGS
+    from sdk.store import open_store
+    from sdk.store.sqlite import SQLiteStore
+
+    config = load_config()
+    spec: Any = config.session_store
+    if spec_text is not None:
+        try:
+            spec = SETTINGS["session_store"].parse(spec_text)
+        except Exception as exc:
+            raise _SessionsError(f"--store {spec_text!r}: {exc}", 2) from None
+    if spec == "none":
+        raise _SessionsError(
+            "no session store is configured (session_store is none): set SESSIONTRACE_SESSION_STORE or give --store",
+            2,
+        )
+    if spec == "memory":
+        raise _SessionsError(
+            "session_store is memory: its records live inside the program's own process, out of this "
+            "command's reach; give --store with a SQLite file or a Redis URL",
+            2,
+        )
+    data_dir = Path(config.data_dir)
+    store = open_store(spec, data_dir, config.session_expiry)
+    assert store is not None
+    description = store.description
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        store = None  # nothing stored yet: read as empty, without creating the file or the data folder
+    return _Sessions(store, description, config.session_stale_after, data_dir / "traces")
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def format_time(ts: float | None) -> str:
+    """Epoch seconds as local ``YYYY-MM-DD HH:MM:SS`` ('-' for None)."""
+    import time
+
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def format_duration(seconds: float | None) -> str:
+    """``<1ms``, ``52ms``, ``1.25s``, ``12s``, ``3m 05s``, ``2h 03m``, ``3d 04h`` ('-' for None)."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 0.0005:
+        return "<1ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def format_cost(cost: float) -> str:
+    """US dollars with four decimals: ``$0.0123``."""
+    return f"${cost:.4f}"
+
+
+def session_duration(record: SessionRecord) -> float:
+    """Start to end; for a running session, start to its last recorded activity."""
+    end = record.ended if record.ended is not None else record.last_activity
+    return max(end - record.started, 0.0)
+
+
+def segment_duration(segment: Segment) -> float:
+    """A segment's start to its end (or, running, to its last recorded activity)."""
+    end = segment.ended if segment.ended is not None else segment.last_activity
+    return max(end - segment.started, 0.0)
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> list[str]:
+    """Rows aligned under a header, two spaces apart; columns in `right` right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _short(text: str, width: int = 32) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def session_json(record: SessionRecord, *, stale: bool | None = None) -> dict[str, Any]:
+    """A record as the ``--json`` output shows it: the stored form plus the totals the table shows."""
+    usage = record.usage
+    data = record.to_json()
+    data.update(
+        state=record.state,
+        reason=record.reason,
+        started=record.started,
+        last_activity=record.last_activity,
+        ended=record.ended,
+        duration=session_duration(record),
+        usage=vars(usage),
+        tokens=usage.input_tokens + usage.output_tokens,
+    )
+    if stale is not None:
+        data["stale"] = stale
+    return data
+
+
+# -- list ---------------------------------------------------------------------------------------
+
+
+def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
+    from sdk.store import RUNNING, is_stale
+
+    now = time_now()
+    tags: list[str] = options.tag
+    state = options.state
+    if options.stale:
+        if state not in (None, RUNNING):
+            raise _SessionsError(
+                "--stale lists running sessions only: it cannot be combined with --state " + state, 2
+            )
+        state = RUNNING
+    limit = options.limit or None
+    filtered = bool(options.stale or tags[1:])  # filters the store does not apply: fetch all, filter here
+    records = sessions.find(
+        state=state,
+        user_id=options.user,
+        tag=tags[0] if tags else None,
+        since=options.since,
+        limit=None if filtered or limit is None else limit + 1,
+    )
+    records = [r for r in records if all(t in r.tags for t in tags[1:])]
+    stale = {r.id for r in records if is_stale(r, sessions.stale_after, now)}
+    if options.stale:
+        records = [r for r in records if r.id in stale]
+    more = limit is not None and len(records) > limit
+    records = records[:limit] if limit is not None else records
+    if options.json:
+        print(json.dumps([session_json(r, stale=r.id in stale) for r in records], indent=2))
+    elif not records:
+        print(f"no sessions found (store: {sessions.description})")
+    else:
+        rows = [
+            (
+                r.id,
+                _short(r.name),
+                f"{r.state} (stale)" if r.id in stale else r.state,
+                format_time(r.started),
+                format_duration(session_duration(r)),
+                str(r.usage.spans),
+                f"{r.usage.input_tokens + r.usage.output_tokens:,}",
+                format_cost(r.usage.cost_usd),
+            )
+            for r in records
+        ]
+        header = ("ID", "NAME", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST")
+        print("\n".join(_table(header, rows, right=frozenset({4, 5, 6, 7}))))
+    if more:
+        print(
+            f"(the {limit} most recently active shown; more match: --limit N, or --limit 0 for all)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- show ---------------------------------------------------------------------------------------
+
+
+def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
+    from sdk.store import is_stale
+
+    record = sessions.get(options.session_id)
+    stale = is_stale(record, sessions.stale_after, time_now())
+    tree = span_tree(sessions.traces, record.trace_id) if sessions.traces.is_dir() else None
+    if options.json:
+        print(json.dumps({"session": session_json(record, stale=stale), "spans": tree}, indent=2))
+        return 0
+    usage = record.usage
+    state = record.state + (" (stale)" if stale else "")
+    if record.reason:
+        state += f": {record.reason}"
+    lines = [f"session {record.id}", ""]
+    lines += _aligned(
+        [
+            ("name", record.name),
+            ("state", state),
+            ("user", record.user_id or "-"),
+            ("tags", ", ".join(record.tags) or "-"),
+            ("trace id", record.trace_id),
+            ("started", format_time(record.started)),
+            ("last active", format_time(record.last_activity)),
+            ("ended", format_time(record.ended)),
+            ("duration", format_duration(session_duration(record))),
+            ("spans", str(usage.spans)),
+            ("llm calls", str(usage.llm_calls)),
+            (
+                "tokens",
+                f"{usage.input_tokens + usage.output_tokens:,} (input {usage.input_tokens:,}, output {usage.output_tokens:,})",
+            ),
+            ("cost", format_cost(usage.cost_usd)),
+            ("errors", str(usage.errors)),
+            ("store", sessions.description),
+        ]
+    )
+    lines += ["", f"segments ({len(record.segments)}):"]
+    header = ("#", "SPAN ID", "OWNER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST", "REASON")
+    rows = [
+        (
+            str(s.number),
+            s.span_id,
+            s.owner,
+            s.state,
+            format_time(s.started),
+            format_duration(segment_duration(s)),
+            str(s.usage.spans),
+            f"{s.usage.input_tokens + s.usage.output_tokens:,}",
+            format_cost(s.usage.cost_usd),
+            s.reason or "",
+        )
+        for s in record.segments
+    ]
+    lines += ["  " + line for line in _table(header, rows, right=frozenset({0, 5, 6, 7, 8}))]
+    lines.append("")
+    if tree is None:
+        lines.append(f"spans: no local traces ({sessions.traces} does not exist)")
+    elif not tree:
+        lines.append(f"spans: none of this session's spans are in {sessions.traces}")
+    else:
+        lines.append(f"spans (from {sessions.traces}):")
+        numbers = {s.span_id: s.number for s in record.segments}
+        flat = list(_walk(tree, 0))
+        width = max(len("  " * depth + node["name"]) for node, depth in flat)
+        for node, depth in flat:
+            label = ("  " * depth + node["name"]).ljust(width)
+            notes = ""
+            if node["status"] == "error":
+                notes += "  ERROR"
+            if depth == 0 and node["span_id"] in numbers:
+                notes += f"  (segment {numbers[node['span_id']]})"
+            lines.append(f"  {label}  {format_duration(node['duration']):>8}{notes}")
+    print("\n".join(lines))
+    return 0
+
+
+def span_tree(folder: Path, trace_id: str) -> list[dict[str, Any]]:
+    """The spans of `trace_id` in the OTLP-JSON files of `folder`, as a tree (roots first by start time).
+
+    Each node: name, span_id, parent_span_id, start and end (epoch seconds), duration, status
+    (``unset``, ``ok``, ``error``), session.id and children. A span written more than once (a
+    start marker, then the span itself) appears once, as last ended.
+    """
+    from sdk.export.jsonl import read_otlp_json_spans
+
+    latest: dict[str, dict[str, Any]] = {}
+    for span in read_otlp_json_spans(folder):
+        if span.get("traceId") != trace_id:
+            continue
+        known = latest.get(span["spanId"])
+        if known is None or int(span.get("endTimeUnixNano", 0)) >= int(known.get("endTimeUnixNano", 0)):
+            latest[span["spanId"]] = span
+    nodes: dict[str, dict[str, Any]] = {}
+    for span_id, span in latest.items():
+        start = int(span.get("startTimeUnixNano", 0)) / 1e9
+        end = int(span.get("endTimeUnixNano", 0)) / 1e9
+        code = int(span.get("status", {}).get("code", 0))
+        nodes[span_id] = {
+            "name": span.get("name", ""),
+            "span_id": span_id,
+            "parent_span_id": span.get("parentSpanId") or None,
+            "start": start,
+            "end": end,
+            "duration": max(end - start, 0.0),
+            "status": {0: "unset", 1: "ok", 2: "error"}.get(code, str(code)),
+            "children": [],
+        }
+    roots: list[dict[str, Any]] = []
+    for node in sorted(nodes.values(), key=lambda n: (n["start"], n["name"])):
+        parent = nodes.get(node["parent_span_id"] or "")
+        (parent["children"] if parent is not None else roots).append(node)
+    return roots
+
+
+def _walk(nodes: list[dict[str, Any]], depth: int) -> Iterator[tuple[dict[str, Any], int]]:
+    for node in nodes:
+        yield node, depth
+        yield from _walk(node["children"], depth + 1)
+
+
+# -- end ----------------------------------------------------------------------------------------
+
+
+def _sessions_end(options: argparse.Namespace, sessions: _Sessions) -> int:
+    from sdk.store import end_latest_segment
+
+    targets = sessions.stale(time_now()) if options.stale else [sessions.get(options.session_id)]
+    results = []
+    for record in targets:
+        changed = sessions.store is not None and end_latest_segment(
+            sessions.store, record, options.state, options.reason
+        )
+        after = sessions.store.get(record.id) if sessions.store is not None else None
+        final = after if after is not None else record
+        results.append((final, changed))
+    if options.json:
+        print(
+            json.dumps(
+                [
+                    {"id": r.id, "state": r.state, "reason": r.reason, "ended": r.ended, "changed": changed}
+                    for r, changed in results
+                ],
+                indent=2,
+            )
+        )
+    elif not results:
+        print("no stale sessions")
+    else:
+        for r, changed in results:
+            verb = "ended" if changed else "already ended"
+            reason = f" ({r.reason})" if r.reason else ""
+            print(f"{verb}: {r.id} {r.state}{reason}")
+    return 0

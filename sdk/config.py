@@ -7,6 +7,7 @@ standard ``OTEL_*``) < ``init()`` keywords < per-session overrides.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -16,7 +17,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from opentelemetry.sdk.trace import SpanProcessor
 
@@ -32,6 +33,8 @@ def _span_exporter_class() -> type[SpanExporter]:
 
 
 Layer = Literal["default", "file", "env", "init", "session"]
+Exporter: TypeAlias = "str | SpanExporter | tuple[str | SpanExporter, ...]"
+"""The `exporter` setting: one destination (a name or an instance) or a tuple of them."""
 
 EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -301,20 +304,45 @@ def _scalar_text(key: object, value: object) -> str:
     raise _Invalid(f"resource attribute {key!r} must be a string, number or boolean")
 
 
-def _exporter(value: object) -> str | SpanExporter:
+def _one_exporter(value: object) -> str | SpanExporter:
     if isinstance(value, _span_exporter_class()):
         return value
     if isinstance(value, str) and value.strip().lower() in EXPORTER_NAMES:
         return value.strip().lower()
-    raise _Invalid(f"expected one of {', '.join(EXPORTER_NAMES)} or an OpenTelemetry SpanExporter instance")
+    raise _Invalid(
+        f"expected one of {', '.join(EXPORTER_NAMES)}, an OpenTelemetry SpanExporter instance, "
+        "or a list of them (e.g. otlp,file)"
+    )
 
 
-def _otel_exporter(value: object) -> str:
-    """OTEL_TRACES_EXPORTER: the standard names this SDK understands."""
-    text = _text(value).lower()
-    if text not in ("otlp", "console", "none"):
-        raise _Invalid("sessiontrace understands otlp, console or none here")
-    return text
+def _exporter(value: object) -> Exporter:
+    """One destination, or several (a list, or names separated by commas): each gets every span."""
+    items: list[object]
+    if isinstance(value, str) and "," in value:
+        items = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return _one_exporter(value)
+    parsed: list[str | SpanExporter] = []
+    for item in items:
+        one = _one_exporter(item)
+        if any(one is p or (isinstance(one, str) and one == p) for p in parsed):
+            continue
+        parsed.append(one)
+    if not parsed:
+        raise _Invalid("expected at least one destination")
+    if len(parsed) > 1 and any(p in ("none", "auto") for p in parsed):
+        raise _Invalid("none and auto cannot be combined with other destinations; name them (e.g. otlp,file)")
+    return parsed[0] if len(parsed) == 1 else tuple(parsed)
+
+
+def _otel_exporter(value: object) -> Exporter:
+    """OTEL_TRACES_EXPORTER: the standard names this SDK understands (a comma-separated list)."""
+    names = [part.strip().lower() for part in _text(value).split(",") if part.strip()]
+    if not names or any(n not in ("otlp", "console", "none") for n in names):
+        raise _Invalid("sessiontrace understands otlp, console or none here (or a comma-separated list)")
+    return _exporter(names)
 
 
 def _protocol(value: object) -> str:
@@ -336,6 +364,228 @@ def _processors(value: object) -> tuple[SpanProcessor, ...]:
 
 def _not_disabled(value: object) -> bool:
     return not _bool(value)
+
+
+STORE_NAMES = ("sqlite", "memory", "none")
+
+
+def _session_store(value: object) -> Any:
+    """`sqlite`, `sqlite:PATH`, `memory`, `none`, a ``redis://`` / ``rediss://`` URL, or a SessionStore."""
+    from sdk.store import SessionStore
+
+    if isinstance(value, SessionStore):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(
+            "expected sqlite, sqlite:PATH, memory, none, a redis:// or rediss:// URL, "
+            "or (as an init() keyword) a SessionStore instance"
+        )
+    text = value.strip()
+    lowered = text.lower()
+    if lowered in STORE_NAMES:
+        return lowered
+    if lowered.startswith("sqlite:"):
+        if not text[len("sqlite:") :].strip() or "\x00" in text:
+            raise _Invalid(
+                "sqlite:PATH needs a file path after the colon, e.g. sqlite:/var/lib/app/sessions.db"
+            )
+        return "sqlite:" + text[len("sqlite:") :].strip()
+    if lowered.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            parts = urllib.parse.urlsplit(text)
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise _Invalid(f"not a valid Redis URL ({exc})") from None
+        if parts.scheme != "unix" and not parts.hostname:
+            raise _Invalid("a Redis URL needs a host, e.g. redis://localhost:6379/0")
+        return text
+    raise _Invalid(
+        "expected sqlite, sqlite:PATH, memory, none, or a redis:// or rediss:// URL "
+        "(e.g. redis://localhost:6379/0)"
+    )
+
+
+def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
+    if value is None:
+        return ()
+    if callable(value):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(callable(c) for c in value):
+        return tuple(value)
+    raise _Invalid("expected a callable taking the Session, or a list of them")
+
+
+# --- LLM instrumentation (issue 6): parsers ---
+
+INSTRUMENTABLE = ("openai", "anthropic")
+"""The LLM client libraries the SDK can instrument (docs/instrumentation.md)."""
+
+
+def _instrument(value: object) -> tuple[str, ...]:
+    """`all`, `none`, or library names (a list, or a comma-separated string)."""
+    names: list[object]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "all":
+            return INSTRUMENTABLE
+        if text in ("none", ""):
+            return ()
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    elif isinstance(value, (list, tuple)):
+        names = list(value)
+    else:
+        raise _Invalid("expected all, none, or a list of library names")
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or name.strip().lower() not in INSTRUMENTABLE:
+            raise _Invalid(
+                f"unknown library {_show(name)}; supported: {', '.join(INSTRUMENTABLE)} (or all, none)"
+            )
+        if name.strip().lower() not in out:
+            out.append(name.strip().lower())
+    return tuple(out)
+
+
+def _redact_patterns(value: object) -> tuple[str, ...]:
+    """Regular expressions (`builtin` names the built-in set): a list, a JSON list, or one per line."""
+    items: list[object]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise _Invalid("expected a JSON list of regular expressions") from None
+            if not isinstance(parsed, list):
+                raise _Invalid("expected a JSON list of regular expressions")
+            items = parsed
+        else:
+            items = [line.strip() for line in text.splitlines() if line.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _Invalid("expected a list of regular expressions")
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, re.Pattern):
+            item = item.pattern
+        if not isinstance(item, str) or not item:
+            raise _Invalid(f"{_show(item)} is not a regular expression (expected a non-empty string)")
+        if item != "builtin":
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise _Invalid(f"{item!r} is not a valid regular expression ({exc})") from None
+        out.append(str(item))
+    return tuple(out)
+
+
+def _redactor(value: object) -> Callable[[str], str] | None:
+    if value is None:
+        return None
+    if callable(value):
+        return value
+    raise _Invalid("expected a callable that takes a string and returns the redacted string")
+
+
+def _pricing(value: object) -> Any:
+    """A JSON file's path or a mapping of model prices, validated now (see sdk.pricing)."""
+    if value is None:
+        return None
+    from sdk.pricing import PricingError, load_overrides
+
+    try:
+        return load_overrides(value)
+    except PricingError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+# Export parsers (issue 5): protocols, TLS, metrics.
+
+COMPRESSIONS = ("none", "gzip")
+
+
+def _compression(value: object) -> str:
+    text = _text(value).lower()
+    if text not in COMPRESSIONS:
+        raise _Invalid(f"expected one of {', '.join(COMPRESSIONS)}")
+    return text
+
+
+def _append_metrics_path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/metrics"))
+
+
+def _metrics_url(value: object) -> str | None:
+    """A metrics endpoint: a base URL (no path) gets `/v1/metrics`, as the traces endpoint gets `/v1/traces`."""
+    if value is None:
+        return None
+    url = _url(value)
+    return _append_metrics_path(url) if urllib.parse.urlsplit(url).path in ("", "/") else url
+
+
+def _base_metrics_url(value: object) -> str:
+    """OTEL_EXPORTER_OTLP_ENDPOINT for metrics: `/v1/metrics` is appended to whatever path it has."""
+    return _append_metrics_path(_url(value))
+
+
+def _optional_headers(value: object) -> dict[str, str] | None:
+    return None if value is None else _headers(value)
+
+
+def _optional_protocol(value: object) -> str | None:
+    return None if value is None else _protocol(value)
+
+
+def _otel_metrics_exporter(value: object) -> bool:
+    """OTEL_METRICS_EXPORTER: `otlp` turns the SDK's metrics on, `none` off."""
+    text = _text(value).lower()
+    if text not in ("otlp", "none"):
+        raise _Invalid("sessiontrace understands otlp or none here")
+    return text == "otlp"
+
+
+def _positive_seconds(value: object, scale: float = 1.0) -> float:
+    seconds = _seconds(value, scale)
+    if seconds <= 0:
+        raise _Invalid("must be a positive number of seconds")
+    return seconds
+
+
+def _positive_millis(value: object) -> float:
+    return _positive_seconds(value, scale=0.001)
+
+
+# Agent runtimes and logging parsers (issue 9).
+
+
+def _append_logs_path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/logs"))
+
+
+def _logs_url(value: object) -> str | None:
+    """A logs endpoint: a base URL (no path) gets `/v1/logs`, as the traces endpoint gets `/v1/traces`."""
+    if value is None:
+        return None
+    url = _url(value)
+    return _append_logs_path(url) if urllib.parse.urlsplit(url).path in ("", "/") else url
+
+
+def _base_logs_url(value: object) -> str:
+    """OTEL_EXPORTER_OTLP_ENDPOINT for logs: `/v1/logs` is appended to whatever path it has."""
+    return _append_logs_path(_url(value))
+
+
+def _otel_logs_exporter(value: object) -> bool:
+    """OTEL_LOGS_EXPORTER: `otlp` turns log export on, `none` off."""
+    text = _text(value).lower()
+    if text not in ("otlp", "none"):
+        raise _Invalid("sessiontrace understands otlp or none here")
+    return text == "otlp"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,6 +791,288 @@ SETTINGS: dict[str, Setting] = {
             "`indeterminate` with reason `max_open_sessions` (and warns once).",
             _env("SESSIONTRACE_MAX_OPEN_SESSIONS"),
         ),
+        # --- session store and lifecycle callbacks ---
+        Setting(
+            "session_store",
+            _session_store,
+            "sqlite",
+            "Where session records are kept so sessions can be resumed after a restart: `sqlite` "
+            "(a file in data_dir), `sqlite:PATH`, `memory`, `none`, a `redis://` / `rediss://` URL, "
+            "or (as an init() keyword) a SessionStore instance.",
+            _env("SESSIONTRACE_SESSION_STORE"),
+        ),
+        Setting(
+            "session_expiry",
+            _optional_positive_seconds,
+            24 * 3600.0,
+            "Seconds after its last activity that a stored session can still be resumed; older "
+            "records are removed (none: kept forever).",
+            _env("SESSIONTRACE_SESSION_EXPIRY"),
+        ),
+        Setting(
+            "session_stale_after",
+            _optional_positive_seconds,
+            600.0,
+            "A stored session still `running` with no activity for this many seconds is stale "
+            "(so is one whose process on this host is gone); see `sdk.sessions(stale=True)`.",
+            _env("SESSIONTRACE_SESSION_STALE_AFTER"),
+        ),
+        Setting(
+            "store_write_interval",
+            _seconds,
+            5.0,
+            "Seconds between writes of a running session's activity and counters to the store "
+            "(starts and ends are written at once, in the background).",
+            _env("SESSIONTRACE_STORE_WRITE_INTERVAL"),
+        ),
+        Setting(
+            "ended_session_grace",
+            _seconds,
+            30.0,
+            "For this many seconds after a session ends, a new span whose parent is in the session's "
+            "trace still gets its `session.id` (work that outlives its session: background tasks, "
+            "queue consumers). 0 turns it off.",
+            _env("SESSIONTRACE_ENDED_SESSION_GRACE"),
+        ),
+        Setting(
+            "on_session_start",
+            _callbacks,
+            (),
+            "A callable (or a list) called with the Session right after it starts, in the thread "
+            "that started it (init() keyword only).",
+            code_only=True,
+        ),
+        Setting(
+            "on_session_end",
+            _callbacks,
+            (),
+            "A callable (or a list) called with the Session right after it ends, in the thread "
+            "that ended it (init() keyword only).",
+            code_only=True,
+        ),
+        # --- LLM instrumentation (issue 6): settings go here ---
+        Setting(
+            "instrument",
+            _instrument,
+            INSTRUMENTABLE,
+            "LLM client libraries to instrument: a list of names (`openai`, `anthropic`), `all` "
+            "(default: every supported library, patched when it is imported) or `none`.",
+            _env("SESSIONTRACE_INSTRUMENT"),
+        ),
+        Setting(
+            "capture_content",
+            _bool,
+            False,
+            "Record prompts, completions and (for decorators that do not say) arguments and return "
+            "values, after redaction. Off by default: no content is recorded.",
+            _env("SESSIONTRACE_CAPTURE_CONTENT", "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"),
+            per_session=True,
+        ),
+        Setting(
+            "redact_patterns",
+            _redact_patterns,
+            ("builtin",),
+            "Regular expressions whose matches are replaced by `[REDACTED]` in captured content, "
+            "headers and URLs; `builtin` stands for the built-in API-key and bearer-token patterns "
+            "(an empty list turns those off). In the environment: a JSON list, or one per line.",
+            _env("SESSIONTRACE_REDACT_PATTERNS"),
+        ),
+        Setting(
+            "redactor",
+            _redactor,
+            None,
+            "A callable taking and returning a string, applied to captured text after the patterns "
+            "(init() keyword only).",
+            code_only=True,
+        ),
+        Setting(
+            "content_max_length",
+            _int_at_least(16),
+            8192,
+            "Captured text (one message part, argument or return value) is cut to this many characters.",
+            _env("SESSIONTRACE_CONTENT_MAX_LENGTH"),
+        ),
+        Setting(
+            "pricing",
+            _pricing,
+            None,
+            "Model prices that override or extend the shipped table: a JSON file's path, or (as an "
+            "init() keyword) a mapping `{model: {input: USD, output: USD}}` per million tokens.",
+            _env("SESSIONTRACE_PRICING"),
+        ),
+        # --- agent runtimes and logging (issue 9): settings go here ---
+        Setting(
+            "propagate_session",
+            _bool,
+            True,
+            "Outgoing requests of OpenTelemetry instrumentations (httpx, requests, aiohttp, grpc, ...) "
+            "carry the current session: `session.id` in W3C baggage, beside `traceparent` (a wrapper "
+            "of the global propagator, applied once, removed by shutdown()). Off: only what the "
+            "propagator itself injects; use `sdk.context.inject()` where you want the session.",
+            _env("SESSIONTRACE_PROPAGATE_SESSION"),
+        ),
+        Setting(
+            "instrument_autogen",
+            _bool,
+            True,
+            "Carry sessions through autogen-core's `SingleThreadedAgentRuntime`: a message is handled "
+            "in the session it was published or sent from (patched when `autogen_core` is imported; "
+            "see docs/integrations.md).",
+            _env("SESSIONTRACE_INSTRUMENT_AUTOGEN"),
+        ),
+        Setting(
+            "session_from_topic",
+            _bool,
+            False,
+            "autogen-core: a message published from outside any session to a topic whose source is X "
+            "is handled in session X (started on first use, resumed from the session store, ended "
+            "when the runtime stops). Off by default: a topic source is not always a session id.",
+            _env("SESSIONTRACE_SESSION_FROM_TOPIC"),
+        ),
+        Setting(
+            "log_correlation",
+            _bool,
+            False,
+            "Give every `logging` record `session_id`, `trace_id` and `span_id` attributes (for "
+            "formatters: `%(session_id)s`), through the log record factory. Off: add "
+            "`sdk.logs.SessionLogFilter()` to a handler yourself.",
+            _env("SESSIONTRACE_LOG_CORRELATION"),
+        ),
+        Setting(
+            "export_logs",
+            _bool,
+            False,
+            "Export `logging` records as OpenTelemetry logs over OTLP (a handler on the root logger), "
+            "with `session.id` and the trace and span ids of the code that logged them.",
+            _env("SESSIONTRACE_EXPORT_LOGS", EnvVar("OTEL_LOGS_EXPORTER", _otel_logs_exporter)),
+        ),
+        Setting(
+            "logs_endpoint",
+            _logs_url,
+            None,
+            "OTLP logs endpoint. Default: the traces endpoint with `/v1/logs` for `/v1/traces` (a base "
+            "URL gets `/v1/logs` appended). A logs-specific value from a lower layer than the traces "
+            "endpoint's is ignored.",
+            _env(
+                EnvVar("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", _url),
+                EnvVar("OTEL_EXPORTER_OTLP_ENDPOINT", _base_logs_url),
+            ),
+        ),
+        # --- export: protocols, TLS, spool, metrics (issue 5): settings go here ---
+        Setting(
+            "compression",
+            _compression,
+            "none",
+            "Compression of OTLP requests: `gzip` or `none`.",
+            _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        ),
+        Setting(
+            "certificate_file",
+            _optional_path,
+            None,
+            "CA certificate file (PEM) to verify the OTLP backend's TLS certificate with "
+            "(default: the system's trusted CAs).",
+            _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        ),
+        Setting(
+            "client_certificate_file",
+            _optional_path,
+            None,
+            "Client certificate file (PEM) for mutual TLS with the OTLP backend (with client_key_file).",
+            _env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        ),
+        Setting(
+            "client_key_file",
+            _optional_path,
+            None,
+            "Client private key file (PEM) for mutual TLS with the OTLP backend.",
+            _env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        ),
+        Setting(
+            "insecure",
+            _bool,
+            False,
+            "gRPC only: a plaintext channel (no TLS) even for an `https://` endpoint. An `http://` "
+            "endpoint is always plaintext, for HTTP and gRPC alike.",
+            _env("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"),
+        ),
+        Setting(
+            "spool",
+            _bool,
+            True,
+            "Keep batches the OTLP backend could not take (down, or answering a retryable error) in "
+            "`<data_dir>/spool/` and send them when it is back, also from the next process started "
+            "in the same folder. Off: such batches are dropped and counted.",
+            _env("SESSIONTRACE_SPOOL"),
+        ),
+        Setting(
+            "spool_max_bytes",
+            _int_at_least(1024),
+            64 * 1024 * 1024,
+            "The spool of one destination holds at most this many bytes; batches past it are dropped and counted.",
+            _env("SESSIONTRACE_SPOOL_MAX_BYTES"),
+        ),
+        Setting(
+            "spool_retry_interval",
+            _positive_seconds,
+            2.0,
+            "Seconds before the first retry of a spooled batch; the wait doubles after each failure "
+            "(at most 16 times this, and at most 30 s) and a `Retry-After` from the backend is honoured.",
+            _env("SESSIONTRACE_SPOOL_RETRY_INTERVAL"),
+        ),
+        Setting(
+            "live_sessions",
+            _bool,
+            True,
+            "Export a `session.start` marker span for every session still running 1 s after it "
+            "started, so backends show running sessions before they end.",
+            _env("SESSIONTRACE_LIVE_SESSIONS"),
+        ),
+        Setting(
+            "metrics",
+            _optional_bool,
+            None,
+            "Export the SDK's OTLP metrics (sessions, spans, export errors, GenAI metrics). Default "
+            "(`auto`): on when spans go to an OTLP backend.",
+            _env("SESSIONTRACE_METRICS", EnvVar("OTEL_METRICS_EXPORTER", _otel_metrics_exporter)),
+        ),
+        Setting(
+            "metric_export_interval",
+            _positive_seconds,
+            60.0,
+            "Seconds between metric exports (OTEL_METRIC_EXPORT_INTERVAL is in milliseconds).",
+            _env(
+                "SESSIONTRACE_METRIC_EXPORT_INTERVAL",
+                EnvVar("OTEL_METRIC_EXPORT_INTERVAL", _positive_millis),
+            ),
+        ),
+        Setting(
+            "metrics_endpoint",
+            _metrics_url,
+            None,
+            "OTLP metrics endpoint. Default: the traces endpoint with `/v1/metrics` for `/v1/traces` "
+            "(a base URL gets `/v1/metrics` appended). A metrics-specific value from a lower layer "
+            "than the traces endpoint's is ignored.",
+            _env(
+                EnvVar("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", _url),
+                EnvVar("OTEL_EXPORTER_OTLP_ENDPOINT", _base_metrics_url),
+            ),
+        ),
+        Setting(
+            "metrics_headers",
+            _optional_headers,
+            None,
+            "Headers for OTLP metric requests (default: `headers`).",
+            _env("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+            secret=True,
+        ),
+        Setting(
+            "metrics_protocol",
+            _optional_protocol,
+            None,
+            "OTLP protocol for metrics (default: `protocol`).",
+            _env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ),
         Setting(
             "span_processors",
             _processors,
@@ -566,7 +1098,7 @@ class Config:
     enabled: bool
     service_name: str
     resource_attributes: Mapping[str, str]
-    exporter: str | SpanExporter
+    exporter: str | SpanExporter | tuple[str | SpanExporter, ...]
     endpoint: str | None
     headers: Mapping[str, str] = field(repr=False)  # secret: see masked()
     protocol: str
@@ -585,18 +1117,64 @@ class Config:
     propagate_threads: bool
     session_idle_timeout: float | None
     max_open_sessions: int
+    # --- session store and lifecycle callbacks ---
+    session_store: Any
+    session_expiry: float | None
+    session_stale_after: float | None
+    store_write_interval: float
+    ended_session_grace: float
+    on_session_start: tuple[Callable[..., Any], ...]
+    on_session_end: tuple[Callable[..., Any], ...]
+    # --- LLM instrumentation (issue 6): fields go here ---
+    instrument: tuple[str, ...]
+    capture_content: bool
+    redact_patterns: tuple[str, ...]
+    redactor: Callable[[str], str] | None
+    content_max_length: int
+    pricing: Any
+    # --- agent runtimes and logging (issue 9): fields go here ---
+    propagate_session: bool
+    instrument_autogen: bool
+    session_from_topic: bool
+    log_correlation: bool
+    export_logs: bool
+    logs_endpoint: str | None
+    # --- export: protocols, TLS, spool, metrics (issue 5): fields go here ---
+    compression: str
+    certificate_file: Path | None
+    client_certificate_file: Path | None
+    client_key_file: Path | None
+    insecure: bool
+    spool: bool
+    spool_max_bytes: int
+    spool_retry_interval: float
+    live_sessions: bool
+    metrics: bool | None
+    metric_export_interval: float
+    metrics_endpoint: str | None
+    metrics_headers: Mapping[str, str] | None = field(repr=False)  # secret: see masked()
+    metrics_protocol: str | None
     span_processors: tuple[SpanProcessor, ...]
     config_file: Path | None
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def exporter_kind(self) -> str:
-        """The exporter actually used: `auto` resolved to `otlp` or `file`, an instance to `custom`."""
-        if not isinstance(self.exporter, str):
-            return "custom"
-        if self.exporter == "auto":
-            return "otlp" if self.endpoint else "file"
-        return self.exporter
+        """The exporter actually used: `auto` resolved to `otlp` or `file`, an instance to `custom`.
+
+        Several destinations are joined with `+` (e.g. `otlp+file`)."""
+        return "+".join(self.destination_kinds)
+
+    @property
+    def destinations(self) -> tuple[str | SpanExporter, ...]:
+        """Every destination: names (`auto` resolved to `otlp` or `file`) and exporter instances."""
+        items = self.exporter if isinstance(self.exporter, tuple) else (self.exporter,)
+        return tuple(("otlp" if self.endpoint else "file") if item == "auto" else item for item in items)
+
+    @property
+    def destination_kinds(self) -> tuple[str, ...]:
+        """`destinations` with exporter instances shown as `custom`."""
+        return tuple(item if isinstance(item, str) else "custom" for item in self.destinations)
 
     @property
     def traces_endpoint(self) -> str:
@@ -609,7 +1187,7 @@ class Config:
     def summary_enabled(self) -> bool:
         """Whether ended sessions print a one-line summary (auto: with the local file exporter)."""
         if self.console_summary is None:
-            return self.exporter_kind == "file"
+            return "file" in self.destination_kinds
         return self.console_summary
 
     def masked(self, name: str) -> str:
@@ -911,16 +1489,24 @@ def _file_layer(
 
 
 def _check_combination(config: Config) -> None:
-    if config.protocol == "grpc" and config.exporter_kind == "otlp":
-        try:
-            import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "protocol",
-                "grpc",
-                config.sources["protocol"],
-                "OTLP over gRPC needs the grpc extra: pip install 'sessiontrace[grpc]'",
-            ) from None
+    if "otlp" not in config.destination_kinds:
+        return
+    uses_grpc = [name for name in ("protocol", "metrics_protocol") if getattr(config, name) == "grpc"]
+    if uses_grpc and importlib.util.find_spec("grpc") is None:
+        raise ConfigError(
+            uses_grpc[0],
+            "grpc",
+            config.sources[uses_grpc[0]],
+            "OTLP over gRPC needs the grpc extra: pip install 'sessiontrace[grpc]'",
+        )
+    if (config.client_certificate_file is None) != (config.client_key_file is None):
+        given = "client_certificate_file" if config.client_key_file is None else "client_key_file"
+        raise ConfigError(
+            given,
+            str(getattr(config, given)),
+            config.sources[given],
+            "mutual TLS needs both client_certificate_file and client_key_file",
+        )
 
 
 def describe_settings() -> Iterable[Setting]:

@@ -21,7 +21,14 @@ from sdk import runtime, tracing
 from sdk.config import Config, load_config
 from sdk.guard import internal_error
 from sdk.reaper import REAPER
-from sdk.session import SessionState, auto_session, end_open_sessions, open_sessions, start_auto_session
+from sdk.session import (
+    SessionState,
+    auto_session,
+    end_open_sessions,
+    open_sessions,
+    set_ended_session_grace,
+    start_auto_session,
+)
 from sdk.stats import COUNTERS, Stats
 
 _lock = threading.RLock()
@@ -50,6 +57,7 @@ def init(**settings: Any) -> Config:
         old = runtime.current()
         if old.config is not None and old.config == config and old.enabled == config.enabled:
             _apply_process_features(config)
+            set_ended_session_grace(config.ended_session_grace)
             _apply_auto_session(config)
             _run_environment_hooks()
             return old.config
@@ -61,11 +69,12 @@ def init(**settings: Any) -> Config:
                 end_open_sessions(SessionState.SUCCESS, "sdk disabled", "sdk disabled")
             _set_provider_enabled(False)
             tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
-        new = runtime.build_runtime(config, tracer)
+        new = runtime.build_runtime(config, tracer, old)
         runtime.swap(new)
         if old.config is not None:
             runtime.close_in_background(old, new, config.flush_timeout)
         _apply_process_features(config)
+        set_ended_session_grace(config.ended_session_grace)
         _apply_auto_session(config)
         _install_exit_hook()
         _run_environment_hooks()
@@ -87,7 +96,23 @@ def _apply_process_features(config: Config) -> None:
         executors=config.enabled and config.propagate_executors,
         threads=config.enabled and config.propagate_threads,
     )
+    from sdk import instrument
+
+    instrument.configure_llm(config.instrument if config.enabled else ())
     REAPER.configure(config.session_idle_timeout if config.enabled else None)
+    # Agent runtimes and logging (issue 9).
+    from sdk import logs
+    from sdk.instrument import autogen, propagation
+
+    if config.enabled and config.instrument_autogen:
+        autogen.apply()
+    else:
+        autogen.remove()
+    if config.enabled and config.propagate_session:
+        propagation.apply()
+    else:
+        propagation.remove()
+    logs.configure(config)
 
 
 def _run_environment_hooks() -> None:
@@ -153,7 +178,21 @@ def shutdown(timeout: float | None = None) -> None:
         from sdk.instrument import threads
 
         threads.remove_all()
-        _close_all(rt, rt.config.flush_timeout if timeout is None else timeout)
+        from sdk import instrument
+
+        instrument.uninstrument()
+        # Agent runtimes and logging (issue 9): the log export is flushed beside the pipeline.
+        from sdk import logs
+        from sdk.instrument import autogen, propagation
+
+        autogen.remove()
+        propagation.remove()
+        limit = rt.config.flush_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        logs_closing = logs.remove_all(limit)
+        _close_all(rt, limit)
+        if logs_closing is not None:
+            logs_closing.join(max(deadline - time.monotonic(), 0.0))
 
 
 def config() -> Config:
@@ -173,10 +212,16 @@ def stats() -> Stats:
         spans_exported=COUNTERS.spans_exported.value,
         spans_dropped=COUNTERS.spans_dropped.value,
         export_errors=COUNTERS.export_errors.value,
+        spans_spooled=COUNTERS.spans_spooled.value,
+        spool_dropped=COUNTERS.spool_dropped.value,
         sessions_open=len(open_sessions()),
         sessions_started=COUNTERS.sessions_started.value,
         sessions_ended=COUNTERS.sessions_ended.value,
         internal_errors=COUNTERS.internal_errors.value,
+        store_errors=COUNTERS.store_errors.value,
+        callback_errors=COUNTERS.callback_errors.value,
+        llm_calls=COUNTERS.llm_calls.value,
+        llm_calls_unpriced=COUNTERS.llm_calls_unpriced.value,
     )
 
 

@@ -13,9 +13,8 @@ import platform
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -24,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
 from sdk.config import Config
-from sdk.guard import internal_error
+from sdk.guard import internal_error, warn_once
 from sdk.stats import COUNTERS
 from sdk.version import __version__
 
@@ -32,6 +31,23 @@ if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by 
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from sdk.export.batch import BatchExportProcessor
+    from sdk.store import SessionStore
+    from sdk.store.writer import StoreWriter
+
+
+T = TypeVar("T")
+
+
+class SessionListener(Protocol):
+    """Told when a session starts and ends (the store writer, metrics, the user's callbacks).
+
+    `session` is an `sdk.session.Session` (this module sits below it and does not import it).
+    Called in the thread that started or ended the session; must be quick and must not raise.
+    """
+
+    def on_session_start(self, session: Any, *, stored: bool) -> None: ...
+
+    def on_session_end(self, session: Any) -> None: ...
 
 
 class Runtime:
@@ -43,8 +59,13 @@ class Runtime:
         processors: Sequence[SpanProcessor] = (),
         tracer: trace.Tracer | None = None,
         batches: Sequence[BatchExportProcessor] = (),
+        store_writer: StoreWriter | None = None,
+        session_listeners: Sequence[SessionListener] = (),
     ) -> None:
         self.config = config
+        self.store_writer = store_writer
+        self.store: SessionStore | None = store_writer.store if store_writer is not None else None
+        self.session_listeners: tuple[SessionListener, ...] = tuple(session_listeners)
         self.enabled = config is not None and config.enabled
         self.batches = tuple(batches)
         self.processors: tuple[SpanProcessor, ...] = (*self.batches, *processors)
@@ -87,16 +108,43 @@ class Runtime:
             except Exception as exc:
                 internal_error(f"span processor {name}.on_end", exc)
 
+    def session_started(self, session: Any, *, stored: bool) -> None:
+        """Tell the listeners a session started (`stored`: its record was written by a resume)."""
+        for listener in self.session_listeners:
+            try:
+                listener.on_session_start(session, stored=stored)
+            except Exception as exc:
+                internal_error(f"session listener {type(listener).__name__}", exc)
+
+    def session_ended(self, session: Any) -> None:
+        """Tell the listeners a session ended."""
+        for listener in self.session_listeners:
+            try:
+                listener.on_session_end(session)
+            except Exception as exc:
+                internal_error(f"session listener {type(listener).__name__}", exc)
+
+    def store_call(self, call: Callable[[], T]) -> T | None:
+        """A synchronous store operation (a resume): on failure warned once, counted, None."""
+        if self.store_writer is None:
+            return None
+        return self.store_writer.call(call)
+
     def summary_wanted(self, show: bool | None) -> bool:
         """Whether an ended session prints its summary line (`show`: the session's own setting)."""
         return self.enabled and (show if show is not None else self.summary)
 
     def force_flush(self, timeout: float) -> bool:
-        """Export everything queued; False when the timeout (for all processors together) ran out."""
+        """Export everything queued (and write pending session records); False when the timeout (for
+        all processors together) ran out before every span was exported."""
         deadline = time.monotonic() + timeout
         ok = True
         for batch in self.batches:
             ok = batch.force_flush(int(max(deadline - time.monotonic(), 0.0) * 1000)) and ok
+        if self.store_writer is not None:
+            # Session records are written within the deadline too, but the result is about spans:
+            # a slow store is counted and retried by its writer (see docs/sessions.md).
+            self.store_writer.flush(max(deadline - time.monotonic(), 0.0))
         for processor in self.starters:
             # Other processors (OpenTelemetry's BatchSpanProcessor among them) may not honour a
             # timeout: give each the time left, in a daemon thread.
@@ -117,6 +165,12 @@ class Runtime:
         daemon thread that is given the time left.
         """
         deadline = time.monotonic() + timeout
+        writer = self.store_writer
+        if writer is not None:
+            if any(writer is k for k in keep):
+                writer.flush(timeout / 2)
+            else:
+                writer.close(timeout / 2)
         for batch in self.batches:
             left = max(deadline - time.monotonic(), 0.0)
             try:
@@ -172,70 +226,163 @@ def build_resource(config: Config) -> Resource:
     return Resource(attributes)
 
 
-def build_exporter(config: Config) -> SpanExporter | None:
-    """The SpanExporter the config asks for (None for `none`).
+def build_exporter(config: Config, destination: str | SpanExporter | None = None) -> SpanExporter | None:
+    """The SpanExporter for one destination of the config (default: its first; None for `none`).
 
     The built-in exporters are deferred: their modules are imported and the exporter is built on
-    the export worker's thread, so init() stays fast whatever the exporter needs.
+    the export worker's thread, so init() stays fast whatever the exporter needs. OTLP goes through
+    the SDK's own spooling exporter (sdk/export/delivery.py), itself cheap to build.
     """
     from sdk.export.deferred import DeferredExporter
 
-    kind = config.exporter_kind
-    if not isinstance(config.exporter, str):
-        return config.exporter
-    if kind == "none":
+    if destination is None:
+        destination = config.destinations[0]
+    if not isinstance(destination, str):
+        return destination
+    if destination == "none":
         return None
-    return DeferredExporter(functools.partial(_make_exporter, config), kind)
+    if destination == "otlp":
+        from sdk.export.delivery import SpoolingExporter
+        from sdk.export.otlp import traces_endpoint
+        from sdk.export.spool import Spool
+
+        endpoint = traces_endpoint(config)
+        spool = Spool(config.data_dir, endpoint.key, config.spool_max_bytes) if config.spool else None
+        return SpoolingExporter(endpoint, spool, config.spool_retry_interval)
+    return DeferredExporter(functools.partial(_make_exporter, config, destination), destination)
 
 
-def _make_exporter(config: Config) -> SpanExporter:
-    kind = config.exporter_kind
+def _make_exporter(config: Config, kind: str) -> SpanExporter:
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter(out=sys.stdout)
-    if kind == "file":
-        from sdk.export.jsonl import OTLPJsonFileExporter
+    from sdk.export.jsonl import OTLPJsonFileExporter
 
-        return OTLPJsonFileExporter(config.data_dir, config.file_max_bytes)
-    if config.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    return OTLPJsonFileExporter(config.data_dir, config.file_max_bytes)
 
-        parts = urllib.parse.urlsplit(config.traces_endpoint)
-        grpc_exporter: SpanExporter = GrpcExporter(
-            endpoint=parts.netloc,
-            insecure=parts.scheme == "http",
-            headers=dict(config.headers),
-            timeout=config.export_timeout,
+
+class _Callbacks:
+    """The application's `on_session_start` / `on_session_end` callbacks, as a session listener.
+
+    A callback that raises is logged once (per callback and exception type) and counted in
+    `sdk.stats().callback_errors`; the session goes on.
+    """
+
+    def __init__(self, on_start: Sequence[Callable[..., Any]], on_end: Sequence[Callable[..., Any]]) -> None:
+        self.on_start = tuple(on_start)
+        self.on_end = tuple(on_end)
+
+    def on_session_start(self, session: Any, *, stored: bool) -> None:
+        for callback in self.on_start:
+            self._call(callback, session, "on_session_start")
+
+    def on_session_end(self, session: Any) -> None:
+        for callback in self.on_end:
+            self._call(callback, session, "on_session_end")
+
+    @staticmethod
+    def _call(callback: Callable[..., Any], session: Any, which: str) -> None:
+        try:
+            callback(session)
+        except Exception as exc:
+            COUNTERS.callback_errors.add()
+            name = getattr(callback, "__qualname__", type(callback).__name__)
+            warn_once(
+                f"callback-{which}-{name}-{type(exc).__name__}",
+                "sessiontrace: the %s callback %s raised %s: %s (the session goes on; further "
+                "errors are counted in sdk.stats().callback_errors)",
+                which,
+                name,
+                type(exc).__name__,
+                exc,
+            )
+
+
+def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | None:
+    """The session store's writer: the previous pipeline's when the store settings are unchanged."""
+    if previous is not None and previous.store_writer is not None and previous.config is not None:
+        old = previous.config
+        if (old.session_store, old.data_dir, old.session_expiry, old.store_write_interval) == (
+            config.session_store,
+            config.data_dir,
+            config.session_expiry,
+            config.store_write_interval,
+        ):
+            return previous.store_writer
+    from sdk.store import open_store
+    from sdk.store.writer import StoreWriter
+
+    try:
+        store = open_store(config.session_store, config.data_dir, config.session_expiry)
+    except Exception as exc:
+        COUNTERS.store_errors.add()
+        warn_once(
+            "session-store-open",
+            "sessiontrace: the session store (%s) cannot be opened: %s. Sessions work without persistence",
+            config.masked("session_store"),
+            f"{type(exc).__name__}: {exc}",
         )
-        return grpc_exporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter(
-        endpoint=config.traces_endpoint,
-        headers=dict(config.headers),
-        timeout=config.export_timeout,
-    )
+        return None
+    return None if store is None else StoreWriter(store, config.store_write_interval)
 
 
-def build_runtime(config: Config, tracer: trace.Tracer) -> Runtime:
-    """A new pipeline for `config`. Never blocks on the network: exporters connect lazily."""
+def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None = None) -> Runtime:
+    """A new pipeline for `config`. Never blocks on the network: exporters connect lazily.
+
+    `previous`: the pipeline being replaced, whose session store is kept when its settings match."""
     if not config.enabled:
         return Runtime(config, (), tracer)
     from sdk.export.batch import BatchExportProcessor
 
+    # One batch processor (queue and worker) per destination: a backend that is down never holds
+    # up the local file, and each destination gets every span.
     batches = []
-    exporter = build_exporter(config)
-    if exporter is not None:
-        batches.append(
-            BatchExportProcessor(
-                exporter,
-                max_queue_size=config.max_queue_size,
-                max_export_batch_size=config.max_export_batch_size,
-                export_interval=config.export_interval,
+    for destination in config.destinations:
+        exporter = build_exporter(config, destination)
+        if exporter is not None:
+            batches.append(
+                BatchExportProcessor(
+                    exporter,
+                    max_queue_size=config.max_queue_size,
+                    max_export_batch_size=config.max_export_batch_size,
+                    export_interval=config.export_interval,
+                )
             )
+    writer = _store_writer(config, previous)
+    listeners: list[SessionListener] = [writer] if writer is not None else []
+    listeners += _export_listeners(config, batches)
+    if config.on_session_start or config.on_session_end:
+        listeners.append(_Callbacks(config.on_session_start, config.on_session_end))
+    return Runtime(config, config.span_processors, tracer, batches, writer, listeners)
+
+
+def _export_listeners(config: Config, batches: Sequence[BatchExportProcessor]) -> list[SessionListener]:
+    """Live-session markers and the metrics pipeline (attached to the first batch processor)."""
+    listeners: list[SessionListener] = []
+    if config.live_sessions and batches:
+        from sdk.export.batch import LiveMarkers
+
+        listeners.append(LiveMarkers(batches))
+    metrics_on = config.metrics if config.metrics is not None else "otlp" in config.destination_kinds
+    if metrics_on:
+        from sdk.export.metrics import pipeline
+        from sdk.export.otlp import metrics_endpoint
+
+        metrics = pipeline()
+        companion = metrics.attach(
+            metrics_endpoint(config), build_resource(config), config.metric_export_interval
         )
-    return Runtime(config, config.span_processors, tracer, batches)
+        if batches:
+            batches[0].companions.append(companion)
+        listeners.append(metrics.listener())
+    elif "sdk.export.metrics" in sys.modules:  # metrics were on before this init(): stop them
+        from sdk.export.metrics import existing_pipeline
+
+        existing = existing_pipeline()
+        if existing is not None:
+            existing.detach()
+    return listeners
 
 
 _lock = threading.Lock()
@@ -247,6 +394,8 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _closing.clear()  # the parent's closer threads do not exist here
+    if _current.store_writer is not None:
+        _current.store_writer.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -273,6 +422,8 @@ def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading
     again) are flushed but not closed."""
     keep: list[object] = list(new.starters)
     keep += [b.exporter for b in new.batches]
+    if new.store_writer is not None:
+        keep.append(new.store_writer)
     closer = threading.Thread(
         target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
     )

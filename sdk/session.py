@@ -16,11 +16,12 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from enum import Enum
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, overload
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from sdk import runtime
@@ -30,6 +31,9 @@ from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
 from sdk.stats import COUNTERS, Counter
 
+if TYPE_CHECKING:  # imported when a session is stored or resumed, not by `import sdk`
+    from sdk.store import SegmentUpdate, SessionRecord, Usage
+
 SESSION_ID = "session.id"
 SESSION_NAME = "session.name"
 SESSION_STATE = "session.state"
@@ -38,11 +42,21 @@ SESSION_END_REASON = "session.end_reason"
 SESSION_PARENT_ID = "session.parent_id"
 SESSION_AUTO = "session.auto"
 SESSION_CONTINUED = "session.continued"
+SESSION_SEGMENT = "session.segment"
+SESSION_RESUMED = "session.resumed"
+SESSION_ERRORS = "session.errors"
+SESSION_LLM_CALLS = "session.llm.calls"
+SESSION_LLM_INPUT_TOKENS = "session.llm.input_tokens"
+SESSION_LLM_OUTPUT_TOKENS = "session.llm.output_tokens"
+SESSION_LLM_COST = "session.llm.cost_usd"
 USER_ID = "user.id"
 SPAN_KIND = "sessiontrace.span.kind"
 
 MAX_ID_LENGTH = 256
 DEFAULT_MAX_OPEN_SESSIONS = 10_000  # before init(), when there is no config yet
+DEFAULT_ENDED_SESSION_GRACE = 30.0
+_monotonic = time.monotonic
+MAX_ENDED_TRACES = 20_000  # ids only: about 3 MB at most
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,12 +150,14 @@ class Session:
         "_state",
         "_step",
         "_tags",
+        "_usage",
         "auto",
         "config",
         "id",
         "last_active_ns",
         "name",
         "parent_id",
+        "segment",
         "span",
         "started_ns",
         "trace_id_int",
@@ -160,8 +176,10 @@ class Session:
         parent_id: str | None,
         auto: bool,
         started_ns: int,
+        segment: int = 1,
     ) -> None:
         self.id = session_id
+        self.segment = segment
         self.name = name
         self.user_id = user_id
         self._tags = tags
@@ -184,6 +202,7 @@ class Session:
         self._activation: _Activation | None = None
         self._activated: _Activation | None = None
         self._show_summary: bool | None = config.console_summary if config else None
+        self._usage = [0, 0, 0, 0.0, 0]  # LLM calls, input tokens, output tokens, cost (USD), errors
 
     @property
     def state(self) -> SessionState:
@@ -209,6 +228,47 @@ class Session:
     def span_count(self) -> int:
         """Spans started in this session so far, the session's own span included."""
         return self._spans.value
+
+    @property
+    def usage(self) -> Usage:
+        """This segment's counters so far: spans, LLM calls, input/output tokens, cost in USD, errors.
+
+        LLM numbers come from the instrumented clients (docs/instrumentation.md); errors count
+        spans of the session that recorded an exception. A resumed session's earlier segments are
+        in its stored record (`python -m sdk sessions show ID`).
+        """
+        from sdk.store import Usage
+
+        with self._lock:
+            calls, tokens_in, tokens_out, cost, errors = self._usage
+        return Usage(self._spans.value, int(calls), int(tokens_in), int(tokens_out), float(cost), int(errors))
+
+    def add_llm_usage(
+        self,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        error: bool = False,
+    ) -> None:
+        """Count one LLM call of this session (the instrumentation calls this for every call it records)."""
+        with self._lock:
+            usage = self._usage
+            usage[0] += 1
+            usage[1] += input_tokens or 0
+            usage[2] += output_tokens or 0
+            usage[3] += cost_usd or 0.0
+            if error:
+                usage[4] += 1
+
+    def _add_error(self) -> None:
+        with self._lock:
+            self._usage[4] += 1
+
+    @property
+    def span_id(self) -> str:
+        """The id of this segment's root span, as 16 hex digits."""
+        return f"{self.span.get_span_context().span_id:016x}"
 
     @property
     def duration(self) -> float:
@@ -322,11 +382,18 @@ class Session:
         self.end_step()
         rt = runtime.current()
         try:
+            final: dict[str, Any] = {SESSION_STATE: parsed.value}
             if reason:
-                reason_text = to_attribute_value(str(reason), rt.attribute_max_length)
-                write_attributes(self.span, {SESSION_STATE: parsed.value, SESSION_END_REASON: reason_text})
-            else:
-                write_attributes(self.span, {SESSION_STATE: parsed.value})
+                final[SESSION_END_REASON] = to_attribute_value(str(reason), rt.attribute_max_length)
+            calls, tokens_in, tokens_out, cost, errors = self._usage
+            if calls:
+                final[SESSION_LLM_CALLS] = calls
+                final[SESSION_LLM_INPUT_TOKENS] = tokens_in
+                final[SESSION_LLM_OUTPUT_TOKENS] = tokens_out
+                final[SESSION_LLM_COST] = round(cost, 10)
+            if errors:
+                final[SESSION_ERRORS] = errors
+            write_attributes(self.span, final)
             if parsed is SessionState.FAIL:
                 self.span.set_status(Status(StatusCode.ERROR, reason))
             self.span.end(self._ended_ns)
@@ -335,6 +402,8 @@ class Session:
         activation, self._activation = self._activation, None
         if activation is not None and _current_session.get() is self:
             activation.undo()
+        if rt.session_listeners:
+            rt.session_ended(self)
         if rt.summary_wanted(self._show_summary):
             try:
                 print_summary(self.summary())
@@ -363,10 +432,68 @@ class Session:
             self.end(SessionState.INDETERMINATE, type(exc).__name__)
 
     def summary(self) -> SessionSummary:
-        """The session's summary now (state, duration and span count so far)."""
+        """The session's summary now (state, duration, span count and LLM usage so far)."""
+        usage = self.usage
         return SessionSummary(
-            self.id, self.name, self._state.value, self.duration, self.span_count, self._reason
+            self.id,
+            self.name,
+            self._state.value,
+            self.duration,
+            usage.spans,
+            self._reason,
+            usage.llm_calls,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_usd,
+            usage.errors,
         )
+
+    def _store_record(self) -> SessionRecord:
+        """This session as a new store record with one segment, as it is now (the store writer calls this)."""
+        from sdk.store import Segment, SessionRecord, owner_id
+
+        ended = self._ended_ns
+        return SessionRecord(
+            id=self.id,
+            name=self.name,
+            trace_id=self.trace_id,
+            user_id=self.user_id,
+            tags=self._tags,
+            segments=(
+                Segment(
+                    span_id=self.span_id,
+                    number=self.segment,
+                    owner=owner_id(),
+                    started=self.started_ns / 1e9,
+                    last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
+                    state=self._state.value,
+                    reason=self._reason,
+                    ended=ended / 1e9 if ended is not None else None,
+                    usage=self.usage,
+                ),
+            ),
+        )
+
+    def _store_update(self) -> SegmentUpdate:
+        """This segment's state and counters now (the store writer calls this)."""
+        from sdk.store import SegmentUpdate
+
+        ended = self._ended_ns
+        return SegmentUpdate(
+            session_id=self.id,
+            span_id=self.span_id,
+            last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
+            usage=self.usage,
+            state=self._state.value,
+            reason=self._reason,
+            ended=ended / 1e9 if ended is not None else None,
+            name=self.name,
+            user_id=self.user_id,
+            tags=self._tags,
+        )
+
+    def _last_activity_wall(self) -> float:
+        return time.time() - (time.monotonic_ns() - self.last_active_ns) / 1e9
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r} id={self.id} state={self._state.value}>"
@@ -404,6 +531,10 @@ class _Registry:
         self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.auto_listeners: list[Callable[[bool], None]] = []
         self.started: dict[int, list[Session]] = {}  # by thread: open sessions start_session() made current
+        # Ended sessions' ids by trace, with the end of their grace period: late spans of their
+        # traces still belong to them. Ids, not sessions: an ended session must be freed.
+        self.ended_traces: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
+        self.grace = DEFAULT_ENDED_SESSION_GRACE
 
     def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> list[Session]:
         """Register an open session; return the sessions to end to get back within `limit`.
@@ -440,6 +571,8 @@ class _Registry:
                 del self.by_id[session.id]
             if self.by_trace.get(session.trace_id_int) is session:
                 del self.by_trace[session.trace_id_int]
+                if self.grace > 0 and session.trace_id_int:
+                    self._keep_ended_trace(session)
             auto_ended = self.auto is session
             if auto_ended:
                 self.auto = None
@@ -455,6 +588,26 @@ class _Registry:
                         del self.started[session._started_thread]
         if auto_ended:
             self._tell_auto_listeners(False)
+
+    def _keep_ended_trace(self, session: Session) -> None:
+        """Remember an ended session's trace for `grace` seconds (lock held; bounded in size too)."""
+        now = _monotonic()
+        ended = self.ended_traces
+        ended[session.trace_id_int] = (session.id, now + self.grace)
+        # Entries are in order of ending (a resumed trace's may lag; lookups check the time anyway):
+        # drop from the front what expired, and what exceeds the bound. Each entry is dropped once.
+        while ended:
+            first = next(iter(ended))
+            if ended[first][1] > now and len(ended) <= MAX_ENDED_TRACES:
+                break
+            del ended[first]
+
+    def ended_session_id_for_trace(self, trace_id: int) -> str | None:
+        """The id of the session that owned this trace and ended within the grace period."""
+        entry = self.ended_traces.get(trace_id)
+        if entry is None or entry[1] < _monotonic():
+            return None
+        return entry[0]
 
     def _tell_auto_listeners(self, running: bool) -> None:
         for listener in self.auto_listeners:
@@ -531,6 +684,9 @@ def record_error(span: Span, error: BaseException) -> None:
     Works for exceptions whose ``str()`` raises too.
     """
     text = to_attribute_value(error, 4096)
+    session = _registry.by_trace.get(span.get_span_context().trace_id)
+    if session is not None:
+        session._add_error()
     span.set_attribute("error.type", type(error).__qualname__)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {text}"))
     try:
@@ -598,6 +754,14 @@ def session_for_trace(trace_id: int) -> Session | None:
     return _registry.by_trace.get(trace_id)
 
 
+def set_ended_session_grace(seconds: float) -> None:
+    """How long an ended session still claims new spans of its trace (the `ended_session_grace` setting)."""
+    with _registry.lock:
+        _registry.grace = seconds
+        if seconds <= 0:
+            _registry.ended_traces.clear()
+
+
 def open_sessions() -> list[Session]:
     """Every open session of the process, the auto session included."""
     return _registry.open_sessions()
@@ -612,6 +776,7 @@ def _start(
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
+    resume: bool = False,
     auto: bool = False,
 ) -> Session:
     rt = runtime.current()
@@ -640,12 +805,31 @@ def _start(
         outer = None
     max_length = config.attribute_max_length if config else 4096
 
-    if not continued and sid in _registry.by_id:
+    if resume and session_id is None:
+        raise ValueError("resume=True needs the session_id of the session to resume")
+    if not continued and not resume and sid in _registry.by_id:
         raise ValueError(
             f"a session with id {sid!r} is already open in this process; end it first or choose another id"
         )
     span: Span = trace.INVALID_SPAN
     started_ns = time.time_ns()
+    segment = 1
+    forced: tuple[int, int] | None = None
+    previous: Link | None = None
+    if resume and rt.enabled:
+        stored = _begin_segment(rt, sid, name, user_id, tag_tuple, started_ns)
+        if stored is not None:
+            latest = stored.segments[-1]
+            segment = latest.number
+            forced = (int(stored.trace_id, 16), int(latest.span_id, 16))
+            if len(stored.segments) > 1:
+                before = stored.segments[-2]
+                previous = Link(
+                    trace.SpanContext(
+                        int(stored.trace_id, 16), int(before.span_id, 16), True, trace.TraceFlags(1)
+                    ),
+                    {SESSION_ID: sid, SESSION_SEGMENT: before.number},
+                )
     if rt.enabled:
         try:
             attrs = to_attributes(attributes, max_length)
@@ -661,11 +845,19 @@ def _start(
                 attrs[SESSION_AUTO] = True
             if continued:
                 attrs[SESSION_CONTINUED] = True
+            if forced is not None:
+                attrs[SESSION_SEGMENT] = segment
+                attrs[SESSION_RESUMED] = previous is not None
             links = []
             if outer is not None:
                 attrs[SESSION_PARENT_ID] = outer.id
                 links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
-            span = rt.tracer.start_span(name, context=start_context, links=links, start_time=started_ns)
+            if previous is not None:
+                links.append(previous)
+            if forced is not None:
+                span = _start_with_ids(rt, forced, name, start_context, links, started_ns)
+            else:
+                span = rt.tracer.start_span(name, context=start_context, links=links, start_time=started_ns)
             write_attributes(span, attrs)
         except Exception as exc:
             internal_error("session start", exc)
@@ -680,10 +872,15 @@ def _start(
         parent_id=outer.id if outer is not None else None,
         auto=auto,
         started_ns=started_ns,
+        segment=segment,
     )
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
-    evicted = _registry.add(session, continued=continued, limit=limit)  # ValueError: duplicate id
+    evicted = _registry.add(session, continued=continued or resume, limit=limit)  # ValueError: duplicate id
     COUNTERS.sessions_started.add()
+    if rt.session_listeners:
+        # A resume whose claim failed (the store is down) is not written later either: a plain
+        # write would replace the stored record, and its earlier segments with it.
+        rt.session_started(session, stored=resume)
     if evicted:
         warn_once(
             "max-open-sessions",
@@ -694,6 +891,97 @@ def _start(
         for old in evicted:
             old.end(SessionState.INDETERMINATE, "max_open_sessions")
     return session
+
+
+def _begin_segment(
+    rt: runtime.Runtime, sid: str, name: str, user_id: str | None, tags: tuple[str, ...], started_ns: int
+) -> SessionRecord | None:
+    """Claim the next segment of session `sid` in the store (or create it there): None without a store."""
+    store = rt.store
+    if store is None:
+        warn_once(
+            "resume-without-store",
+            "sessiontrace: start_session(resume=True) with session_store=none: nothing to resume "
+            "from, so a new session with the given id starts",
+        )
+        return None
+    from sdk.store import Segment, SessionRecord, owner_id
+
+    trace_id = random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    now = started_ns / 1e9
+    candidate = SessionRecord(
+        id=sid,
+        name=name,
+        trace_id=f"{trace_id:032x}",
+        user_id=user_id,
+        tags=tags,
+        segments=(Segment(f"{span_id:016x}", 1, owner_id(), now, now),),
+    )
+    stored = rt.store_call(lambda: store.begin_segment(candidate, resume=True))
+    if stored is None or not stored.segments or stored.segments[-1].span_id != candidate.segments[0].span_id:
+        return None
+    return stored
+
+
+class SegmentIds(IdGenerator):
+    """The SDK tracer's id generator: the wrapped one's ids, except for a resumed segment's span.
+
+    A resumed segment's span must have the stored trace id and the span id claimed in the store
+    before it started; `forced()` hands those to the next span this thread starts.
+    """
+
+    def __init__(self, inner: IdGenerator) -> None:
+        self.inner = inner
+        self._local = threading.local()
+        self.forcing = 0
+
+    def generate_span_id(self) -> int:
+        if self.forcing:
+            span_id = getattr(self._local, "span_id", None)
+            if span_id is not None:
+                self._local.span_id = None
+                return int(span_id)
+        return self.inner.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        if self.forcing:
+            trace_id = getattr(self._local, "trace_id", None)
+            if trace_id is not None:
+                self._local.trace_id = None
+                return int(trace_id)
+        return self.inner.generate_trace_id()
+
+    def start_span(
+        self,
+        tracer: trace.Tracer,
+        ids: tuple[int, int],
+        name: str,
+        context: Context,
+        links: list[Link],
+        start_time: int,
+    ) -> Span:
+        """Start a root span with exactly these (trace id, span id)."""
+        self.forcing += 1
+        self._local.trace_id, self._local.span_id = ids
+        try:
+            return tracer.start_span(name, context=context, links=links, start_time=start_time)
+        finally:
+            self._local.trace_id = self._local.span_id = None
+            self.forcing -= 1
+
+
+def _start_with_ids(
+    rt: runtime.Runtime, ids: tuple[int, int], name: str, context: Context, links: list[Link], start: int
+) -> Span:
+    generator = getattr(rt.tracer, "id_generator", None)
+    if isinstance(generator, SegmentIds):
+        return generator.start_span(rt.tracer, ids, name, context, links, start)
+    # Not an OpenTelemetry SDK tracer: continue the stored trace as a child of the claimed span id.
+    remote = trace.NonRecordingSpan(trace.SpanContext(ids[0], ids[1], True, trace.TraceFlags(1)))
+    return rt.tracer.start_span(
+        name, context=trace.set_span_in_context(remote, context), links=links, start_time=start
+    )
 
 
 def _remote_parent(parent: object) -> tuple[Context, str | None]:
@@ -730,11 +1018,17 @@ def start_session(
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
+    resume: bool = False,
 ) -> Session:
     """Start a session and make it current in this thread or task until it ends.
 
     Prefer ``with sdk.session(...)``, which also ends the session. `overrides` sets per-session
     settings (those marked per-session in docs/configuration.md).
+
+    ``resume=True`` with a `session_id` continues that session from the session store (after a
+    restart, in another process, or after it ended): a new segment in the same trace, linked to
+    the previous one. An id the store does not know (or has expired) starts a new session with
+    that id. See docs/sessions.md.
     """
     session = _start(
         name,
@@ -744,6 +1038,7 @@ def start_session(
         attributes=attributes,
         overrides=overrides,
         parent=parent,
+        resume=resume,
     )
     session._activation = _Activation(session)
     if not session.ended:
@@ -780,9 +1075,12 @@ def end_session(
     elif isinstance(session, str):
         target = _registry.by_id.get(session)
         if target is None:
-            if session not in _registry.recently_ended:
+            if session not in _registry.recently_ended and not end_stored_session(session, state, reason):
                 warnings.warn(
-                    f"sdk.end_session(): no open session has id {session!r}", SessionWarning, stacklevel=2
+                    f"sdk.end_session(): no open session has id {session!r} (nor a running one in the "
+                    "session store)",
+                    SessionWarning,
+                    stacklevel=2,
                 )
             return
     elif isinstance(session, Session):
@@ -790,6 +1088,55 @@ def end_session(
     else:
         raise TypeError(f"end_session() takes a Session or a session id, not {type(session).__name__}")
     target.end(state, reason)
+
+
+def end_stored_session(
+    session_id: str, state: SessionState | str = SessionState.INDETERMINATE, reason: str | None = None
+) -> bool:
+    """End a session that runs in the store but not in this process (its process died, say).
+
+    The store's latest segment is marked ended as of its last recorded activity, and that
+    segment's root span, which its process never exported, is exported now (same trace and span
+    id, from its start to its last activity) with the state and reason, so the backend's trace
+    has its root. False when the store has no running segment for the id.
+    """
+    parsed = _parse_state(state)
+    rt = runtime.current()
+    store = rt.store
+    if store is None:
+        return False
+    from sdk.store import end_latest_segment
+
+    record = rt.store_call(lambda: store.get(session_id))
+    if record is None or not record.segments or record.state != "running":
+        return False
+    reason_text = reason or "ended from another process"
+    if not rt.store_call(lambda: end_latest_segment(store, record, parsed.value, reason_text)):
+        return False
+    latest = record.latest
+    if rt.enabled:
+        try:
+            attrs: dict[str, Any] = {
+                SESSION_ID: record.id,
+                SESSION_NAME: record.name,
+                SESSION_STATE: parsed.value,
+                SESSION_END_REASON: reason_text,
+                SESSION_SEGMENT: latest.number,
+                SPAN_KIND: "session",
+            }
+            if record.user_id is not None:
+                attrs[USER_ID] = record.user_id
+            if record.tags:
+                attrs[SESSION_TAGS] = list(record.tags)
+            ids = (int(record.trace_id, 16), int(latest.span_id, 16))
+            span = _start_with_ids(rt, ids, record.name, _ROOT_CONTEXT, [], int(latest.started * 1e9))
+            write_attributes(span, attrs)
+            if parsed is SessionState.FAIL:
+                span.set_status(Status(StatusCode.ERROR, reason_text))
+            span.end(int(max(latest.last_activity, latest.started) * 1e9))
+        except Exception as exc:
+            internal_error("end_stored_session", exc)
+    return True
 
 
 def start_auto_session(name: str) -> Session:
@@ -877,6 +1224,7 @@ def session(
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
+    resume: bool = False,
 ) -> SessionScope: ...
 
 
@@ -889,6 +1237,7 @@ def session(
     attributes: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
+    resume: bool = False,
 ) -> Any:
     """A session as a context manager (``with`` / ``async with``) or a decorator.
 
@@ -899,8 +1248,11 @@ def session(
     ``parent=`` W3C headers (``traceparent`` + ``baggage`` from `sdk.context.inject`) or an
     OpenTelemetry Context continues a session of another process or service: same
     ``session.id``, spans in the caller's trace (see docs/concurrency.md).
+
+    ``resume=True`` with a `session_id` continues a stored session (see `start_session`).
     """
     options: dict[str, Any] = {
+        "resume": resume,
         "session_id": session_id,
         "user_id": user_id,
         "tags": tags,
@@ -930,8 +1282,24 @@ class SessionInfo(NamedTuple):
     session: Session
 
 
-def sessions() -> list[SessionInfo]:
-    """The open sessions of this process (the auto session included), oldest first."""
+@overload
+def sessions(*, stale: Literal[False] = False) -> list[SessionInfo]: ...
+
+
+@overload
+def sessions(*, stale: Literal[True]) -> list[SessionRecord]: ...
+
+
+def sessions(*, stale: bool = False) -> list[SessionInfo] | list[SessionRecord]:
+    """The open sessions of this process (the auto session included), oldest first.
+
+    ``stale=True``: instead, the session store's stale sessions — still `running` there, but
+    their process on this host is gone or they were silent longer than `session_stale_after` —
+    most recently active first. End one with ``sdk.end_session(record.id, "indeterminate",
+    "stale")`` (see docs/sessions.md).
+    """
+    if stale:
+        return _stale_records()
     now = time.time_ns()
     listed = [
         SessionInfo(
@@ -949,6 +1317,20 @@ def sessions() -> list[SessionInfo]:
         for s in open_sessions()
     ]
     return sorted(listed, key=lambda info: -info.age)
+
+
+def _stale_records() -> list[SessionRecord]:
+    rt = runtime.current()
+    store = rt.store
+    if store is None:
+        return []
+    from sdk.store import is_stale
+
+    stale_after = rt.config.session_stale_after if rt.config is not None else None
+    running = rt.store_call(lambda: store.list(state="running"))
+    now = time.time()
+    mine = set(_registry.by_id)
+    return [r for r in running or () if r.id not in mine and is_stale(r, stale_after, now)]
 
 
 def end_idle_sessions(timeout: float) -> int:

@@ -42,9 +42,15 @@ class Counters:
         self.spans_exported = Counter()
         self.spans_dropped = Counter()
         self.export_errors = Counter()
+        self.spans_spooled = Counter()
+        self.spool_dropped = Counter()
         self.sessions_started = Counter()
         self.sessions_ended = Counter()
         self.internal_errors = Counter()
+        self.store_errors = Counter()
+        self.callback_errors = Counter()
+        self.llm_calls = Counter()
+        self.llm_calls_unpriced = Counter()
 
 
 class Stats(NamedTuple):
@@ -60,10 +66,24 @@ class Stats(NamedTuple):
     spans_exported: int
     spans_dropped: int
     export_errors: int
+    """Export requests that failed (a backend down, refusing or erroring), first tries and resends alike."""
+    spans_spooled: int
+    """Spans written to the on-disk spool because the backend could not take them (sent later;
+    once sent they count in `spans_exported`)."""
+    spool_dropped: int
+    """Spans the spool refused because it was full (`spool_max_bytes`); also in `spans_dropped`."""
     sessions_open: int
     sessions_started: int
     sessions_ended: int
     internal_errors: int
+    store_errors: int
+    """Session-store operations that failed (the store was down, full or unreadable)."""
+    callback_errors: int
+    """Exceptions raised by `on_session_start` / `on_session_end` callbacks (caught)."""
+    llm_calls: int
+    """LLM calls recorded by the instrumentation."""
+    llm_calls_unpriced: int
+    """LLM calls whose model is not in the pricing table (no cost recorded for them)."""
 
 
 COUNTERS = Counters()

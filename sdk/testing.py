@@ -63,6 +63,7 @@ def reset() -> None:
     with registry.lock:
         registry.by_id.clear()
         registry.by_trace.clear()
+        registry.ended_traces.clear()
         registry.auto = None
         registry.auto_was_ended = False
         registry.recently_ended.clear()

@@ -28,13 +28,15 @@ from opentelemetry.util.types import Attributes
 from sdk import runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session import ROOT_KEY, SESSION_ID, _current_session, _registry
+from sdk.session import ROOT_KEY, SESSION_ID, SegmentIds, _current_session, _registry
 from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 TRACER_NAME = "sessiontrace"
 _monotonic_ns = time.monotonic_ns
-_by_trace = _registry.by_trace  # the registry's dict: never replaced, only changed
+_monotonic = time.monotonic
+_by_trace = _registry.by_trace  # the registry's dicts: never replaced, only changed
+_ended_traces = _registry.ended_traces
 
 
 class SessionSpanProcessor(SynchronousMultiSpanProcessor):
@@ -53,7 +55,18 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         COUNTERS.spans_started.add()
         try:
             session = _by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
-            if session is None and not (parent_context is not None and ROOT_KEY in parent_context):
+            late = None
+            if session is None and _ended_traces:
+                late = _ended_traces.get(span._context.trace_id)  # type: ignore[union-attr]
+                if late is not None and late[1] >= _monotonic():  # its session ended moments ago
+                    write_attributes(span, {SESSION_ID: late[0]})
+                else:
+                    late = None
+            if (
+                session is None
+                and late is None
+                and not (parent_context is not None and ROOT_KEY in parent_context)
+            ):
                 session = _current_session.get()
                 if session is None:
                     remote = baggage.get_baggage(SESSION_ID, parent_context)
@@ -77,6 +90,9 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                 session.last_active_ns = _monotonic_ns()
         except Exception as exc:
             internal_error("session stamping", exc)
+        self._start_in_pipeline(span, parent_context)
+
+    def _start_in_pipeline(self, span: Span, parent_context: Context | None) -> None:
         rt = runtime._current
         if rt.starters:
             rt.on_start(span, parent_context)
@@ -109,7 +125,11 @@ def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
     if session is None:
         candidate = _current_session.get() or _registry.auto
         session = candidate if candidate is not None and candidate.trace_id_int == trace_id else None
-    session_id = session.id if session is not None else baggage.get_baggage(SESSION_ID)
+    session_id = (
+        session.id
+        if session is not None
+        else _registry.ended_session_id_for_trace(trace_id) or baggage.get_baggage(SESSION_ID)
+    )
     if not isinstance(session_id, str) or not session_id:
         return
     with attrs._lock:
@@ -247,7 +267,12 @@ def install(resource: Resource) -> trace.Tracer:
         private.replace_resource(resource)
         provider = private
     _installed["provider"] = provider
-    return provider.get_tracer(TRACER_NAME, __version__)
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    generator = getattr(tracer, "id_generator", None)
+    if generator is not None and not isinstance(generator, SegmentIds):
+        # Only the SDK's own tracer: a resumed session's span takes the ids claimed in the store.
+        tracer.id_generator = SegmentIds(generator)  # type: ignore[attr-defined]
+    return tracer
 
 
 def installed_provider() -> trace.TracerProvider | None:

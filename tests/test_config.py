@@ -51,9 +51,19 @@ def test_every_setting_has_a_doc():
 
 
 def test_every_env_var_feeds_one_setting():
-    """No environment variable is declared for two settings (which one would win would be unclear)."""
-    names = [var.name for s in SETTINGS.values() for var in s.env]
-    assert len(names) == len(set(names))
+    """No environment variable is declared for two settings (which one would win would be unclear),
+    except OpenTelemetry's generic OTLP variables, which feed one setting per signal (traces,
+    metrics, logs: the signal-specific settings are named `metrics_*` / `logs_*`)."""
+    fed: dict[str, list[str]] = {}
+    for setting in SETTINGS.values():
+        for var in setting.env:
+            fed.setdefault(var.name, []).append(setting.name)
+    for name, settings in fed.items():
+        if len(settings) == 1:
+            continue
+        assert name.startswith("OTEL_EXPORTER_OTLP_"), (name, settings)
+        signals = [s.split("_")[0] if s.startswith(("metrics_", "logs_")) else "traces" for s in settings]
+        assert len(signals) == len(set(signals)), (name, settings)
 
 
 def test_defaults_parse_as_their_own_values():

@@ -176,7 +176,8 @@ def test_console_summary_line_per_ended_session(capsys):
         rf"sessiontrace: session 'refund-flow' {ok.id} success in \d+\.\d\ds, 3 spans", summary[0]
     )
     assert re.fullmatch(
-        rf"sessiontrace: session 'broken' {bad.id} fail \(KeyError\) in \d+\.\d\ds, 1 span", summary[1]
+        rf"sessiontrace: session 'broken' {bad.id} fail \(KeyError\) in \d+\.\d\ds, 1 span, 1 error",
+        summary[1],
     )
 
 

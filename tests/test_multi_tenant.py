@@ -275,8 +275,9 @@ def test_every_exported_span_belongs_to_the_conversation_of_its_request(chat_run
     assert len(spans) == USERS * (1 + 4 * TURNS)
 
 
-def test_idle_conversation_ends_its_session_and_the_next_message_starts_a_new_one(tmp_path):
-    """After the idle timeout a conversation's session ends as success; its next message runs in a new session with the same id, in a new trace, with the history kept."""
+def test_idle_conversation_ends_its_session_and_the_next_message_resumes_it(tmp_path):
+    """After the idle timeout a conversation's session ends as success; its next message resumes it:
+    same session id, same trace, segment 2 linked to segment 1, with the history kept."""
     with OTLPReceiver() as receiver:
         env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, SESSIONTRACE_FLUSH_TIMEOUT="10")
         server = ServerProcess(tmp_path, env, "--idle-timeout", "0.3")
@@ -290,16 +291,50 @@ def test_idle_conversation_ends_its_session_and_the_next_message_starts_a_new_on
             server.kill()
         spans = finished_spans(receiver.spans)
     assert first["session_id"] == second["session_id"] == "c-idle"
-    assert first["trace_id"] != second["trace_id"]
+    assert first["trace_id"] == second["trace_id"]
+    assert (first["segment"], second["segment"]) == (1, 2)
     assert second["history"] == ["where is order A-1?", "and A-2?"]
-    sessions = sorted((s for s in spans if s.name == "chat"), key=lambda s: s.attributes["chat.segment"])
-    assert [(s.trace_id, s.attributes["session.state"]) for s in sessions] == [
-        (first["trace_id"], "success"),
-        (second["trace_id"], "success"),
+    assert_two_linked_segments(spans, first, second)
+
+
+def test_a_server_restart_between_two_messages_continues_the_conversation_in_the_same_trace(tmp_path):
+    """The server is stopped after a conversation's first message and started again (same place, so
+    same session store): the second message continues the session, in the same trace."""
+    with OTLPReceiver() as receiver:
+        env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, SESSIONTRACE_FLUSH_TIMEOUT="10")
+        replies = []
+        for message in ("where is order A-1?", "and A-2?"):
+            server = ServerProcess(tmp_path, env)
+            try:
+                replies.append(post(f"{server.url}/conversations/c-restart/messages", "ada", message))
+                server.stop(signal.SIGTERM)
+            finally:
+                server.kill()
+        spans = finished_spans(receiver.spans)
+    first, second = replies
+    assert first["session_id"] == second["session_id"] == "c-restart"
+    assert first["trace_id"] == second["trace_id"]
+    assert (first["segment"], second["segment"]) == (1, 2)
+    assert second["history"] == ["and A-2?"]  # the demo's history is in memory; the session is not
+    assert_two_linked_segments(spans, first, second)
+
+
+def assert_two_linked_segments(spans: list[Any], first: dict[str, Any], second: dict[str, Any]) -> None:
+    sessions = sorted((s for s in spans if s.name == "chat"), key=lambda s: s.attributes["session.segment"])
+    assert [
+        (s.trace_id, s.attributes["session.segment"], s.attributes["session.state"]) for s in sessions
+    ] == [
+        (first["trace_id"], 1, "success"),
+        (second["trace_id"], 2, "success"),
     ]
-    turns = {s.attributes["chat.request_id"]: s.trace_id for s in spans if s.name == "chat.turn"}
-    assert turns == {first["request_id"]: first["trace_id"], second["request_id"]: second["trace_id"]}
-    assert all(s.attributes["session.id"] == "c-idle" for s in spans)
+    assert sessions[0].parent_span_id == sessions[1].parent_span_id == ""  # each segment is a root
+    assert [(trace_id, span_id) for trace_id, span_id, _ in sessions[1].links] == [
+        (sessions[0].trace_id, sessions[0].span_id)
+    ]
+    turns = {s.attributes["chat.request_id"]: s for s in spans if s.name == "chat.turn"}
+    assert turns[first["request_id"]].parent_span_id == sessions[0].span_id
+    assert turns[second["request_id"]].parent_span_id == sessions[1].span_id
+    assert all(s.attributes["session.id"] == first["session_id"] for s in spans)
 
 
 class _MixingHandler(http.server.BaseHTTPRequestHandler):

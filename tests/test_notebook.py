@@ -230,14 +230,13 @@ SESSION_CELLS = [
     "sdk.init(auto_start_session=True, propagate_threads=True)",  # 12
     "%%session threaded\nt = threading.Thread(target=work, args=(10,))\nt.start(); t.join()",  # 13
     '%config SessionMagics.ui_url = "http://ui.example/trace/{trace_id}?s={session_id}"',  # 14
-    "%%session llm\nsdk.current_session().set_attribute('gen_ai.usage.input_tokens', 12)\n"
-    "sdk.current_session().set_attribute('gen_ai.usage.output_tokens', 3)",  # 15
+    "%%session llm\nsdk.current_session().add_llm_usage(input_tokens=12, output_tokens=3, cost_usd=0.00042)",  # 15
     "%session",  # 16
     "%session new second",  # 17
     "work(11)",  # 18
     "get_ipython().run_cell_magic('session', 'direct', 'work(12)')",  # 19
     "%%session captured\n%%capture out\nwork(13)",  # 20
-    raising("%%session --resume\nwork(14)"),  # 21: not available without the session store
+    raising("%%session --resume\nwork(14)"),  # 21: --resume needs --id
 ]
 
 
@@ -325,7 +324,9 @@ def test_session_cell_bad_arguments_raise_usage_error(session_run):
         "UsageError: %%session: a session with id 'kept' is already open in this process; "
         "end it first or choose another id\n"
     )
-    assert stream_text(nb, 21).startswith("UsageError: %%session: --resume is not available")
+    assert stream_text(nb, 21) == (
+        "UsageError: %%session: --resume needs --id ID (the id of the session to resume)\n"
+    )
     for index in (6, 9, 21):
         assert not outputs(nb, index, "error")  # no traceback
         assert not outputs(nb, index, "display_data")  # no summary: there was no session
@@ -349,12 +350,15 @@ def test_threads_join_the_auto_session_or_the_session_cell(session_run):
 
 
 def test_summary_shows_llm_usage_and_backend_link(session_run):
-    """The summary lists the session's gen_ai.usage.* totals and links to the trace when a UI address is configured."""
+    """The summary lists the session's LLM calls, tokens and cost and links to the trace when a UI address is configured."""
     nb, spans = session_run
     session = spans.session("llm")
     html = html_summary(nb, 15)
+    assert 'LLM calls</th><td style="text-align:left">1<' in html
     assert 'LLM input tokens</th><td style="text-align:left">12<' in html
     assert 'LLM output tokens</th><td style="text-align:left">3<' in html
+    assert 'LLM cost</th><td style="text-align:left">$0.00042<' in html
+    assert attrs(session)["session.llm.input_tokens"] == "12"
     link = f'href="http://ui.example/trace/{session["traceId"]}?s={attrs(session)["session.id"]}"'
     assert link in html
     assert "LLM" not in html_summary(nb, 1)  # shown only when the session has such attributes
@@ -491,6 +495,31 @@ def test_interrupt_during_session_cell_ends_it_indeterminate(tmp_path, kernel_di
     (cell,) = [c for c in spans.cells() if attrs(c)["notebook.cell.execution_count"] == "2"]
     assert attrs(cell)["error.type"] == "KeyboardInterrupt"
     assert spans.in_session(spans.tool_calls(3)[0], spans.session("auto"))
+
+
+def test_session_cell_resume_continues_the_session_after_a_kernel_restart(tmp_path, kernel_dirs):
+    """`%%session --id X --resume` in a restarted kernel continues X: same session id, same trace, segment 2, linked."""
+    cells = [
+        PRELUDE + "sdk.init()\n%load_ext notebook_ext",
+        "%%session analysis --id nb-conv --resume\nwork(1)",
+    ]
+    first = execute(cells, tmp_path, kernel_dirs)  # this kernel shuts down; a new one starts below
+    second = execute([cells[0], cells[1].replace("work(1)", "work(2)")], tmp_path, kernel_dirs)
+    for nb in (first, second):
+        no_hook_errors(nb)
+        assert "nb-conv" in html_summary(nb, 1)
+    spans = Spans(tmp_path)
+    segments = sorted(
+        (s for s in spans.sessions() if attrs(s)["session.id"] == "nb-conv"),
+        key=lambda s: int(attrs(s)["session.segment"]),
+    )
+    assert [int(attrs(s)["session.segment"]) for s in segments] == [1, 2]
+    assert segments[0]["traceId"] == segments[1]["traceId"]
+    assert [link["spanId"] for link in segments[1]["links"]] == [segments[0]["spanId"]]
+    for arg, segment in ((1, segments[0]), (2, segments[1])):
+        (tool,) = spans.tool_calls(arg)
+        assert spans.in_session(tool, segment)
+        assert tool["parentSpanId"] == segment["spanId"]
 
 
 def test_session_started_in_a_cell_stays_current_in_later_cells(tmp_path, kernel_dirs):

@@ -12,7 +12,7 @@ API:
 
 - ``POST /conversations/{conversation_id}/messages`` with JSON ``{"user": ..., "message": ...}``:
   answers ``{"conversation_id", "user", "turn", "reply", "history", "request_id", "session_id",
-  "trace_id"}``; ``history`` is the conversation's user messages so far, this one last.
+  "trace_id", "segment"}``; ``history`` is the conversation's user messages so far, this one last.
 - ``GET /conversations/{conversation_id}/messages?user=...``: the conversation's history.
 
 A conversation belongs to the user who posted its first message; anyone else gets 403.
@@ -34,9 +34,14 @@ the turn in the inbox and await its reply. Consequences:
 - concurrent requests for one conversation are serialized (a chat turn depends on the previous
   ones), while different conversations run concurrently;
 - after ``--idle-timeout`` seconds without a message the worker ends the session (``success``)
-  and exits; the next message starts a new session with the same ``session.id`` (a new trace),
-  and the history, kept in memory, carries on. The check-and-remove happens without an ``await``
-  in between, so a message is never put in the inbox of a worker that is leaving.
+  and exits; the next message *resumes* it (``resume=True``): a new segment of the same session,
+  same ``session.id`` and same trace, linked to the previous segment (``session.segment`` counts
+  them). The check-and-remove happens without an ``await`` in between, so a message is never put
+  in the inbox of a worker that is leaving;
+- the same holds across a restart of the server (a deploy, a crash): the session store (SQLite
+  under ./.sessiontrace/ by default; ``SESSIONTRACE_SESSION_STORE=redis://...`` for several
+  servers) remembers each conversation's trace, so its next message continues it. The chat
+  history itself is this demo's in-memory state and starts over after a restart.
 
 On SIGINT or SIGTERM the server stops accepting connections, lets every worker finish the turns
 already queued, ends each session as ``success``, shuts the pool down and calls
@@ -166,7 +171,6 @@ class Conversation:
     history: list[str] = field(default_factory=list)
     inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
-    sessions: int = 0
 
 
 class ChatService:
@@ -203,13 +207,13 @@ class ChatService:
         """Run the conversation's session and answer its turns, one at a time, until idle or shutdown."""
         pending: Any = None
         while True:
-            conversation.sessions += 1
             async with sdk.session(
                 "chat",
                 session_id=conversation.id,
                 user_id=conversation.user,
                 tags=[SERVICE_NAME],
-                attributes={"chat.conversation_id": conversation.id, "chat.segment": conversation.sessions},
+                attributes={"chat.conversation_id": conversation.id},
+                resume=True,
             ) as session:
                 while True:
                     item, pending = pending, None
@@ -262,6 +266,7 @@ class ChatService:
                     "request_id": turn.request_id,
                     "session_id": session.id,
                     "trace_id": session.trace_id,
+                    "segment": session.segment,
                 }
             )
 

@@ -15,15 +15,28 @@ class SessionSummary(NamedTuple):
     duration: float
     spans: int
     reason: str | None = None
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    errors: int = 0
 
 
 def format_summary(summary: SessionSummary) -> str:
     """``sessiontrace: session 'refund-flow' <id> success in 1.23s, 12 spans``."""
     reason = f" ({summary.reason})" if summary.reason else ""
     plural = "" if summary.spans == 1 else "s"
+    llm = ""
+    if summary.llm_calls:
+        calls = "" if summary.llm_calls == 1 else "s"
+        llm = (
+            f", {summary.llm_calls} LLM call{calls}, "
+            f"{summary.input_tokens}+{summary.output_tokens} tokens, ${summary.cost_usd:.4f}"
+        )
+    errors = f", {summary.errors} error{'' if summary.errors == 1 else 's'}" if summary.errors else ""
     return (
         f"sessiontrace: session {summary.name!r} {summary.id} {summary.state}{reason} "
-        f"in {summary.duration:.2f}s, {summary.spans} span{plural}"
+        f"in {summary.duration:.2f}s, {summary.spans} span{plural}{llm}{errors}"
     )
 
 

@@ -12,6 +12,11 @@ def plain(x: int) -> str:
     return str(x)
 
 
+@sdk.tool(capture=True)
+def captured(secret: str) -> str:
+    return secret
+
+
 @sdk.agent("named")
 async def coroutine(x: int) -> int:
     return x
@@ -56,8 +61,22 @@ async def use() -> None:
     manual: sdk.Session = sdk.start_session("m")
     sdk.end_session(manual, state=sdk.SessionState.INDETERMINATE)
     current: sdk.Session | None = sdk.current_session()
+    resumed: sdk.Session = sdk.start_session("chat", session_id="conv-1", resume=True)
+    usage: sdk.Usage = resumed.usage
+    segment: int = resumed.segment
+    resumed.add_llm_usage(input_tokens=1, output_tokens=2, cost_usd=0.001)
+    with sdk.session("chat", session_id="conv-1", resume=True):
+        pass
+    open_now: list[sdk.SessionInfo] = sdk.sessions()
+    stale: list[sdk.SessionRecord] = sdk.sessions(stale=True)
+    for record in stale:
+        sdk.end_session(record.id, "indeterminate", "stale")
+    print(usage.cost_usd, segment, open_now, [r.trace_id for r in stale])
     stats: sdk.Stats = sdk.stats()
     explained: list[tuple[str, str, str]] = sdk.config().explain()
     ok: bool = sdk.flush(timeout=1.0)
+    sdk.init(capture_content=True, instrument=["openai"], redact_patterns=["builtin", r"\d{16}"])
+    sdk.uninstrument("anthropic")
+    sdk.uninstrument()
     sdk.shutdown()
     print(text, number, values, items, flag, sid, state, current, stats, explained, ok)

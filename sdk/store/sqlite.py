@@ -1,0 +1,243 @@
+"""The default session store: one SQLite file, safe for several processes on one host.
+
+Each record is one row (the record as JSON, plus the columns that `list()` filters on). Every
+change is a read-modify-write inside ``BEGIN IMMEDIATE``, which SQLite serialises across
+processes, so two processes resuming one session at once both land in one record. The database
+runs in WAL mode so readers (the CLI) never block writers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from sdk.datadir import ensure_data_dir
+from sdk.store import (
+    SegmentUpdate,
+    SessionRecord,
+    SessionStore,
+    StoreError,
+    append_segment,
+    apply_update,
+    dumps,
+    is_expired,
+    loads,
+    matches,
+)
+
+if TYPE_CHECKING:  # sqlite3 is imported on first use: init() does not pay for it
+    import sqlite3
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    user_id TEXT,
+    last_activity REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_activity);
+"""
+
+_UPSERT = "INSERT OR REPLACE INTO sessions (id, state, user_id, last_activity, record) VALUES (?, ?, ?, ?, ?)"
+
+BUSY_TIMEOUT_MS = 5_000
+CHUNK = 256  # records per transaction
+
+
+class SQLiteStore(SessionStore):
+    """Records in a SQLite file (`path`); the folder is created on first use.
+
+    `data_dir`: when the file lives in the SDK's data folder, that folder (it gets its
+    ``.gitignore`` when created). The file is opened on first use, never by `init()`.
+    """
+
+    def __init__(
+        self, path: Path, *, expiry: float | None = 24 * 3600.0, data_dir: Path | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.expiry = expiry
+        self._data_dir = data_dir
+        self._lock = threading.Lock()
+        self._ready = False
+        _STORES.add(self)
+
+    @property
+    def description(self) -> str:
+        return f"sqlite:{self.path}"
+
+    # -- connection -------------------------------------------------------------------------------
+    #
+    # A connection is opened for each operation and closed after it, under `_lock`, which is also
+    # held across fork(): a forked child inherits no open connection and no SQLite lock state
+    # (SQLite forbids using either after a fork). Operations come in batches, so the cost is small.
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        import sqlite3
+
+        with self._lock:
+            conn = None
+            try:
+                if not self._ready:
+                    if self._data_dir is not None:
+                        ensure_data_dir(self._data_dir)
+                    else:
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                if not self._ready:
+                    conn.execute("PRAGMA journal_mode = WAL")  # kept by the file
+                    conn.executescript(_SCHEMA)
+                    self._ready = True
+                yield conn
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"{self.description}: {exc}") from exc
+            finally:
+                if conn is not None:
+                    conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._connection() as conn:
+            return query(conn)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, record: SessionRecord) -> None:
+        conn.execute(_UPSERT, (record.id, record.state, record.user_id, record.last_activity, dumps(record)))
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+        row = conn.execute("SELECT record FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return None if row is None else loads(row[0])
+
+    # -- SessionStore -----------------------------------------------------------------------------
+
+    def begin_segment(self, record: SessionRecord, *, resume: bool) -> SessionRecord:
+        with self._transaction() as conn:
+            existing = self._load(conn, record.id) if resume else None
+            if existing is not None and not is_expired(existing, self.expiry, time.time()):
+                stored = append_segment(existing, record)
+            else:
+                stored = record
+            self._write(conn, stored)
+            return stored
+
+    # Large batches go in several transactions, so that other processes (and a fork()) never wait
+    # long for the file.
+
+    def put(self, records: Sequence[SessionRecord]) -> None:
+        for start in range(0, len(records), CHUNK):
+            rows = [
+                (r.id, r.state, r.user_id, r.last_activity, dumps(r)) for r in records[start : start + CHUNK]
+            ]
+            with self._transaction() as conn:
+                conn.executemany(_UPSERT, rows)
+
+    def update(self, updates: Sequence[SegmentUpdate]) -> None:
+        for start in range(0, len(updates), CHUNK):
+            with self._transaction() as conn:
+                for update in updates[start : start + CHUNK]:
+                    record = self._load(conn, update.session_id)
+                    if record is not None:
+                        self._write(conn, apply_update(record, update))
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        record = self._read(lambda conn: self._load(conn, session_id))
+        if record is None or is_expired(record, self.expiry, time.time()):
+            return None
+        return record
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        user_id: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRecord]:
+        now = time.time()
+        clauses = ["1 = 1"]
+        params: list[object] = []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        floor = since
+        if self.expiry is not None:
+            floor = max(floor or 0.0, now - self.expiry)
+        if floor is not None:
+            clauses.append("last_activity >= ?")
+            params.append(floor)
+        sql = f"SELECT record FROM sessions WHERE {' AND '.join(clauses)} ORDER BY last_activity DESC"
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        found = []
+        for (text,) in rows:
+            record = loads(text)
+            if matches(record, state=state, user_id=user_id, tag=tag, since=since):
+                found.append(record)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    def purge_expired(self, now: float | None = None) -> int:
+        if self.expiry is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.expiry
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM sessions WHERE last_activity < ?", (cutoff,)).rowcount
+
+    def delete(self, session_id: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for store in list(_STORES):
+        store._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_STORES):
+        store._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
