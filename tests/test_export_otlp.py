@@ -116,8 +116,8 @@ def test_sessions_and_spans_arrive_over_otlp_http(receiver):
     assert root.attributes["session.tags"] == ["otlp"]
     assert root.resource["service.name"] == "otlp-tests"
     assert root.resource["telemetry.distro.name"] == "sessiontrace"
-    for request in receiver.requests:
-        assert request.path == "/v1/traces"
+    assert {request.path for request in receiver.requests} == {"/v1/traces", "/v1/metrics"}
+    for request in receiver.requests:  # metrics go to the same backend, with the same headers
         assert request.headers["authorization"] == "Bearer x"
         assert request.headers["content-type"] == "application/x-protobuf"
         assert request.error is None
@@ -142,15 +142,17 @@ def test_configured_through_otel_environment_variables(receiver, monkeypatch):
         assert request.headers["authorization"] == "Bearer x"
         assert request.headers["x-tenant"] == "t1"
         assert request.headers["content-encoding"] == "gzip"
-    assert not Path(".sessiontrace").exists()
+    assert not Path(".sessiontrace", "traces").exists()
 
 
 def test_init_with_refused_connection_returns_and_counts_drops(receiver):
-    """With the backend refusing connections init() returns, traced work runs, and flushed spans count as dropped."""
+    """With the backend refusing connections (and the spool off) init() returns, traced work runs, and flushed spans count as dropped."""
     before = sdk.stats()
 
     def work() -> sdk.Session:
-        sdk.init(endpoint=closed_port_url(), export_timeout=0.3, export_interval=0.05)
+        sdk.init(
+            endpoint=closed_port_url(), export_timeout=0.3, export_interval=0.05, spool=False, metrics=False
+        )
         return traced_work("u-refused")
 
     session = run_with_watchdog(work)
@@ -167,26 +169,28 @@ def test_init_with_refused_connection_returns_and_counts_drops(receiver):
 
 
 def test_exporter_logs_each_failure_message_once(caplog):
-    """While the backend is down, OpenTelemetry's exporter logs each message once, not once per failed batch."""
+    """While the backend is down, each failure message is logged once, not once per failed batch."""
     caplog.set_level(logging.INFO)
     before = sdk.stats()
-    sdk.init(endpoint=closed_port_url(), export_timeout=0.3, export_interval=0.05)
+    sdk.init(endpoint=closed_port_url(), export_timeout=0.3, export_interval=0.05, spool=False, metrics=False)
     for _ in range(3):
         lookup("a")
         assert sdk.flush()
 
     assert sdk.stats().export_errors - before.export_errors == 3
-    exporter_messages = [r.msg for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
-    assert len(exporter_messages) == len(set(exporter_messages))
+    messages = [
+        r.msg for r in caplog.records if r.name.startswith(("opentelemetry.exporter", "sessiontrace"))
+    ]
+    assert len(messages) == len(set(messages)) >= 1
     assert not [r for r in caplog.records if r.exc_info]  # no tracebacks
 
 
 @pytest.mark.parametrize("status", [503, 429])
 def test_error_status_from_backend_counts_drops(receiver, status):
-    """A backend answering 503 or 429 past the export timeout makes the batch count as dropped, nothing raised."""
+    """With the spool off, a backend answering 503 or 429 past the export timeout makes the batch count as dropped."""
     receiver.fail(status)
     before = sdk.stats()
-    sdk.init(endpoint=receiver.url, export_timeout=0.3, export_interval=0.05)
+    sdk.init(endpoint=receiver.url, export_timeout=0.3, export_interval=0.05, spool=False, metrics=False)
     session = traced_work("u-busy")
     assert session.state == "success"
     assert sdk.flush()
@@ -199,12 +203,12 @@ def test_error_status_from_backend_counts_drops(receiver, status):
 
 
 def test_init_with_hanging_backend_returns_and_counts_drops(receiver):
-    """With a backend that accepts but never answers, init() returns, work runs, and the timed-out export is dropped."""
+    """With a backend that never answers (and the spool off), init() returns, work runs, and the timed-out export is dropped."""
     receiver.hang()
     before = sdk.stats()
 
     def work() -> sdk.Session:
-        sdk.init(endpoint=receiver.url, export_timeout=0.5, export_interval=0.05)
+        sdk.init(endpoint=receiver.url, export_timeout=0.5, export_interval=0.05, spool=False, metrics=False)
         return traced_work("u-hang")
 
     session = run_with_watchdog(work)
@@ -221,7 +225,7 @@ def test_flush_returns_while_backend_hangs_and_spans_go_out_when_it_recovers(rec
     """flush() returns False instead of waiting on a hanging backend; once it answers, the same spans arrive once."""
     receiver.hang()
     before = sdk.stats()
-    sdk.init(endpoint=receiver.url, export_timeout=5, export_interval=0.05)
+    sdk.init(endpoint=receiver.url, export_timeout=5, export_interval=0.05, metrics=False)
     session = traced_work("u-slow")
     assert receiver.wait_for_requests(1)
 
@@ -236,10 +240,10 @@ def test_flush_returns_while_backend_hangs_and_spans_go_out_when_it_recovers(rec
 
 
 def test_shutdown_with_hanging_backend_counts_the_batch_in_flight(receiver):
-    """shutdown(timeout) returns with the backend hanging, and the batch stuck in the exporter counts as dropped."""
+    """With the spool off, shutdown(timeout) returns with the backend hanging, and the batch stuck in the exporter counts as dropped."""
     receiver.hang()
     before = sdk.stats()
-    sdk.init(endpoint=receiver.url, export_interval=0.05)  # default export_timeout: 10 s
+    sdk.init(endpoint=receiver.url, export_interval=0.05, spool=False, metrics=False)  # export_timeout: 10 s
     (processor,) = runtime.current().processors
     assert isinstance(processor, BatchExportProcessor)
     traced_work("u-stuck")
@@ -258,10 +262,18 @@ def test_shutdown_with_hanging_backend_counts_the_batch_in_flight(receiver):
 
 
 def test_queue_is_bounded_and_every_span_is_accounted_for(receiver):
-    """With the backend stuck, spans beyond max_queue_size are dropped at once and every span ends up counted."""
+    """With the backend stuck (and the spool off), spans beyond max_queue_size are dropped at once and every span ends up counted."""
     receiver.hang()
     before = sdk.stats()
-    sdk.init(endpoint=receiver.url, max_queue_size=10, max_export_batch_size=5, export_interval=0.05)
+    sdk.init(
+        endpoint=receiver.url,
+        max_queue_size=10,
+        max_export_batch_size=5,
+        export_interval=0.05,
+        spool=False,
+        metrics=False,
+        live_sessions=False,
+    )
     tracer = trace.get_tracer("tests.raw")
     with tracer.start_as_current_span("first"):
         pass
@@ -385,7 +397,7 @@ def test_exporter_instance_runs_in_a_suppressed_worker_thread():
     assert threading.current_thread().name not in exporter.threads
     assert otel_context.get_value(SUPPRESS_KEY) is None  # the caller's context is untouched
     assert sdk.stats().spans_exported - before.spans_exported == 3
-    assert not Path(".sessiontrace").exists()
+    assert not Path(".sessiontrace", "traces").exists()
     sdk.shutdown()
     assert exporter.shut_down
 
@@ -441,7 +453,7 @@ print("SESSION", s.id, s.trace_id, flush=True)
     assert '"name": "console-chat"' in out
     assert out.count(f'"session.id": "{session_id}"') == 2
     assert out.count(f'"trace_id": "0x{trace_id}"') == 2
-    assert not (tmp_path / ".sessiontrace").exists()
+    assert not (tmp_path / ".sessiontrace" / "traces").exists()
 
 
 def test_exporter_none_exports_nothing_and_the_api_still_works(capfd):
@@ -457,7 +469,7 @@ def test_exporter_none_exports_nothing_and_the_api_still_works(capfd):
     assert after.spans_ended - before.spans_ended == 3
     assert after.spans_exported == before.spans_exported
     assert after.spans_dropped == before.spans_dropped
-    assert not Path(".sessiontrace").exists()
+    assert not Path(".sessiontrace", "traces").exists()
     captured = capfd.readouterr()
     assert captured.out == ""
     assert "sessiontrace" not in captured.err

@@ -16,14 +16,18 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from sdk.export.deferred import DeferredExporter
 from sdk.guard import internal_error, warn_once
@@ -54,6 +58,53 @@ class _OncePerMessage(logging.Filter):
 
 _once_per_message = _OncePerMessage()
 
+MARKER_NAME = "session.start"
+_MARKER_KIND = "session.start"
+MARKER_AFTER_NS = 1_000_000_000
+"""A session still running this long after its start gets a marker at the next export (a shorter one
+is exported whole, soon enough, when it ends)."""
+
+
+class Companion(Protocol):
+    """Flushed and closed with a batch processor (the metrics pipeline rides on the first one)."""
+
+    def force_flush(self, timeout: float) -> bool: ...
+
+    def shutdown(self, timeout: float) -> None: ...
+
+
+def session_marker(session: Any) -> ReadableSpan | None:
+    """The `session.start` marker of a running session: a zero-length child of its root span.
+
+    Exported while the session runs, so a backend lists the session (its trace, its `session.id`)
+    before the session's own span arrives at its end. None when the session has no real span.
+    """
+    root = session.span
+    parent = root.get_span_context()
+    if not parent.is_valid or not isinstance(root, ReadableSpan):
+        return None
+    attributes: dict[str, Any] = {
+        "session.id": session.id,
+        "session.name": session.name,
+        "session.state": "running",
+        "sessiontrace.span.kind": _MARKER_KIND,
+    }
+    if session.user_id is not None:
+        attributes["user.id"] = session.user_id
+    if session.tags:
+        attributes["session.tags"] = tuple(session.tags)
+    context = SpanContext(parent.trace_id, random.getrandbits(64) or 1, False, TraceFlags(TraceFlags.SAMPLED))
+    return ReadableSpan(
+        name=MARKER_NAME,
+        context=context,
+        parent=parent,
+        resource=root.resource,
+        attributes=attributes,
+        start_time=session.started_ns,
+        end_time=session.started_ns,
+        instrumentation_scope=root.instrumentation_scope,
+    )
+
 
 def _quiet_exporter_logs(exporter: SpanExporter) -> None:
     """Add the once-per-message filter to the loggers of the OpenTelemetry modules `exporter` runs."""
@@ -62,6 +113,20 @@ def _quiet_exporter_logs(exporter: SpanExporter) -> None:
             logger = logging.getLogger(cls.__module__)
             if _once_per_message not in logger.filters:
                 logger.addFilter(_once_per_message)
+
+
+class LiveMarkers:
+    """A session listener: tells each batch processor of a new session, for its live marker."""
+
+    def __init__(self, batches: Sequence[BatchExportProcessor]) -> None:
+        self._notes = tuple(batch.session_started for batch in batches)
+
+    def on_session_start(self, session: Any, *, stored: bool) -> None:
+        for note in self._notes:
+            note(session)
+
+    def on_session_end(self, session: Any) -> None:
+        pass
 
 
 class BatchExportProcessor(SpanProcessor):
@@ -76,8 +141,12 @@ class BatchExportProcessor(SpanProcessor):
         export_interval: float,
     ) -> None:
         self.exporter = exporter
+        name = getattr(exporter, "name", None)
         self._exporter_name = (
-            exporter.name if isinstance(exporter, DeferredExporter) else type(exporter).__name__
+            name
+            if isinstance(name, str)
+            and (isinstance(exporter, DeferredExporter) or hasattr(exporter, "deliver"))
+            else type(exporter).__name__
         )
         _quiet_exporter_logs(exporter)
         self._max_queue = max_queue_size
@@ -96,6 +165,9 @@ class BatchExportProcessor(SpanProcessor):
         # Set by the Runtime that owns this processor: hands a span this processor refuses because
         # it is stopping (a re-init replaced its pipeline) to the pipeline current now.
         self.hand_on: Callable[[ReadableSpan], bool] | None = None
+        # Sessions started since the last export, for their live markers (bounded: best effort).
+        self._new_sessions: collections.deque[Any] = collections.deque(maxlen=max_queue_size)
+        self.companions: list[Companion] = []
         self._start_worker()
         if hasattr(os, "register_at_fork"):
             weak_self = weakref.ref(self)
@@ -120,11 +192,30 @@ class BatchExportProcessor(SpanProcessor):
         self._append_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
         self._inflight = None
+        self._new_sessions = collections.deque(maxlen=self._max_queue)
         if not self._stopping:
             self._start_worker()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         pass
+
+    def session_started(self, session: Any) -> None:
+        """Note a new session: at the next export, if it is still running, its marker is exported."""
+        self._new_sessions.append(session)
+
+    def _add_markers(self, now_ns: int) -> None:
+        sessions = self._new_sessions
+        while sessions:
+            session = sessions[0]  # oldest first: the first one too young ends the scan
+            if session.ended:
+                sessions.popleft()
+                continue  # its own span is exported when it ends
+            if now_ns - session.started_ns < MARKER_AFTER_NS and not self._stopping:
+                return
+            sessions.popleft()
+            marker = session_marker(session)
+            if marker is not None:
+                self.on_end(marker)
 
     def on_end(self, span: ReadableSpan) -> None:
         # The check and the append are one step under the lock: once shutdown() has set _stopping,
@@ -156,9 +247,10 @@ class BatchExportProcessor(SpanProcessor):
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
-        if isinstance(self.exporter, DeferredExporter):
+        warm = getattr(self.exporter, "warm", None)
+        if callable(warm):
             try:
-                _quiet_exporter_logs(self.exporter.warm())
+                _quiet_exporter_logs(warm())
             except Exception as exc:  # e.g. the grpc extra missing: export() will fail and count
                 internal_error(f"building exporter {self._exporter_name}", exc)
         # export_interval=0 means "export as soon as a span ends": on_end wakes the worker then.
@@ -169,6 +261,11 @@ class BatchExportProcessor(SpanProcessor):
             with self._flush_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
             stopping = self._stopping  # read before draining: no span is queued after it was set
+            if self._new_sessions and not stopping:
+                try:
+                    self._add_markers(time.time_ns())
+                except Exception as exc:
+                    internal_error("session start markers", exc)
             self._drain()
             for waiter in waiters:
                 waiter.set()
@@ -190,6 +287,23 @@ class BatchExportProcessor(SpanProcessor):
         with self._inflight_lock:
             self._inflight = batch
         error: Exception | None = None
+        deliver = getattr(self.exporter, "deliver", None)
+        if deliver is not None:  # the SDK's OTLP exporter: it says what it sent, spooled and dropped
+            try:
+                delivered = deliver(batch)
+            except Exception as exc:
+                if self._settle(batch):
+                    COUNTERS.export_errors.add()
+                    COUNTERS.spans_dropped.add_many(len(batch))
+                internal_error(f"exporter {self._exporter_name}.export", exc)
+                return
+            if self._settle(batch):
+                COUNTERS.spans_exported.add_many(delivered.exported)
+                COUNTERS.spans_spooled.add_many(delivered.spooled)
+                COUNTERS.spans_dropped.add_many(delivered.dropped)
+                if delivered.failed:
+                    COUNTERS.export_errors.add()
+            return
         try:
             result = self.exporter.export(batch)
         except Exception as exc:
@@ -221,29 +335,39 @@ class BatchExportProcessor(SpanProcessor):
 
     def _take_undelivered(self) -> int:
         """Remove what is queued and the batch in flight; return how many spans that was."""
-        left = 0
+        in_flight, queued = self._take_undelivered_spans()
+        return len(queued) + (len(in_flight) if in_flight is not None else 0)
+
+    def _take_undelivered_spans(self) -> tuple[list[ReadableSpan] | None, list[ReadableSpan]]:
+        """Remove and return the batch in flight and what is queued."""
+        queued: list[ReadableSpan] = []
         queue = self._queue
         while True:
             try:
-                queue.popleft()
+                queued.append(queue.popleft())
             except IndexError:
                 break
-            left += 1
         with self._inflight_lock:
-            if self._inflight is not None:
-                left += len(self._inflight)
-                self._inflight = None
-        return left
+            in_flight, self._inflight = self._inflight, None
+        return in_flight, queued
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Export everything queued now; True when done within the timeout."""
+        """Export everything queued now (and flush the companions); True when done within the timeout."""
+        deadline = time.monotonic() + timeout_millis / 1000
         if self._stopping or not self._worker.is_alive():
-            return not self._queue
-        done = threading.Event()
-        with self._flush_lock:
-            self._flush_waiters.append(done)
-        self._wake.set()
-        return done.wait(timeout_millis / 1000)
+            ok = not self._queue
+        else:
+            done = threading.Event()
+            with self._flush_lock:
+                self._flush_waiters.append(done)
+            self._wake.set()
+            ok = done.wait(timeout_millis / 1000)
+        for companion in self.companions:
+            try:
+                ok = companion.force_flush(max(deadline - time.monotonic(), 0.0)) and ok
+            except Exception as exc:
+                internal_error(f"{type(companion).__name__}.force_flush", exc)
+        return ok
 
     def shutdown(self, timeout: float = 30.0, close_exporter: bool = True) -> None:
         """Export what is queued, then close the exporter; returns within `timeout` seconds."""
@@ -251,11 +375,36 @@ class BatchExportProcessor(SpanProcessor):
             if self._stopping:
                 return
             self._stopping = True
+        deadline = time.monotonic() + timeout
+        companions, self.companions = self.companions, []
+        begin_shutdown = getattr(self.exporter, "begin_shutdown", None)
+        if begin_shutdown is not None:
+            # Requests end before the deadline, leaving time to spool what could not be sent.
+            begin_shutdown(deadline - min(0.25 * timeout, 0.5))
         self._wake.set()
-        self._worker.join(timeout)
+        self._worker.join(timeout * 0.9 if companions else timeout)
+        for companion in companions:
+            try:
+                companion.shutdown(max(deadline - time.monotonic(), 0.0))
+            except Exception as exc:
+                internal_error(f"{type(companion).__name__}.shutdown", exc)
+        self._worker.join(max(deadline - time.monotonic(), 0.0))
         if self._worker.is_alive():
-            left = self._take_undelivered()
+            in_flight, queued = self._take_undelivered_spans()
+            left = len(queued) + (len(in_flight) if in_flight is not None else 0)
+            salvage = getattr(self.exporter, "salvage", None)
+            if salvage is not None and left:  # the SDK's OTLP exporter: spool them for the next run
+                try:
+                    kept = salvage(in_flight, queued)
+                    COUNTERS.spans_spooled.add_many(kept.spooled)
+                    left = kept.dropped
+                except Exception as exc:
+                    internal_error(f"exporter {self._exporter_name}.salvage", exc)
             COUNTERS.spans_dropped.add_many(left)
+            if not left:
+                if close_exporter:
+                    self._close_in_background()
+                return
             warn_once(
                 f"shutdown-timeout-{id(self)}",
                 "sessiontrace: the exporter did not finish within %.1fs; %d spans were dropped "
@@ -264,21 +413,22 @@ class BatchExportProcessor(SpanProcessor):
                 left,
             )
             if close_exporter:
-                # Closing may wait for the stuck export; do it aside. At interpreter exit (3.12+)
-                # no thread can be started any more: the process is ending, so skip it then.
-                closer = threading.Thread(
-                    target=self._close_exporter, name=f"{_THREAD_PREFIX}close", daemon=True
-                )
-                try:
-                    closer.start()
-                except RuntimeError:
-                    return
-                closer.join(0.1)
+                self._close_in_background()
             return
         # Nothing is left when the worker finished (on_end stops queueing first); count it if so.
         COUNTERS.spans_dropped.add_many(self._take_undelivered())
         if close_exporter:
             self._close_exporter()
+
+    def _close_in_background(self) -> None:
+        # Closing may wait for the stuck export; do it aside. At interpreter exit (3.12+) no thread
+        # can be started any more: the process is ending, so skip it then.
+        closer = threading.Thread(target=self._close_exporter, name=f"{_THREAD_PREFIX}close", daemon=True)
+        try:
+            closer.start()
+        except RuntimeError:
+            return
+        closer.join(0.1)
 
     def _close_exporter(self) -> None:
         if self._exporter_closed:

@@ -1,0 +1,141 @@
+"""End to end with real backends: sessions sent to Arize Phoenix over OTLP/HTTP and OTLP/gRPC, and
+through a real collector (rotel) in front of Phoenix, read back with Phoenix's REST API.
+
+Run alone with ``python -m pytest -m phoenix``. Phoenix and rotel are installed from PyPI into
+cached virtual environments outside the repository (see tests/backends.py); the first run on a
+machine pays the install (a few minutes), later runs start the servers only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import Phoenix, Rotel, run_phoenix, run_rotel, wait_until
+from opentelemetry import trace
+
+import sdk
+
+pytestmark = [pytest.mark.phoenix, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
+    with run_phoenix(tmp_path_factory.mktemp("phoenix")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def rotel(tmp_path_factory: pytest.TempPathFactory, phoenix: Phoenix) -> Iterator[Rotel]:
+    with run_rotel(tmp_path_factory.mktemp("rotel"), phoenix.grpc_url) as collector:
+        yield collector
+
+
+@sdk.tool
+def search(query: str) -> str:
+    sdk.event("search.hit", query=query)
+    return query.upper()
+
+
+def run_sessions(endpoint: str, project: str, **settings: Any) -> tuple[list[sdk.Session], sdk.Session]:
+    """Two finished sessions (a tool span and a raw OpenTelemetry span each) and one still running."""
+    sdk.init(
+        service_name="phoenix-e2e",
+        endpoint=endpoint,
+        resource_attributes={"openinference.project.name": project},
+        export_interval=0.05,
+        metrics=False,  # Phoenix takes traces only
+        **settings,
+    )
+    running = sdk.start_session("still-running", user_id="u-live")
+    finished = []
+    for user in ("u-1", "u-2"):
+        with sdk.session("support-chat", user_id=user, tags=["e2e"]) as session:
+            search(f"order of {user}")
+            with trace.get_tracer("tests.raw").start_as_current_span("raw-step"):
+                pass
+        finished.append(session)
+    assert sdk.flush()
+    return finished, running
+
+
+def assert_in_phoenix(
+    phoenix: Phoenix, project: str, finished: list[sdk.Session], running: sdk.Session
+) -> None:
+    """Phoenix lists every session (the running one too, by its marker) with the right spans and parents."""
+    expected = {s.id for s in [*finished, running]}
+    listed = wait_until(
+        lambda: {s["session_id"] for s in phoenix.sessions(project)} >= expected and True, timeout=60
+    )
+    assert listed, f"sessions listed: {[s['session_id'] for s in phoenix.sessions(project)]}"
+    sessions = {s["session_id"]: s for s in phoenix.sessions(project)}
+    assert set(sessions) == expected
+    for session in [*finished, running]:
+        assert [t["trace_id"] for t in sessions[session.id]["traces"]] == [session.trace_id]
+
+    spans = wait_until(
+        lambda: len(phoenix.spans(project)) >= 3 * len(finished) + 1 and phoenix.spans(project)
+    )
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_session.setdefault(span["attributes"]["session.id"], []).append(span)
+    for session in finished:
+        group = {span["name"]: span for span in by_session[session.id]}
+        assert set(group) == {"support-chat", "execute_tool search", "raw-step"}
+        root = group["support-chat"]
+        assert root["parent_id"] is None
+        assert root["context"]["span_id"] == session.span_id
+        assert root["context"]["trace_id"] == session.trace_id
+        assert root["attributes"]["session.state"] == "success"
+        assert root["attributes"]["user.id"] == session.user_id
+        assert root["attributes"]["session.tags"] == ["e2e"]
+        for child in ("execute_tool search", "raw-step"):
+            assert group[child]["parent_id"] == session.span_id
+            assert group[child]["context"]["trace_id"] == session.trace_id
+        assert [e["name"] for e in group["execute_tool search"]["events"]] == ["search.hit"]
+    (marker,) = by_session[running.id]  # still running: only its start marker is there
+    assert marker["name"] == "session.start"
+    assert marker["parent_id"] == running.span_id
+    assert marker["attributes"]["session.state"] == "running"
+    assert marker["attributes"]["user.id"] == "u-live"
+
+    sdk.end_session(running)
+    assert sdk.flush()
+    ended = wait_until(
+        lambda: [s for s in phoenix.spans(project) if s["name"] == "still-running"], timeout=60
+    )
+    assert ended
+    assert ended[0]["attributes"]["session.state"] == "success"
+    assert ended[0]["context"]["span_id"] == running.span_id
+
+
+def project_name() -> str:
+    return f"e2e-{uuid.uuid4().hex[:8]}"
+
+
+def test_sessions_over_otlp_http_appear_in_phoenix(phoenix: Phoenix, tmp_path: Path):
+    """Sessions sent over OTLP/HTTP are listed in Phoenix's sessions with their spans, parents and attributes."""
+    project = project_name()
+    finished, running = run_sessions(phoenix.http_url, project)
+    assert_in_phoenix(phoenix, project, finished, running)
+
+
+def test_sessions_over_otlp_grpc_appear_in_phoenix(phoenix: Phoenix, tmp_path: Path):
+    """The same over OTLP/gRPC to Phoenix's gRPC port."""
+    project = project_name()
+    finished, running = run_sessions(phoenix.grpc_url, project, protocol="grpc")
+    assert_in_phoenix(phoenix, project, finished, running)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_sessions_through_a_collector_reach_phoenix(
+    phoenix: Phoenix, rotel: Rotel, tmp_path: Path, protocol: str
+):
+    """Through a real OpenTelemetry collector (rotel, OTLP in, OTLP/gRPC out to Phoenix): the same result."""
+    project = project_name()
+    endpoint = rotel.grpc_url if protocol == "grpc" else rotel.http_url
+    finished, running = run_sessions(endpoint, project, protocol=protocol, compression="gzip")
+    assert_in_phoenix(phoenix, project, finished, running)
