@@ -31,18 +31,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Scope(Protocol):
     """One call's span or session: made current step by step, finished once."""
 
+    capture: bool
+    """Whether `returned()` wants the call's return value."""
+
     def enter(self) -> object: ...
     def exit(self, token: object) -> None: ...
+    def returned(self, value: Any) -> None: ...
     def finish(self, exc: BaseException | None) -> None: ...
 
 
 class _SpanScope:
-    __slots__ = ("ctx", "done", "span")
+    __slots__ = ("capture", "ctx", "done", "output_key", "span")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, output_key: str | None = None) -> None:
         self.span = span
         self.ctx = trace.set_span_in_context(span)
         self.done = False
+        self.capture = output_key is not None
+        self.output_key = output_key
+
+    def returned(self, value: Any) -> None:
+        if self.output_key is None:
+            return
+        try:
+            from sdk.redaction import current
+
+            self.span.set_attribute(self.output_key, current().json(value))
+        except Exception as exc:
+            internal_error("decorator return capture", exc)
 
     def enter(self) -> object:
         return otel_context.attach(self.ctx)
@@ -59,10 +75,14 @@ class _SpanScope:
 
 class _SessionRun:
     __slots__ = ("done", "session")
+    capture = False
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.done = False
+
+    def returned(self, value: Any) -> None:
+        pass
 
     def enter(self) -> object:
         return _Activation(self.session)
@@ -77,7 +97,8 @@ class _SessionRun:
             self.session._end_for(exc)
 
 
-Begin = Callable[[], "_Scope | None"]
+Begin = Callable[[tuple[Any, ...], dict[str, Any]], "_Scope | None"]
+"""Starts one call's scope, given the call's arguments (None: run the call unrecorded)."""
 
 
 def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
@@ -91,7 +112,7 @@ def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        scope = begin()
+        scope = begin(args, kwargs)
         if scope is None:
             return fn(*args, **kwargs)
         token = scope.enter()
@@ -102,6 +123,8 @@ def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
             scope.finish(exc)
             raise
         scope.exit(token)
+        if scope.capture:
+            scope.returned(result)
         scope.finish(None)
         return result
 
@@ -111,7 +134,7 @@ def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
 def _wrap_coroutine(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
-        scope = begin()
+        scope = begin(args, kwargs)
         if scope is None:
             return await fn(*args, **kwargs)
         token = scope.enter()
@@ -122,6 +145,8 @@ def _wrap_coroutine(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
             scope.finish(exc)
             raise
         scope.exit(token)
+        if scope.capture:
+            scope.returned(result)
         scope.finish(None)
         return result
 
@@ -131,7 +156,7 @@ def _wrap_coroutine(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
 def _wrap_generator(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        scope = begin()
+        scope = begin(args, kwargs)
         if scope is None:
             return (yield from fn(*args, **kwargs))
         token = scope.enter()
@@ -176,7 +201,7 @@ def _wrap_generator(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
 def _wrap_async_generator(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        scope = begin()
+        scope = begin(args, kwargs)
         if scope is None:
             async for item in fn(*args, **kwargs):
                 yield item
@@ -236,17 +261,63 @@ _KIND_OPERATION = {
 }
 
 
-def _span_begin(kind: str, name: str, attributes: Mapping[str, Any] | None, qualname: str) -> Begin:
+_CAPTURE_KEYS = {
+    "tool": ("gen_ai.tool.call.arguments", "gen_ai.tool.call.result"),
+}
+"""Where captured arguments and return values go: the GenAI keys for tools, else these defaults."""
+_DEFAULT_CAPTURE_KEYS = ("sessiontrace.input", "sessiontrace.output")
+
+
+def _content_capture_on(rt: runtime.Runtime) -> bool:
+    """The `capture_content` setting for the current session (it may be set per session)."""
+    session = current_session()
+    config = session.config if session is not None and session.config is not None else rt.config
+    return bool(config is not None and config.capture_content)
+
+
+def _arguments(
+    fn: Callable[..., Any],
+    signature: list[inspect.Signature | None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """The call's arguments by parameter name (``self`` and ``cls`` left out)."""
+    if not signature:
+        try:
+            signature.append(inspect.signature(fn))
+        except (TypeError, ValueError):
+            signature.append(None)
+    sig = signature[0]
+    if sig is None:
+        return {"args": list(args), "kwargs": kwargs}
+    try:
+        bound = sig.bind_partial(*args, **kwargs)
+    except TypeError:
+        return {"args": list(args), "kwargs": kwargs}
+    return {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
+
+
+def _span_begin(
+    kind: str,
+    name: str,
+    attributes: Mapping[str, Any] | None,
+    fn: Callable[..., Any],
+    capture: bool | None = None,
+    returns: bool = True,
+) -> Begin:
     operation = _KIND_OPERATION.get(kind)
+    qualname = f"{fn.__module__}.{fn.__qualname__}"
     static: dict[str, Any] = {SPAN_KIND: kind, "code.function.name": qualname}
     span_name = name
     if operation is not None:
         static["gen_ai.operation.name"] = operation[0]
         static[operation[1]] = name
         span_name = f"{operation[0]} {name}"
+    input_key, output_key = _CAPTURE_KEYS.get(kind, _DEFAULT_CAPTURE_KEYS)
     state: dict[str, Any] = {}
+    signature: list[inspect.Signature | None] = []
 
-    def begin() -> _Scope | None:
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Scope | None:
         rt = runtime.current()
         if not rt.enabled:
             return None
@@ -258,10 +329,18 @@ def _span_begin(kind: str, name: str, attributes: Mapping[str, Any] | None, qual
                 state["attrs"], state["max"] = attrs, rt.attribute_max_length
             span = rt.tracer.start_span(span_name)
             write_attributes(span, attrs)
-            return _SpanScope(span)
+            if capture is False or (capture is None and not _content_capture_on(rt)):
+                return _SpanScope(span)
         except Exception as exc:
             internal_error(f"@{kind} span start", exc)
             return None
+        try:
+            from sdk.redaction import current
+
+            span.set_attribute(input_key, current().json(_arguments(fn, signature, args, kwargs)))
+        except Exception as exc:
+            internal_error(f"@{kind} argument capture", exc)
+        return _SpanScope(span, output_key if returns else None)
 
     return begin
 
@@ -274,6 +353,12 @@ class SpanDecorator:
     classmethod too, in either order). An exception is recorded on the span and re-raised
     unchanged. `agent` and `tool` spans follow the OpenTelemetry GenAI conventions
     (``invoke_agent {name}``, ``execute_tool {name}``).
+
+    ``capture=True`` records each call's arguments and return value (as JSON, after redaction:
+    see docs/instrumentation.md) in ``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result``
+    for tools and ``sessiontrace.input`` / ``sessiontrace.output`` for the other kinds; a generator's
+    items are not recorded. ``capture=False`` never records them; the default follows the
+    `capture_content` setting (off unless turned on).
     """
 
     def __init__(self, kind: str) -> None:
@@ -292,6 +377,7 @@ class SpanDecorator:
         *,
         name: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        capture: bool | None = None,
     ) -> Callable[[F], F]: ...
 
     def __call__(
@@ -301,14 +387,15 @@ class SpanDecorator:
         *,
         name: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        capture: bool | None = None,
     ) -> Any:
         kind = self.kind
 
         def apply(fn: Any) -> Any:
             def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
-                qualname = f"{func.__module__}.{func.__qualname__}"
                 span_name = name or (name_or_fn if isinstance(name_or_fn, str) else None) or func.__name__
-                return _wrap(func, _span_begin(kind, span_name, attributes, qualname))
+                returns = not (inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func))
+                return _wrap(func, _span_begin(kind, span_name, attributes, func, capture, returns))
 
             return _rewrap_descriptor(fn, wrap)
 
@@ -332,7 +419,7 @@ def wrap_in_session(fn: F, scope: SessionScope) -> F:
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         default_name = func.__name__
 
-        def begin() -> _Scope:
+        def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Scope:
             return _SessionRun(scope.start(default_name))
 
         return _wrap(func, begin)

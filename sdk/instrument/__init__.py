@@ -36,16 +36,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def apply(name: str, owner: object, attribute: str, wrapper: Wrapper) -> bool:
+def apply(name: str, owner: object, attribute: str, wrapper: Wrapper, *, via_wrapt: bool = False) -> bool:
     """Wrap ``owner.attribute`` with `wrapper` (wrapt's signature), unless `name` is applied already.
 
-    Returns True when the patch was applied now.
+    ``via_wrapt=True`` always uses wrapt's FunctionWrapper (a transparent proxy: signature,
+    ``inspect.iscoroutinefunction`` and introspection of the method stay as they were), as the
+    patches of third-party clients do. Returns True when the patch was applied now.
     """
     with _lock:
         if name in _applied:
             return False
         original = owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
-        if isinstance(owner, type) and isinstance(original, types.FunctionType):
+        if not via_wrapt and isinstance(owner, type) and isinstance(original, types.FunctionType):
             setattr(owner, attribute, _method_wrapper(original, wrapper))
         else:
             import wrapt  # over 100 ms to import (it loads asyncio): only when needed
@@ -135,3 +137,35 @@ def when_imported(module_name: str, callback: Callable[[types.ModuleType], None]
         _after_import.pending.setdefault(module_name, []).append(callback)
         if _after_import not in sys.meta_path:
             sys.meta_path.insert(0, _after_import)
+
+
+def _llm_modules() -> dict[str, Any]:
+    from sdk.instrument import anthropic, openai
+
+    return {"openai": openai, "anthropic": anthropic}
+
+
+def configure_llm(libraries: tuple[str, ...]) -> None:
+    """Instrument exactly these LLM client libraries (init() calls this with the `instrument` setting).
+
+    A library that is not imported yet is patched right after its import; one that is not
+    installed costs nothing.
+    """
+    for name, module in _llm_modules().items():
+        if name in libraries:
+            module.apply()
+        else:
+            module.remove()
+
+
+def uninstrument(*libraries: str) -> None:
+    """Remove the LLM client patches (of the named libraries, default all), restoring the original methods.
+
+    Lasts until the next `sdk.init()`, which applies what the `instrument` setting asks again.
+    """
+    modules = _llm_modules()
+    unknown = [name for name in libraries if name not in modules]
+    if unknown:
+        raise ValueError(f"unknown library {unknown[0]!r}; instrumented libraries: {', '.join(modules)}")
+    for name in libraries or tuple(modules):
+        modules[name].remove()

@@ -1,0 +1,479 @@
+"""Instrumentation of the `openai` client: chat completions, responses and embeddings.
+
+Patched (sync and async, streaming included): ``chat.completions.create``, ``responses.create``
+and ``embeddings.create``. The patches are applied right after the client's modules are imported
+(or at once if they already are), once per process, and removed by `remove()`. Each call is one
+span following the OpenTelemetry GenAI conventions; see docs/instrumentation.md.
+
+This module imports neither `openai` nor the span machinery until `openai` is imported.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any
+
+from sdk import instrument
+
+if TYPE_CHECKING:
+    from sdk.instrument.genai import LLMCall
+
+PROVIDER = "openai"
+
+_CHAT_MODULE = "openai.resources.chat.completions.completions"
+_RESPONSES_MODULE = "openai.resources.responses.responses"
+_EMBEDDINGS_MODULE = "openai.resources.embeddings"
+
+PATCHES = (
+    (_CHAT_MODULE, "Completions", "openai.chat.completions.create"),
+    (_CHAT_MODULE, "AsyncCompletions", "openai.chat.completions.create (async)"),
+    (_RESPONSES_MODULE, "Responses", "openai.responses.create"),
+    (_RESPONSES_MODULE, "AsyncResponses", "openai.responses.create (async)"),
+    (_EMBEDDINGS_MODULE, "Embeddings", "openai.embeddings.create"),
+    (_EMBEDDINGS_MODULE, "AsyncEmbeddings", "openai.embeddings.create (async)"),
+)
+"""(module, class, patch name): each class's ``create`` is wrapped."""
+
+_state = {"wanted": False}
+_hooked: set[str] = set()
+
+
+def apply() -> None:
+    """Instrument `openai` now if it is imported, else as soon as it is (at most once per process)."""
+    _state["wanted"] = True
+    for module_name in dict.fromkeys(module for module, _, _ in PATCHES):
+        if module_name in _hooked:
+            continue
+        _hooked.add(module_name)
+        instrument.when_imported(module_name, _patch_module)
+    # A module imported while the patches were not wanted (after remove()) has no pending hook.
+    import sys
+
+    for module_name in dict.fromkeys(module for module, _, _ in PATCHES):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            _patch_module(module)
+
+
+def remove() -> None:
+    """Put the original methods back (a later `apply()` instruments again)."""
+    _state["wanted"] = False
+    for _, _, name in PATCHES:
+        instrument.remove(name)
+
+
+def _patch_module(module: types.ModuleType) -> None:
+    if not _state["wanted"]:
+        return
+    for module_name, class_name, name in PATCHES:
+        if module_name != module.__name__:
+            continue
+        owner = getattr(module, class_name, None)
+        if owner is None or "create" not in vars(owner):
+            continue
+        wrapper = _WRAPPERS[(class_name.removeprefix("Async"), class_name.startswith("Async"))]
+        instrument.apply(name, owner, "create", wrapper, via_wrapt=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def _max_tokens(kwargs: dict[str, Any]) -> Any:
+    from sdk.instrument.genai import given
+
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        if given(kwargs.get(key)):
+            return kwargs[key]
+    return None
+
+
+def _stop(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _output_type(response_format: Any) -> str | None:
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind in ("json_object", "json_schema"):
+        return "json"
+    return "text" if kind == "text" else None
+
+
+def _chat_request(kwargs: dict[str, Any]) -> dict[str, Any]:
+    n = kwargs.get("n")
+    return {
+        "gen_ai.request.temperature": kwargs.get("temperature"),
+        "gen_ai.request.top_p": kwargs.get("top_p"),
+        "gen_ai.request.max_tokens": _max_tokens(kwargs),
+        "gen_ai.request.frequency_penalty": kwargs.get("frequency_penalty"),
+        "gen_ai.request.presence_penalty": kwargs.get("presence_penalty"),
+        "gen_ai.request.stop_sequences": _stop(kwargs.get("stop")),
+        "gen_ai.request.seed": kwargs.get("seed"),
+        "gen_ai.request.choice.count": n if isinstance(n, int) and n != 1 else None,
+        "gen_ai.output.type": _output_type(kwargs.get("response_format")),
+        "openai.request.service_tier": kwargs.get("service_tier"),
+    }
+
+
+def _chat_input(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    from sdk.instrument.genai import get, text_part, tool_call_part
+
+    messages: list[dict[str, Any]] = []
+    raw = kwargs.get("messages")
+    for message in raw if isinstance(raw, (list, tuple)) else []:
+        role = get(message, "role") or "user"
+        parts: list[Any] = []
+        content = get(message, "content")
+        if role == "tool":
+            parts.append(
+                {"type": "tool_call_response", "id": get(message, "tool_call_id"), "response": content}
+            )
+        elif isinstance(content, str):
+            parts.append(text_part(content))
+        elif isinstance(content, (list, tuple)):
+            for part in content:
+                if get(part, "type") == "text":
+                    parts.append(text_part(get(part, "text")))
+                else:
+                    parts.append(part)
+        for call in get(message, "tool_calls") or ():
+            parts.append(
+                tool_call_part(
+                    get(call, "id"), get(call, "function", "name"), get(call, "function", "arguments")
+                )
+            )
+        messages.append({"role": role, "parts": parts})
+    return messages
+
+
+def _chat_content(kwargs: dict[str, Any]) -> Any:
+    def content(call: LLMCall) -> dict[str, Any]:
+        tools = kwargs.get("tools")
+        from sdk.instrument.genai import INPUT_MESSAGES, TOOL_DEFINITIONS, given
+
+        return {INPUT_MESSAGES: _chat_input(kwargs), TOOL_DEFINITIONS: tools if given(tools) else None}
+
+    return content
+
+
+def _responses_request(kwargs: dict[str, Any]) -> dict[str, Any]:
+    text = kwargs.get("text")
+    return {
+        "gen_ai.request.temperature": kwargs.get("temperature"),
+        "gen_ai.request.top_p": kwargs.get("top_p"),
+        "gen_ai.request.max_tokens": _max_tokens(kwargs),
+        "gen_ai.output.type": _output_type(text.get("format") if isinstance(text, dict) else None),
+        "openai.request.service_tier": kwargs.get("service_tier"),
+    }
+
+
+def _responses_content(kwargs: dict[str, Any]) -> Any:
+    def content(call: LLMCall) -> dict[str, Any]:
+        from sdk.instrument.genai import (
+            INPUT_MESSAGES,
+            SYSTEM_INSTRUCTIONS,
+            TOOL_DEFINITIONS,
+            get,
+            given,
+            text_part,
+        )
+
+        raw = kwargs.get("input")
+        messages: list[dict[str, Any]] = []
+        if isinstance(raw, str):
+            messages.append({"role": "user", "parts": [text_part(raw)]})
+        elif isinstance(raw, (list, tuple)):
+            for item in raw:
+                role = get(item, "role")
+                body = get(item, "content")
+                if role is not None and isinstance(body, str):
+                    messages.append({"role": role, "parts": [text_part(body)]})
+                elif role is not None and isinstance(body, (list, tuple)):
+                    parts = [text_part(get(p, "text")) if get(p, "text") is not None else p for p in body]
+                    messages.append({"role": role, "parts": parts})
+                else:
+                    messages.append({"role": "user", "parts": [item]})
+        instructions = kwargs.get("instructions")
+        tools = kwargs.get("tools")
+        return {
+            INPUT_MESSAGES: messages,
+            SYSTEM_INSTRUCTIONS: [text_part(instructions)] if isinstance(instructions, str) else None,
+            TOOL_DEFINITIONS: tools if given(tools) else None,
+        }
+
+    return content
+
+
+def _embeddings_request(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from sdk.instrument.genai import given
+
+    fmt = kwargs.get("encoding_format")
+    return {
+        "gen_ai.request.encoding_formats": [fmt] if given(fmt) and isinstance(fmt, str) else None,
+        "gen_ai.embeddings.dimension.count": kwargs.get("dimensions"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def _usage(call: LLMCall, usage: Any, input_key: str, output_key: str) -> None:
+    from sdk.instrument.genai import as_int, get
+
+    if usage is None:
+        return
+    tokens_in = as_int(get(usage, input_key))
+    tokens_out = as_int(get(usage, output_key))
+    if tokens_in is not None:
+        call.input_tokens = tokens_in
+    if tokens_out is not None:
+        call.output_tokens = tokens_out
+    cached = as_int(get(usage, f"{input_key}_details", "cached_tokens"))
+    if cached:
+        call.cache_read_tokens = cached
+
+
+def _identity(call: LLMCall, result: Any) -> None:
+    from sdk.instrument.genai import get
+
+    response_id = get(result, "id")
+    model = get(result, "model")
+    if isinstance(response_id, str) and response_id:
+        call.response_id = response_id
+    if isinstance(model, str) and model:
+        call.response_model = model
+
+
+def _chat_result(call: LLMCall, result: Any) -> None:
+    from sdk.instrument.genai import get, text_part, tool_call_part
+
+    _identity(call, result)
+    _usage(call, get(result, "usage"), "prompt_tokens", "completion_tokens")
+    fingerprint = get(result, "system_fingerprint")
+    if isinstance(fingerprint, str):
+        call.extra["openai.response.system_fingerprint"] = fingerprint
+    tier = get(result, "service_tier")
+    if isinstance(tier, str):
+        call.extra["openai.response.service_tier"] = tier
+    choices = get(result, "choices")
+    for choice in choices if isinstance(choices, (list, tuple)) else ():
+        reason = get(choice, "finish_reason")
+        if isinstance(reason, str):
+            call.finish_reasons.append(reason)
+        message = get(choice, "message")
+        parts: list[Any] = []
+        text = get(message, "content")
+        if isinstance(text, str):
+            parts.append(text_part(text))
+        for tool in get(message, "tool_calls") or ():
+            name, arguments = get(tool, "function", "name"), get(tool, "function", "arguments")
+            call.tool_calls.append(
+                {"id": get(tool, "id"), "name": name, "type": get(tool, "type"), "arguments": arguments}
+            )
+            parts.append(tool_call_part(get(tool, "id"), name, arguments))
+        if call.capture:
+            call.output.append(
+                {"role": get(message, "role") or "assistant", "parts": parts, "finish_reason": reason}
+            )
+
+
+class _ChatStream:
+    """Accumulates a chat completion stream's chunks into the call."""
+
+    def __init__(self, call: LLMCall) -> None:
+        self.text: dict[int, list[str]] = {}
+        self.finish: dict[int, str] = {}
+        self.tools: dict[tuple[int, int], dict[str, Any]] = {}
+        call.on_end = self.materialize
+
+    def __call__(self, call: LLMCall, chunk: Any) -> None:
+        from sdk.instrument.genai import get
+
+        _identity(call, chunk)
+        _usage(call, get(chunk, "usage"), "prompt_tokens", "completion_tokens")
+        choices = get(chunk, "choices")
+        for choice in choices if isinstance(choices, (list, tuple)) else ():
+            index = get(choice, "index") or 0
+            reason = get(choice, "finish_reason")
+            if isinstance(reason, str):
+                self.finish[index] = reason
+            delta = get(choice, "delta")
+            text = get(delta, "content")
+            if isinstance(text, str) and text and call.capture:
+                self.text.setdefault(index, []).append(text)
+            for tool in get(delta, "tool_calls") or ():
+                key = (index, get(tool, "index") or 0)
+                entry = self.tools.setdefault(key, {"id": None, "name": None, "type": None, "arguments": ""})
+                for field in ("id", "type"):
+                    if get(tool, field):
+                        entry[field] = get(tool, field)
+                if get(tool, "function", "name"):
+                    entry["name"] = get(tool, "function", "name")
+                piece = get(tool, "function", "arguments")
+                if isinstance(piece, str) and call.capture:
+                    entry["arguments"] += piece
+
+    def materialize(self, call: LLMCall) -> None:
+        from sdk.instrument.genai import text_part, tool_call_part
+
+        call.finish_reasons = [self.finish[i] for i in sorted(self.finish)]
+        call.tool_calls = [
+            {**entry, "arguments": entry["arguments"] or None} for _, entry in sorted(self.tools.items())
+        ]
+        if not call.capture:
+            return
+        for index in sorted(set(self.text) | set(self.finish) | {i for i, _ in self.tools}):
+            parts: list[Any] = []
+            if index in self.text:
+                parts.append(text_part("".join(self.text[index])))
+            for (i, _), entry in sorted(self.tools.items()):
+                if i == index:
+                    parts.append(tool_call_part(entry["id"], entry["name"], entry["arguments"]))
+            call.output.append({"role": "assistant", "parts": parts, "finish_reason": self.finish.get(index)})
+
+
+def _responses_result(call: LLMCall, result: Any) -> None:
+    from sdk.instrument.genai import get, text_part, tool_call_part
+
+    _identity(call, result)
+    _usage(call, get(result, "usage"), "input_tokens", "output_tokens")
+    reason = get(result, "incomplete_details", "reason") or get(result, "status")
+    if isinstance(reason, str):
+        call.finish_reasons = [reason]
+    tier = get(result, "service_tier")
+    if isinstance(tier, str):
+        call.extra["openai.response.service_tier"] = tier
+    output = get(result, "output")
+    parts: list[Any] = []
+    call.tool_calls = []
+    for item in output if isinstance(output, (list, tuple)) else ():
+        kind = get(item, "type")
+        if kind == "message":
+            for piece in get(item, "content") or ():
+                text = get(piece, "text")
+                if isinstance(text, str):
+                    parts.append(text_part(text))
+        elif kind == "function_call":
+            name, arguments = get(item, "name"), get(item, "arguments")
+            call.tool_calls.append(
+                {"id": get(item, "call_id"), "name": name, "type": "function", "arguments": arguments}
+            )
+            parts.append(tool_call_part(get(item, "call_id"), name, arguments))
+    if call.capture:
+        call.output = [{"role": "assistant", "parts": parts, "finish_reason": reason}]
+
+
+class _ResponsesStream:
+    """Reads a responses stream's events into the call (the final event carries the whole response)."""
+
+    def __init__(self, call: LLMCall) -> None:
+        self.text: list[str] = []
+        self.complete = False
+        call.on_end = self.materialize
+
+    def __call__(self, call: LLMCall, event: Any) -> None:
+        from sdk.instrument.genai import get
+
+        kind = get(event, "type")
+        response = get(event, "response")
+        if kind in ("response.completed", "response.incomplete", "response.failed") and response is not None:
+            _responses_result(call, response)
+            self.complete = True
+        elif response is not None:
+            _identity(call, response)
+        elif kind == "response.output_text.delta" and call.capture:
+            delta = get(event, "delta")
+            if isinstance(delta, str):
+                self.text.append(delta)
+        elif kind == "error":
+            call.extra["error.type"] = str(get(event, "code") or "error")
+            call.stream_error = str(get(event, "message") or "stream error")
+
+    def materialize(self, call: LLMCall) -> None:
+        from sdk.instrument.genai import text_part
+
+        if not self.complete and call.capture and self.text:
+            call.output = [
+                {"role": "assistant", "parts": [text_part("".join(self.text))], "finish_reason": None}
+            ]
+
+
+def _embeddings_result(call: LLMCall, result: Any) -> None:
+    from sdk.instrument.genai import as_int, get
+
+    model = get(result, "model")
+    if isinstance(model, str) and model:
+        call.response_model = model
+    tokens = as_int(get(result, "usage", "prompt_tokens"))
+    if tokens is not None:
+        call.input_tokens = tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrappers
+
+
+def _start(instance: Any, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
+    from sdk.instrument import genai
+
+    stream = kwargs.get("stream") is True
+    if api == "chat":
+        request, content = _chat_request(kwargs), _chat_content(kwargs)
+    elif api == "embeddings":
+        request, content = _embeddings_request(kwargs), None
+    else:
+        request, content = _responses_request(kwargs), _responses_content(kwargs)
+    return genai.start(
+        PROVIDER,
+        "embeddings" if api == "embeddings" else "chat",
+        kwargs.get("model"),
+        request,
+        client=getattr(instance, "_client", None),
+        stream=stream,
+        content=content,
+    )
+
+
+_HANDLERS: dict[str, tuple[Any, Any]] = {
+    "chat": (_chat_result, _ChatStream),
+    "embeddings": (_embeddings_result, None),
+    "responses": (_responses_result, _ResponsesStream),
+}
+"""Per API: (read a response into the call, make a stream's accumulator)."""
+
+
+def _sync_wrapper(api: str) -> instrument.Wrapper:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from openai import Stream
+
+        from sdk.instrument import genai
+
+        on_result, on_stream = _HANDLERS[api]
+        call = _start(instance, api, kwargs)
+        return genai.call_sync(call, wrapped, args, kwargs, on_result, on_stream, Stream)
+
+    return wrapper
+
+
+def _async_wrapper(api: str) -> instrument.Wrapper:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from openai import AsyncStream
+
+        from sdk.instrument import genai
+
+        on_result, on_stream = _HANDLERS[api]
+        call = _start(instance, api, kwargs)
+        return genai.call_async(call, wrapped, args, kwargs, on_result, on_stream, AsyncStream)
+
+    return wrapper
+
+
+_WRAPPERS = {
+    ("Completions", False): _sync_wrapper("chat"),
+    ("Completions", True): _async_wrapper("chat"),
+    ("Responses", False): _sync_wrapper("responses"),
+    ("Responses", True): _async_wrapper("responses"),
+    ("Embeddings", False): _sync_wrapper("embeddings"),
+    ("Embeddings", True): _async_wrapper("embeddings"),
+}
