@@ -1,0 +1,284 @@
+"""Sessions through autogen-core's `SingleThreadedAgentRuntime` (the ``autogen`` extra).
+
+The runtime moves each message through a queue and handles it in a task of its own, created by
+its message loop: no ContextVar of the code that published or sent the message reaches the
+handler, and the runtime's envelopes carry only W3C ``traceparent`` (autogen-core 0.4.9+ uses
+it for a span link, not as the parent). Three kinds of patch fix that:
+
+- **Capture.** Each envelope (`PublishMessageEnvelope`, `SendMessageEnvelope`,
+  `ResponseMessageEnvelope`) records, when it is created, the session and OpenTelemetry context
+  of the code creating it: the publisher, the sender, or the handler that answers an RPC.
+- **Dispatch.** ``_process_publish``, ``_process_send`` and ``_process_response`` run in the
+  context their envelope recorded. A handler's spans (autogen's own ``autogen process ...``
+  spans, the user's, an LLM client's) sit in the publisher's trace and session, whatever
+  context ``runtime.start()`` was called in, with autogen-core's tracing on or off.
+- **Topic sessions** (the `session_from_topic` setting, off by default). A message published
+  from outside any session to ``TopicId(type, source=X)`` is published and handled in session
+  X: started on first use (resumed from the session store when one is configured), used again
+  by later messages, and ended as `success` when the runtime stops (``stop``,
+  ``stop_when_idle``, ``stop_when``, ``close``). `sdk.shutdown()`, the exit handler and
+  `session_idle_timeout` end it too; the next message to X then resumes it. A session X already
+  open in the process (``sdk.session(session_id=X)``) is joined, not ended by the runtime.
+
+A message published or sent from inside a session is handled in that session, whatever its
+topic. Every patch is applied once per process (right after ``autogen_core`` is imported) and
+removed by `remove()`; this module imports nothing of autogen-core itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from sdk import instrument, runtime
+from sdk.guard import internal_error, warn_once
+from sdk.session import (
+    MAX_ID_LENGTH,
+    Session,
+    SessionState,
+    _current_session,
+    _registry,
+    detach_quietly,
+    session,
+    session_for_trace,
+)
+
+MODULE = "autogen_core._single_threaded_agent_runtime"
+RUNTIME_CLASS = "SingleThreadedAgentRuntime"
+CARRY = "_sessiontrace_carry"
+"""The attribute an envelope keeps its creator's session and context in."""
+TOPIC_TYPE = "autogen.topic.type"
+TOPIC_SOURCE = "autogen.topic.source"
+STOPPED_REASON = "autogen runtime stopped"
+
+T = TypeVar("T")
+
+
+class _Carry(NamedTuple):
+    """What a handler runs in: the session and the OpenTelemetry context of the envelope's creator."""
+
+    session: Session | None
+    context: Context
+
+
+_state = {"wanted": False, "hooked": False}
+_lock = threading.Lock()
+# Topic sessions this integration started, per runtime, until the runtime stops (weak both ways:
+# a runtime or an ended session that nobody else holds goes away).
+_topic_sessions: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[str, Session]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _patch_name(owner: str, method: str) -> str:
+    return f"autogen_core.{owner}.{method}"
+
+
+def apply() -> None:
+    """Patch autogen-core now if it is imported, else as soon as it is (at most once per process)."""
+    _state["wanted"] = True
+    if not _state["hooked"]:
+        _state["hooked"] = True
+        instrument.when_imported(MODULE, _patch_module)
+    import sys
+
+    module = sys.modules.get(MODULE)
+    if module is not None:  # imported while the patches were not wanted (after remove())
+        _patch_module(module)
+
+
+def remove() -> None:
+    """Put autogen-core's original methods back (a later `apply()` patches again)."""
+    _state["wanted"] = False
+    for owner, method, _ in _PATCHES:
+        instrument.remove(_patch_name(owner, method))
+
+
+def _patch_module(module: types.ModuleType) -> None:
+    if not _state["wanted"]:
+        return
+    for owner_name, method, wrapper in _PATCHES:
+        owner = getattr(module, owner_name, None)
+        if isinstance(owner, type) and method in vars(owner):
+            instrument.apply(_patch_name(owner_name, method), owner, method, wrapper, via_wrapt=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capture: an envelope remembers the context it was created in.
+
+
+def _capture(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    wrapped(*args, **kwargs)
+    try:
+        setattr(instance, CARRY, _Carry(_current_session.get(), otel_context.get_current()))
+    except Exception as exc:
+        internal_error("autogen envelope capture", exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch: a handler runs in the context its envelope recorded.
+
+
+def _dispatch(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    work = wrapped(*args, **kwargs)
+    try:
+        envelope: Any = args[0] if args else kwargs.get("message_envelope")
+        carry = getattr(envelope, CARRY, None)
+        if carry is None and hasattr(envelope, "topic_id"):
+            # A publish envelope made without the capture patch (queued before apply(), say).
+            topic = _topic_session_for(instance, envelope.topic_id) if _outside_sessions() else None
+            if topic is not None:
+                carry = _Carry(topic, trace.set_span_in_context(topic.span, Context()))
+    except Exception as exc:
+        internal_error("autogen dispatch", exc)
+        return work
+    if not isinstance(carry, _Carry):
+        return work
+    return _carried(carry, work)
+
+
+async def _carried(carry: _Carry, work: Awaitable[T]) -> T:
+    session_token = _current_session.set(carry.session)
+    token = otel_context.attach(carry.context)
+    try:
+        return await work
+    finally:
+        detach_quietly(token)
+        _current_session.reset(session_token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topic sessions
+
+
+def _publish(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    topic_session: Session | None = None
+    try:
+        if _from_topic_wanted() and _outside_sessions():
+            topic = args[1] if len(args) > 1 else kwargs.get("topic_id")
+            topic_session = _topic_session_for(instance, topic)
+    except Exception as exc:
+        internal_error("autogen publish_message", exc)
+    work = wrapped(*args, **kwargs)
+    if topic_session is None:
+        return work
+    return _published_in(topic_session, work)
+
+
+async def _published_in(topic_session: Session, work: Awaitable[T]) -> T:
+    with topic_session.use():
+        return await work
+
+
+def _from_topic_wanted() -> bool:
+    config = runtime.current().config
+    return config is not None and config.enabled and config.session_from_topic
+
+
+def _outside_sessions() -> bool:
+    """No session in this context: none set, none owning the current span's trace, none in the baggage."""
+    local = _current_session.get()
+    if local is not None and local.state is SessionState.RUNNING:
+        return False
+    ctx = otel_context.get_current()
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if span_context.is_valid and session_for_trace(span_context.trace_id) is not None:
+        return False
+    from sdk.context import session_id_from
+
+    return session_id_from(ctx) is None
+
+
+def _topic_session_for(owner: Any, topic: Any) -> Session | None:
+    """The session for a topic's source: the open one with that id, else a new (or resumed) one."""
+    if not _from_topic_wanted():
+        return None
+    source = getattr(topic, "source", None)
+    topic_type = getattr(topic, "type", None)
+    if not isinstance(source, str) or not source.strip():
+        return None
+    if len(source) > MAX_ID_LENGTH or not source.isprintable():
+        warn_once(
+            "autogen-topic-source",
+            "sessiontrace: session_from_topic: a topic source is not a valid session id (at most %d "
+            "printable characters); such messages are handled outside any session",
+            MAX_ID_LENGTH,
+        )
+        return None
+    with _lock:
+        found = _registry.by_id.get(source)
+        if found is not None and found.state is SessionState.RUNNING:
+            return found
+        rt = runtime.current()
+        name = topic_type if isinstance(topic_type, str) and topic_type else "autogen"
+        attributes = {TOPIC_TYPE: name, TOPIC_SOURCE: source}
+        scope = session(name, session_id=source, resume=rt.store is not None, attributes=attributes)
+        try:
+            started = scope.start()
+        except ValueError:  # another thread opened a session with this id just now
+            raced = _registry.by_id.get(source)
+            return raced if raced is not None and raced.state is SessionState.RUNNING else None
+        sessions = _topic_sessions.get(owner)
+        if sessions is None:
+            sessions = _topic_sessions[owner] = weakref.WeakValueDictionary()
+        sessions[source] = started
+        return started
+
+
+def _stopping(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    work = wrapped(*args, **kwargs)
+    return _then_end_topic_sessions(instance, work)
+
+
+async def _then_end_topic_sessions(owner: Any, work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await work
+    finally:
+        end_topic_sessions(owner)
+
+
+def end_topic_sessions(owner: Any) -> int:
+    """End the topic sessions a runtime started (`success`); returns how many were running.
+
+    Called when the runtime stops. Sessions it joined (opened elsewhere with the same id) are left
+    to whoever opened them.
+    """
+    with _lock:
+        sessions = _topic_sessions.pop(owner, None)
+        running = [s for s in (sessions.values() if sessions is not None else ()) if not s.ended]
+    for topic_session in running:
+        topic_session.end(SessionState.SUCCESS, STOPPED_REASON)
+    return len(running)
+
+
+_RUNTIME_METHODS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("publish_message", _publish),
+    ("_process_publish", _dispatch),
+    ("_process_send", _dispatch),
+    ("_process_response", _dispatch),
+    ("stop", _stopping),
+    ("stop_when_idle", _stopping),
+    ("stop_when", _stopping),
+)
+_PATCHES: tuple[tuple[str, str, Callable[..., Any]], ...] = (
+    ("PublishMessageEnvelope", "__init__", _capture),
+    ("SendMessageEnvelope", "__init__", _capture),
+    ("ResponseMessageEnvelope", "__init__", _capture),
+    *((RUNTIME_CLASS, method, wrapper) for method, wrapper in _RUNTIME_METHODS),
+)
+"""(class in the runtime's module, method, wrapper)."""
