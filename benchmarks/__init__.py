@@ -12,6 +12,9 @@ BENCHMARKS = (
     "decorated_call",
     "session_start_end",
     "throughput",
+    "llm_call",
+    "backend_down",
+    "memory",
     "import_time",
     "init_time",
 )

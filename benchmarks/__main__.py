@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only NAME ...] [--out DIR]``: run, print one table, write results."""
+"""``python -m benchmarks [--quick] [--only NAME ...] [--out DIR] [--peers]``: run, print one table, write results."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="leave the garbage collector on during samples (default: collect before, off during)",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="instead of the benchmarks: AgentOps, traceloop-sdk, Logfire and Langfuse side by side, each "
+        "in its own cached virtual environment (installs them once; loopback only; not run by CI)",
+    )
     args = parser.parse_args(argv)
     if args.only:
         names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
@@ -59,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     settings = Settings.make(quick=args.quick, gc_during_samples=args.gc)
+    if args.peers:
+        from benchmarks.peers import run_peers
+
+        return run_peers(settings, argv, args.out)
     machine = machine_info()
     names = args.only or list(BENCHMARKS)
     print(f"sessiontrace benchmarks ({'quick' if args.quick else 'full'}): {describe_settings(settings)}")

@@ -162,7 +162,8 @@ class Result:
     ref_cpu: list[float] | None = None
     budget_ratio: float | None = None
     budget_seconds: float | None = None
-    unit: str = "us"  # "us" or "ms": how the table shows the medians
+    budget_growth: float | None = None  # most that median(sdk) may exceed median(ref), in the row's unit
+    unit: str = "us"  # "us", "ms" (samples in seconds) or "MB" (samples in bytes): how the table shows them
     ops_per_sample: int = 1
     notes: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)  # facts that must hold for a fair run
@@ -209,6 +210,9 @@ class Result:
             return ratio is not None and ratio <= self.budget_ratio
         if self.budget_seconds is not None:
             return self.sdk_median <= self.budget_seconds
+        if self.budget_growth is not None:
+            ref = self.ref_median
+            return ref is not None and self.sdk_median - ref <= self.budget_growth
         return None
 
     def to_json(self) -> dict[str, Any]:
@@ -252,6 +256,8 @@ def iqr(values: list[float]) -> tuple[float, float]:
 def fmt_time(seconds: float | None, unit: str) -> str:
     if seconds is None:
         return "—"
+    if unit == "MB":  # bytes, despite the parameter's name
+        return f"{seconds / 2**20:.1f} MB"
     if unit == "ms":
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds * 1e6:.2f} µs"
@@ -262,6 +268,8 @@ def fmt_budget(result: Result) -> str:
         return f"≤ {result.budget_ratio:.2f}{TIMES}"
     if result.budget_seconds is not None:
         return f"≤ {result.budget_seconds * 1e3:.0f} ms"
+    if result.budget_growth is not None:
+        return f"growth ≤ {fmt_time(result.budget_growth, result.unit)}"
     return "—"
 
 
