@@ -2,18 +2,19 @@
 
 Each record is one row (the record as JSON, plus the columns that `list()` filters on). Every
 change is a read-modify-write inside ``BEGIN IMMEDIATE``, which SQLite serialises across
-processes, so two processes resuming one session at once both land in one record. The database
-runs in WAL mode so readers (the CLI) never block writers.
+processes, so two processes resuming one session at once both land in one record. Transactions
+are short (at most CHUNK records), so readers (the CLI) and other processes wait milliseconds.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -79,49 +80,54 @@ class SQLiteStore(SessionStore):
     # A connection is opened for each operation and closed after it, under `_lock`, which is also
     # held across fork(): a forked child inherits no open connection and no SQLite lock state
     # (SQLite forbids using either after a fork). Operations come in batches, so the cost is small.
+    # The file uses SQLite's default rollback journal: with connections that come and go, WAL mode
+    # would rebuild its index at every first connection, and SQLite does not wait (busy handler)
+    # for that recovery, so concurrent processes would see "database is locked".
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run `operation` in a transaction (``BEGIN IMMEDIATE`` when it writes), retrying while another
+        process holds the file, for up to BUSY_TIMEOUT_MS."""
         import sqlite3
 
-        with self._lock:
-            conn = None
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.002
+        while True:
             try:
-                if not self._ready:
-                    if self._data_dir is not None:
-                        ensure_data_dir(self._data_dir)
-                    else:
-                        self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-                )
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode = WAL")  # kept by the file
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
-                yield conn
+                with self._lock:
+                    return self._once(operation, write)
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise StoreError(f"{self.description}: {exc}") from exc
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"{self.description}: {exc}") from exc
-            finally:
-                if conn is not None:
-                    conn.close()
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.1)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+    def _once(self, operation: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        import sqlite3
+
+        if not self._ready:
+            if self._data_dir is not None:
+                ensure_data_dir(self._data_dir)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self._ready:
+                conn.executescript(_SCHEMA)
+                self._ready = True
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield conn
+                result = operation(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-
-    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        with self._connection() as conn:
-            return query(conn)
+            return result
+        finally:
+            conn.close()
 
     @staticmethod
     def _write(conn: sqlite3.Connection, record: SessionRecord) -> None:
@@ -135,7 +141,7 @@ class SQLiteStore(SessionStore):
     # -- SessionStore -----------------------------------------------------------------------------
 
     def begin_segment(self, record: SessionRecord, *, resume: bool) -> SessionRecord:
-        with self._transaction() as conn:
+        def claim(conn: sqlite3.Connection) -> SessionRecord:
             existing = self._load(conn, record.id) if resume else None
             if existing is not None and not is_expired(existing, self.expiry, time.time()):
                 stored = append_segment(existing, record)
@@ -143,6 +149,8 @@ class SQLiteStore(SessionStore):
                 stored = record
             self._write(conn, stored)
             return stored
+
+        return self._run(claim, write=True)
 
     # Large batches go in several transactions, so that other processes (and a fork()) never wait
     # long for the file.
@@ -152,19 +160,22 @@ class SQLiteStore(SessionStore):
             rows = [
                 (r.id, r.state, r.user_id, r.last_activity, dumps(r)) for r in records[start : start + CHUNK]
             ]
-            with self._transaction() as conn:
-                conn.executemany(_UPSERT, rows)
+            self._run(functools.partial(_insert_rows, rows), write=True)
+            time.sleep(0)  # let a thread waiting for the lock (a fork()) take it between chunks
 
     def update(self, updates: Sequence[SegmentUpdate]) -> None:
+        def apply(chunk: Sequence[SegmentUpdate], conn: sqlite3.Connection) -> None:
+            for update in chunk:
+                record = self._load(conn, update.session_id)
+                if record is not None:
+                    self._write(conn, apply_update(record, update))
+
         for start in range(0, len(updates), CHUNK):
-            with self._transaction() as conn:
-                for update in updates[start : start + CHUNK]:
-                    record = self._load(conn, update.session_id)
-                    if record is not None:
-                        self._write(conn, apply_update(record, update))
+            self._run(functools.partial(apply, updates[start : start + CHUNK]), write=True)
+            time.sleep(0)
 
     def get(self, session_id: str) -> SessionRecord | None:
-        record = self._read(lambda conn: self._load(conn, session_id))
+        record = self._run(lambda conn: self._load(conn, session_id), write=False)
         if record is None or is_expired(record, self.expiry, time.time()):
             return None
         return record
@@ -194,7 +205,7 @@ class SQLiteStore(SessionStore):
             clauses.append("last_activity >= ?")
             params.append(floor)
         sql = f"SELECT record FROM sessions WHERE {' AND '.join(clauses)} ORDER BY last_activity DESC"
-        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall(), write=False)
         found = []
         for (text,) in rows:
             record = loads(text)
@@ -208,15 +219,25 @@ class SQLiteStore(SessionStore):
         if self.expiry is None:
             return 0
         cutoff = (time.time() if now is None else now) - self.expiry
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM sessions WHERE last_activity < ?", (cutoff,)).rowcount
+        return int(
+            self._run(
+                lambda conn: conn.execute("DELETE FROM sessions WHERE last_activity < ?", (cutoff,)).rowcount,
+                write=True,
+            )
+        )
 
     def delete(self, session_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+        deleted = self._run(
+            lambda conn: conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount, write=True
+        )
+        return int(deleted) > 0
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+
+
+def _insert_rows(rows: list[tuple[str, str, str | None, float, str]], conn: sqlite3.Connection) -> None:
+    conn.executemany(_UPSERT, rows)
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
