@@ -932,7 +932,7 @@ def session_json(record: SessionRecord, *, stale: bool | None = None) -> dict[st
         last_activity=record.last_activity,
         ended=record.ended,
         duration=session_duration(record),
-        usage=vars(usage),
+        usage=usage._asdict(),
         tokens=usage.input_tokens + usage.output_tokens,
     )
     if stale is not None:

@@ -6,7 +6,6 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,7 +140,7 @@ def test_resume_appends_a_segment_to_the_stored_record(store):
     assert stored.trace_id == first.trace_id != second.trace_id
     assert [s.number for s in stored.segments] == [1, 2]
     assert stored.segments[0] == first.segments[0]
-    assert stored.segments[1] == replace(second.segments[0], number=2)
+    assert stored.segments[1] == second.segments[0]._replace(number=2)
     assert stored.span_ids == (first.segments[0].span_id, second.segments[0].span_id)
     assert stored.name == "chat-2"
     assert stored.user_id == "u-1", "a resume without a user keeps the stored one"
@@ -251,7 +250,7 @@ def test_updates_for_unknown_sessions_or_segments_are_ignored(store):
     record = store.begin_segment(new_record(), resume=True)
     ghost = new_record("ghost")
     store.update(
-        [activity(ghost, time.time()), replace(activity(record, time.time() + 5), span_id=span_id())]
+        [activity(ghost, time.time()), activity(record, time.time() + 5)._replace(span_id=span_id())]
     )
     assert store.get("ghost") is None
     assert store.get(record.id) == record

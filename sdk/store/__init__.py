@@ -14,15 +14,13 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 RUNNING = "running"
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """Counters of a segment (or, summed, of a session)."""
 
     spans: int = 0
@@ -32,7 +30,8 @@ class Usage:
     cost_usd: float = 0.0
     errors: int = 0
 
-    def __add__(self, other: Usage) -> Usage:
+    def plus(self, other: Usage) -> Usage:
+        """The two counts added up."""
         return Usage(
             self.spans + other.spans,
             self.llm_calls + other.llm_calls,
@@ -43,8 +42,7 @@ class Usage:
         )
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """One run of a session in one process: its root span, owner process, state and counters.
 
     Times are epoch seconds. `owner` is ``host:pid`` of the process that runs it.
@@ -58,11 +56,10 @@ class Segment:
     state: str = RUNNING
     reason: str | None = None
     ended: float | None = None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = Usage()
 
 
-@dataclass(frozen=True)
-class SessionRecord:
+class SessionRecord(NamedTuple):
     """A stored session: identity, and its segments oldest first."""
 
     id: str
@@ -104,7 +101,7 @@ class SessionRecord:
         """Counters summed over every segment."""
         total = Usage()
         for segment in self.segments:
-            total = total + segment.usage
+            total = total.plus(segment.usage)
         return total
 
     @property
@@ -130,7 +127,7 @@ class SessionRecord:
                     "state": s.state,
                     "reason": s.reason,
                     "ended": s.ended,
-                    "usage": vars(s.usage),
+                    "usage": s.usage._asdict(),
                 }
                 for s in self.segments
             ],
@@ -162,8 +159,7 @@ class SessionRecord:
         )
 
 
-@dataclass(frozen=True)
-class SegmentUpdate:
+class SegmentUpdate(NamedTuple):
     """What a process writes about a segment it runs: activity, and at the end its state."""
 
     session_id: str
@@ -258,12 +254,11 @@ def apply_update(record: SessionRecord, update: SegmentUpdate) -> SessionRecord:
         if segment.span_id == update.span_id:
             if segment.ended is not None and update.ended is None:
                 # An activity write that raced the segment's end never reopens it.
-                segments[index] = replace(
-                    segment, last_activity=max(segment.last_activity, update.last_activity)
+                segments[index] = segment._replace(
+                    last_activity=max(segment.last_activity, update.last_activity)
                 )
             else:
-                segments[index] = replace(
-                    segment,
+                segments[index] = segment._replace(
                     last_activity=max(segment.last_activity, update.last_activity),
                     usage=update.usage,
                     state=update.state,
@@ -273,8 +268,7 @@ def apply_update(record: SessionRecord, update: SegmentUpdate) -> SessionRecord:
             break
     else:
         return record
-    return replace(
-        record,
+    return record._replace(
         segments=tuple(segments),
         name=update.name if update.name is not None else record.name,
         user_id=update.user_id if update.user_id is not None else record.user_id,
@@ -284,9 +278,8 @@ def apply_update(record: SessionRecord, update: SegmentUpdate) -> SessionRecord:
 
 def append_segment(existing: SessionRecord, new: SessionRecord) -> SessionRecord:
     """`existing` with `new`'s segment appended, numbered one past the last (resume)."""
-    segment = replace(new.segments[0], number=len(existing.segments) + 1)
-    return replace(
-        existing,
+    segment = new.segments[0]._replace(number=len(existing.segments) + 1)
+    return existing._replace(
         segments=(*existing.segments, segment),
         name=new.name or existing.name,
         user_id=new.user_id if new.user_id is not None else existing.user_id,
@@ -406,17 +399,29 @@ def open_store(spec: Any, data_dir: Path, expiry: float | None) -> SessionStore 
 
 
 def dumps(record: SessionRecord) -> str:
-    """A record as compact JSON text."""
+    """A record as compact JSON text: nested arrays in field order (records are NamedTuples, which
+    json encodes in C; several times faster than the `to_json` objects)."""
     import json
 
-    return json.dumps(record.to_json(), separators=(",", ":"))
+    return json.dumps(record, separators=(",", ":"))
 
 
 def loads(text: str | bytes) -> SessionRecord:
-    """The inverse of `dumps`."""
+    """The inverse of `dumps` (the `to_json` object form is read too)."""
     import json
 
-    return SessionRecord.from_json(json.loads(text))
+    data = json.loads(text)
+    if isinstance(data, dict):
+        return SessionRecord.from_json(data)
+    session_id, name, trace_id, user_id, tags, segments = data
+    return SessionRecord(
+        session_id,
+        name,
+        trace_id,
+        user_id,
+        tuple(tags),
+        tuple(Segment(*segment[:8], Usage(*segment[8])) for segment in segments),
+    )
 
 
 __all__ = [
