@@ -420,8 +420,22 @@ def loads(text: str | bytes) -> SessionRecord:
         trace_id,
         user_id,
         tuple(tags),
-        tuple(Segment(*segment[:8], Usage(*segment[8])) for segment in segments),
+        tuple(_segment(*segment) for segment in segments),
     )
+
+
+def _segment(
+    span_id: str,
+    number: int,
+    owner: str,
+    started: float,
+    last_activity: float,
+    state: str,
+    reason: str | None,
+    ended: float | None,
+    usage: list[Any],
+) -> Segment:
+    return Segment(span_id, number, owner, started, last_activity, state, reason, ended, Usage(*usage))
 
 
 __all__ = [
