@@ -138,7 +138,6 @@ class Runtime:
         """Export everything queued (and write pending session records); False when the timeout (for
         all processors together) ran out before every span was exported."""
         deadline = time.monotonic() + timeout
-        self._wait_for_late_listeners(deadline)
         ok = True
         for batch in self.batches:
             ok = batch.force_flush(int(max(deadline - time.monotonic(), 0.0) * 1000)) and ok
@@ -158,12 +157,6 @@ class Runtime:
             ok = done is True and ok
         return ok
 
-    def _wait_for_late_listeners(self, deadline: float) -> None:
-        """Let the metrics pipeline finish attaching (init() started it in the background)."""
-        for listener in self.session_listeners:
-            if isinstance(listener, _LateListener):
-                listener.settled.wait(max(deadline - time.monotonic(), 0.0))
-
     def shutdown(self, timeout: float, keep: Sequence[object] = ()) -> None:
         """Flush and close every processor (except those in `keep`, still used by a newer pipeline).
 
@@ -172,7 +165,6 @@ class Runtime:
         daemon thread that is given the time left.
         """
         deadline = time.monotonic() + timeout
-        self._wait_for_late_listeners(deadline)
         writer = self.store_writer
         if writer is not None:
             if any(writer is k for k in keep):
@@ -374,23 +366,6 @@ def _export_listeners(config: Config, batches: Sequence[BatchExportProcessor]) -
         listeners.append(LiveMarkers(batches))
     metrics_on = config.metrics if config.metrics is not None else "otlp" in config.destination_kinds
     if metrics_on:
-        # The metrics SDK costs tens of milliseconds to import: init() does not wait for it.
-        late = _LateListener()
-        listeners.append(late)
-        threading.Thread(
-            target=_attach_metrics, args=(config, batches, late), name="sessiontrace-metrics", daemon=True
-        ).start()
-    elif "sdk.export.metrics" in sys.modules:  # metrics were on before this init(): stop them
-        from sdk.export.metrics import existing_pipeline
-
-        existing = existing_pipeline()
-        if existing is not None:
-            existing.detach()
-    return listeners
-
-
-def _attach_metrics(config: Config, batches: Sequence[BatchExportProcessor], late: _LateListener) -> None:
-    try:
         from sdk.export.metrics import pipeline
         from sdk.export.otlp import metrics_endpoint
 
@@ -400,59 +375,15 @@ def _attach_metrics(config: Config, batches: Sequence[BatchExportProcessor], lat
         )
         if batches:
             batches[0].companions.append(companion)
-        late.ready(metrics.listener())
-    except Exception as exc:
-        internal_error("metrics pipeline", exc)
-    finally:
-        late.settled.set()
+        listeners.append(metrics.listener())
+    elif "sdk.export.metrics" in sys.modules:  # metrics were on before this init(): stop them
+        from sdk.export.metrics import existing_pipeline
 
+        existing = existing_pipeline()
+        if existing is not None:
+            existing.detach()
+    return listeners
 
-class _LateListener:
-    """A session listener whose target is built in the background: events before it is ready are
-    kept (bounded) and replayed to it in order."""
-
-    def __init__(self) -> None:
-        self._target: SessionListener | None = None
-        self._lock = threading.Lock()
-        self._early: list[tuple[bool, Any, bool]] = []
-        self.settled = threading.Event()  # set once the target is ready (or failed to build)
-
-    def ready(self, target: SessionListener) -> None:
-        with self._lock:
-            for started, session, stored in self._early:
-                if started:
-                    target.on_session_start(session, stored=stored)
-                else:
-                    target.on_session_end(session)
-            self._early.clear()
-            self._target = target
-
-    def on_session_start(self, session: Any, *, stored: bool) -> None:
-        target = self._target
-        if target is not None:
-            target.on_session_start(session, stored=stored)
-            return
-        with self._lock:
-            if self._target is None:
-                if len(self._early) < MAX_EARLY_EVENTS:
-                    self._early.append((True, session, stored))
-                return
-        self._target.on_session_start(session, stored=stored)
-
-    def on_session_end(self, session: Any) -> None:
-        target = self._target
-        if target is not None:
-            target.on_session_end(session)
-            return
-        with self._lock:
-            if self._target is None:
-                if len(self._early) < MAX_EARLY_EVENTS:
-                    self._early.append((False, session, False))
-                return
-        self._target.on_session_end(session)
-
-
-MAX_EARLY_EVENTS = 10_000
 
 _lock = threading.Lock()
 _current = Runtime(None)

@@ -225,7 +225,11 @@ class MetricsPipeline:
         self.ended = {state: Counter() for state in STATES}
         self.state_attributes = {state: {"session.state": state} for state in STATES}
         provider = metrics.get_meter_provider()
-        own = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
+        # The reader exports with the current pipeline's resource; an empty one here spares the
+        # resource detectors OpenTelemetry would otherwise run (in a thread pool) at init().
+        own = MeterProvider(
+            metric_readers=[self.reader], resource=Resource.get_empty(), shutdown_on_exit=False
+        )
         if type(provider).__name__ == "_ProxyMeterProvider":
             metrics.set_meter_provider(own)
         self.provider = own
