@@ -214,8 +214,18 @@ class SessionStore(ABC):
     @abstractmethod
     def update(self, updates: Sequence[SegmentUpdate]) -> None: ...
 
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The record, or None when unknown or expired."""
+        import time
+
+        record = self._fetch(session_id)
+        if record is None or is_expired(record, self.expiry, time.time()):
+            return None
+        return record
+
     @abstractmethod
-    def get(self, session_id: str) -> SessionRecord | None: ...
+    def _fetch(self, session_id: str) -> SessionRecord | None:
+        """The stored record as it is, expired or not (None when unknown)."""
 
     @abstractmethod
     def list(
@@ -407,13 +417,10 @@ def dumps(record: SessionRecord) -> str:
 
 
 def loads(text: str | bytes) -> SessionRecord:
-    """The inverse of `dumps` (the `to_json` object form is read too)."""
+    """The inverse of `dumps`."""
     import json
 
-    data = json.loads(text)
-    if isinstance(data, dict):
-        return SessionRecord.from_json(data)
-    session_id, name, trace_id, user_id, tags, segments = data
+    session_id, name, trace_id, user_id, tags, segments = json.loads(text)
     return SessionRecord(
         session_id,
         name,

@@ -42,12 +42,9 @@ class MemoryStore(SessionStore):
                 if record is not None:
                     self._records[update.session_id] = apply_update(record, update)
 
-    def get(self, session_id: str) -> SessionRecord | None:
+    def _fetch(self, session_id: str) -> SessionRecord | None:
         with self._lock:
-            record = self._records.get(session_id)
-        if record is None or is_expired(record, self.expiry, time.time()):
-            return None
-        return record
+            return self._records.get(session_id)
 
     def list(
         self,

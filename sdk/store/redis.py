@@ -269,13 +269,10 @@ class RedisStore(SessionStore):
 
         self._transaction(keys, body)
 
-    def get(self, session_id: str) -> SessionRecord | None:
+    def _fetch(self, session_id: str) -> SessionRecord | None:
         with self._errors():
             raw = self._redis().get(self.key(session_id))
-        record = self._decode(session_id, raw)
-        if record is None or is_expired(record, self.expiry, time.time()):
-            return None
-        return record
+        return self._decode(session_id, raw)
 
     def list(
         self,

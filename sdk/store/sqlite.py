@@ -174,11 +174,8 @@ class SQLiteStore(SessionStore):
             self._run(functools.partial(apply, updates[start : start + CHUNK]), write=True)
             time.sleep(0)
 
-    def get(self, session_id: str) -> SessionRecord | None:
-        record = self._run(lambda conn: self._load(conn, session_id), write=False)
-        if record is None or is_expired(record, self.expiry, time.time()):
-            return None
-        return record
+    def _fetch(self, session_id: str) -> SessionRecord | None:
+        return self._run(lambda conn: self._load(conn, session_id), write=False)
 
     def list(
         self,
