@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sdk.config import Config, ConfigError, load_config, mask_url
+from sdk.display import printable
 from sdk.version import __version__
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ class DoctorReport:
 def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
     if not rows:
         return []
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return [
         "  " + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
@@ -905,7 +907,9 @@ def segment_duration(segment: Segment) -> float:
 def _table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
 ) -> list[str]:
-    """Rows aligned under a header, two spaces apart; columns in `right` right-aligned."""
+    """Rows aligned under a header, two spaces apart; columns in `right` right-aligned (cells are
+    escaped for the terminal: they hold text from users)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
@@ -1014,7 +1018,7 @@ def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
     state = record.state + (" (stale)" if stale else "")
     if record.reason:
         state += f": {record.reason}"
-    lines = [f"session {record.id}", ""]
+    lines = [f"session {printable(record.id)}", ""]
     lines += _aligned(
         [
             ("name", record.name),
@@ -1064,9 +1068,9 @@ def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
         lines.append(f"spans (from {sessions.traces}):")
         numbers = {s.span_id: s.number for s in record.segments}
         flat = list(_walk(tree, 0))
-        width = max(len("  " * depth + node["name"]) for node, depth in flat)
+        width = max(len("  " * depth + printable(node["name"])) for node, depth in flat)
         for node, depth in flat:
-            label = ("  " * depth + node["name"]).ljust(width)
+            label = ("  " * depth + printable(node["name"])).ljust(width)
             notes = ""
             if node["status"] == "error":
                 notes += "  ERROR"
@@ -1152,5 +1156,5 @@ def _sessions_end(options: argparse.Namespace, sessions: _Sessions) -> int:
         for r, changed in results:
             verb = "ended" if changed else "already ended"
             reason = f" ({r.reason})" if r.reason else ""
-            print(f"{verb}: {r.id} {r.state}{reason}")
+            print(printable(f"{verb}: {r.id} {r.state}{reason}"))
     return 0

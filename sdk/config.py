@@ -7,10 +7,12 @@ standard ``OTEL_*``) < ``init()`` keywords < per-session overrides.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
 import re
+import stat
 import sys
 import threading
 import urllib.parse
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from opentelemetry.sdk.trace import SpanProcessor
+
+from sdk.trust import PRIVATE, TrustRules
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -36,6 +40,10 @@ Layer = Literal["default", "file", "env", "init", "session"]
 Exporter: TypeAlias = "str | SpanExporter | tuple[str | SpanExporter, ...]"
 """The `exporter` setting: one destination (a name or an instance) or a tuple of them."""
 
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
+"""A config file larger than this is refused (a settings file is a few hundred bytes)."""
+INTERNAL_ENV = frozenset({"SESSIONTRACE_RAISE_INTERNAL_ERRORS"})
+"""SESSIONTRACE_* variables that name no setting but are read (by the SDK's own test suite)."""
 EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
 PROTOCOLS = ("http/protobuf", "grpc")
 DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
@@ -237,8 +245,13 @@ def _split_pairs(text: str, *, what: str) -> list[tuple[str, str]]:
         key, sep, val = member.partition("=")
         if not sep:
             raise _Invalid(f"expected {what} as key=value pairs separated by commas")
+        if _BAD_PERCENT.search(member):
+            raise _Invalid(f"malformed percent-encoding in {what} (a '%' must be followed by two hex digits)")
         items.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(val.strip())))
     return items
+
+
+_BAD_PERCENT = re.compile("%(?![0-9A-Fa-f]{2})")
 
 
 def _key_values(value: object, *, what: str) -> dict[str, str]:
@@ -446,27 +459,31 @@ def _instrument(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _redact_patterns(value: object) -> tuple[str, ...]:
-    """Regular expressions (`builtin` names the built-in set): a list, a JSON list, or one per line."""
-    items: list[object]
+def _list_items(value: object, what: str, separators: str) -> list[object]:
+    """The items of a list setting: a list, a JSON list, or text split at `separators` (a regex)."""
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
-            import json
+        if not text.startswith("["):
+            return [part.strip() for part in re.split(separators, text) if part.strip()]
+        import json
 
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                raise _Invalid("expected a JSON list of regular expressions") from None
-            if not isinstance(parsed, list):
-                raise _Invalid("expected a JSON list of regular expressions")
-            items = parsed
-        else:
-            items = [line.strip() for line in text.splitlines() if line.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise _Invalid("expected a list of regular expressions")
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            raise _Invalid(f"expected a JSON list of {what}") from None
+        if not isinstance(parsed, list):
+            raise _Invalid(f"expected a JSON list of {what}")
+        return parsed
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    raise _Invalid(f"expected a list of {what}")
+
+
+def _redact_patterns(value: object) -> tuple[str, ...]:
+    """Regular expressions (`builtin` names the built-in set): a list, a JSON list, or one per line."""
+    if isinstance(value, (set, frozenset)):
+        raise _Invalid("expected a list of regular expressions (their order matters)")
+    items = _list_items(value, "regular expressions", r"\n")
     out: list[str] = []
     for item in items:
         if isinstance(item, re.Pattern):
@@ -586,6 +603,46 @@ def _otel_logs_exporter(value: object) -> bool:
     if text not in ("otlp", "none"):
         raise _Invalid("sessiontrace understands otlp or none here")
     return text == "otlp"
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """A list of names: a list, a JSON list, or text separated by commas or lines."""
+    items = _list_items(value, "names", r"[,\n]")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _Invalid(f"{_show(item)} is not a name (expected a string)")
+        name = item.strip()
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+InboundTrust: TypeAlias = "TrustRules | Callable[[str, str | None], bool]"
+"""The `accept_session_from` setting: rules, or a callable (session id, peer address or None) -> bool."""
+
+
+def _trust_rules(value: object, *, hosts_allowed: bool) -> TrustRules:
+    if isinstance(value, TrustRules):
+        return value
+    if value is True:
+        return TrustRules(everyone=True)
+    if value is False or value is None:
+        return TrustRules()
+    try:
+        return TrustRules.parse(_names(value), hosts_allowed=hosts_allowed)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _inbound_trust(value: object) -> InboundTrust:
+    if callable(value) and not isinstance(value, (str, TrustRules)):
+        return value
+    return _trust_rules(value, hosts_allowed=False)
+
+
+def _outbound_trust(value: object) -> TrustRules:
+    return _trust_rules(value, hosts_allowed=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,9 +929,10 @@ SETTINGS: dict[str, Setting] = {
             "redact_patterns",
             _redact_patterns,
             ("builtin",),
-            "Regular expressions whose matches are replaced by `[REDACTED]` in captured content, "
-            "headers and URLs; `builtin` stands for the built-in API-key and bearer-token patterns "
-            "(an empty list turns those off). In the environment: a JSON list, or one per line.",
+            "Regular expressions whose matches are replaced by `[REDACTED]` in everything exported and "
+            "stored (with `scrub`) and in captured content; `builtin` stands for the built-in secret "
+            "patterns (API keys, tokens, passwords in URLs and key=value pairs: docs/security.md; an "
+            "empty list turns those off). In the environment: a JSON list, or one per line.",
             _env("SESSIONTRACE_REDACT_PATTERNS"),
         ),
         Setting(
@@ -884,6 +942,24 @@ SETTINGS: dict[str, Setting] = {
             "A callable taking and returning a string, applied to captured text after the patterns "
             "(init() keyword only).",
             code_only=True,
+        ),
+        Setting(
+            "scrub",
+            _bool,
+            True,
+            "Remove secrets from everything exported and stored (spans, events, exception messages and "
+            "stack traces, logs, session records): values of secret-named keys (`scrub_keys`) and text "
+            "matching `redact_patterns`. Off only when set explicitly. See docs/security.md.",
+            _env("SESSIONTRACE_SCRUB"),
+        ),
+        Setting(
+            "scrub_keys",
+            _names,
+            ("builtin",),
+            "Attribute, argument and mapping keys whose values are secrets and replaced whole; "
+            "`builtin` stands for the built-in list (password, token, api_key, authorization, cookie, "
+            "...: docs/security.md). In the environment: comma-separated or a JSON list.",
+            _env("SESSIONTRACE_SCRUB_KEYS"),
         ),
         Setting(
             "content_max_length",
@@ -906,10 +982,31 @@ SETTINGS: dict[str, Setting] = {
             _bool,
             True,
             "Outgoing requests of OpenTelemetry instrumentations (httpx, requests, aiohttp, grpc, ...) "
-            "carry the current session: `session.id` in W3C baggage, beside `traceparent` (a wrapper "
-            "of the global propagator, applied once, removed by shutdown()). Off: only what the "
-            "propagator itself injects; use `sdk.context.inject()` where you want the session.",
+            "to destinations `send_session_to` trusts carry the current session: `session.id` in W3C "
+            "baggage, beside `traceparent` (a wrapper of the global propagator, applied once, removed "
+            "by shutdown()). Off: none do; `sdk.context.inject()` still writes it where you call it.",
             _env("SESSIONTRACE_PROPAGATE_SESSION"),
+        ),
+        Setting(
+            "send_session_to",
+            _outbound_trust,
+            PRIVATE,
+            "Destinations whose requests carry `session.id` in baggage (with propagate_session): "
+            "`private` (loopback, private-network addresses, single-label service names such as "
+            "`orders`), host names, `*.domain` suffixes, CIDR networks, `all`, or `none`. A public "
+            "host (an LLM provider's API) is never sent the id unless listed. See docs/security.md.",
+            _env("SESSIONTRACE_SEND_SESSION_TO"),
+        ),
+        Setting(
+            "accept_session_from",
+            _inbound_trust,
+            TrustRules(),
+            "Inbound requests whose `session.id` in W3C baggage is adopted (by `sdk.session(parent=...)`, "
+            "`sdk.context.extract` and server instrumentations): `none` (default: never; the id is "
+            "recorded as `sessiontrace.inbound.session_id` on a session started with `parent=`), "
+            "`all`, peer networks (`loopback`, `private`, CIDRs), or (init() keyword) a callable "
+            "`(session_id, peer_address) -> bool`. See docs/security.md.",
+            _env("SESSIONTRACE_ACCEPT_SESSION_FROM"),
         ),
         Setting(
             "instrument_autogen",
@@ -1130,10 +1227,14 @@ class Config:
     capture_content: bool
     redact_patterns: tuple[str, ...]
     redactor: Callable[[str], str] | None
+    scrub: bool
+    scrub_keys: tuple[str, ...]
     content_max_length: int
     pricing: Any
     # --- agent runtimes and logging (issue 9): fields go here ---
     propagate_session: bool
+    send_session_to: TrustRules
+    accept_session_from: InboundTrust
     instrument_autogen: bool
     session_from_topic: bool
     log_correlation: bool
@@ -1197,6 +1298,8 @@ class Config:
             if isinstance(value, Mapping):
                 return ",".join(f"{k}=***" for k in value) if value else "{}"
             return "***"
+        if isinstance(value, TrustRules):
+            return value.describe()
         return mask_url(value) if isinstance(value, str) else _show(value)
 
     def explain(self) -> list[tuple[str, str, str]]:
@@ -1350,9 +1453,12 @@ def _settings_in(path: Path, data: dict[str, Any]) -> Mapping[str, object]:
 
 
 def _read_toml(path: Path, named_by: Source | None = None) -> dict[str, Any]:
+    source = named_by or Source("file", str(path))
     try:
         with path.open("rb") as f:
-            content = f.read()
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError("config_file", str(path), source, "is not a regular file")
+            content = f.read(MAX_CONFIG_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             "config_file",
@@ -1364,6 +1470,10 @@ def _read_toml(path: Path, named_by: Source | None = None) -> dict[str, Any]:
         raise ConfigError(
             "config_file", str(path), named_by or Source("file", str(path)), f"cannot be read ({exc})"
         ) from None
+    if len(content) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            "config_file", str(path), source, f"is larger than {MAX_CONFIG_FILE_BYTES // 1024} KiB"
+        )
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -1430,6 +1540,8 @@ def load_config(
             sources[name] = source
             break
 
+    _warn_unknown_env(environ)
+
     for key, raw in kwargs.items():
         setting = SETTINGS[key]
         source = Source("init", f"init({key}=...)")
@@ -1451,6 +1563,34 @@ def load_config(
     config = Config(**values, sources=sources)
     _check_combination(config)
     return config
+
+
+def _warn_unknown_env(environ: Mapping[str, str]) -> None:
+    """Warn once about each SESSIONTRACE_* variable that names no setting (a typo is silent otherwise)."""
+    known = _known_env_names()
+    for name in environ:
+        if not name.startswith("SESSIONTRACE_") or name in known:
+            continue
+        import difflib
+
+        from sdk.guard import warn_once
+
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        shown = name if name.isprintable() and len(name) <= 80 else repr(name[:80])
+        warn_once(
+            f"unknown-env-{name}",
+            "sessiontrace: the environment variable %s names no setting and is ignored%s "
+            "(settings: docs/configuration.md)",
+            shown,
+            hint,
+        )
+
+
+@functools.cache
+def _known_env_names() -> frozenset[str]:
+    names = {var.name for setting in SETTINGS.values() for var in setting.env}
+    return frozenset(name for name in names if name.startswith("SESSIONTRACE_")) | INTERNAL_ENV
 
 
 def _file_layer(

@@ -30,12 +30,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sdk import runtime
 from sdk.session import (
+    REMOTE_SESSION_KEY,
     SESSION_ID,
     Session,
     SessionState,
     _current_session,
     auto_session,
     detach_quietly,
+    inbound_session,
     session_for_trace,
 )
 
@@ -59,8 +61,9 @@ def _outgoing_context(ctx: Context, local: Session | None) -> Context:
     if session is None:
         session = local
     if session is None:
-        if session_id_from(ctx) is not None:
-            return ctx
+        remote = session_id_from(ctx)
+        if remote is not None:  # a trusted session of another process: passed on unchanged
+            return baggage.set_baggage(SESSION_ID, remote, ctx)
         auto = auto_session()
         session = auto if auto is not None and auto.state is SessionState.RUNNING else None
     if session is None:
@@ -84,19 +87,31 @@ def inject(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[st
     return target
 
 
-def extract(carrier: Mapping[str, str], context: Context | None = None) -> Context:
+def extract(
+    carrier: Mapping[str, str], context: Context | None = None, *, peer: str | None = None
+) -> Context:
     """An OpenTelemetry Context from W3C headers: the remote parent span and the baggage.
 
-    Spans started under it join the remote session: they sit in its trace and the SDK stamps
-    the ``session.id`` it finds in the baggage. Header names are matched case-insensitively.
+    Spans started under it sit in the remote trace. They join the remote *session* (the
+    ``session.id`` in the baggage) only when the `accept_session_from` setting trusts the sender
+    (`peer`: its IP address, for network rules); otherwise the claimed id is dropped from the
+    baggage and the spans keep this process's session (see docs/security.md). Header names are
+    matched case-insensitively.
     """
+    ctx, _, _ = inbound_session(extract_w3c(carrier, context), peer)
+    return ctx
+
+
+def extract_w3c(carrier: Mapping[str, str], context: Context | None = None) -> Context:
+    """W3C trace context and baggage from headers, exactly as sent: no trust decision made yet."""
     lowered = {str(k).lower(): v for k, v in carrier.items()}
     return _PROPAGATOR.extract(lowered, context=context)
 
 
 def session_id_from(context: Context | None = None) -> str | None:
-    """The ``session.id`` carried in a context's baggage (e.g. one returned by `extract`)."""
-    value = baggage.get_baggage(SESSION_ID, context)
+    """The id of the other process's or service's session a context continues (a trusted inbound
+    ``session.id``, see `extract`), or None."""
+    value = otel_context.get_value(REMOTE_SESSION_KEY, context)
     return value if isinstance(value, str) and value else None
 
 
@@ -124,7 +139,8 @@ class Wrapped(Generic[P, R]):
                 # the session this process's context may hold (a forked pool worker inherits the
                 # one that was current in the thread that forked it), so the headers decide.
                 session_token = _current_session.set(None)
-                token = otel_context.attach(extract(self._carrier or {}))
+                ctx, _, _ = inbound_session(extract_w3c(self._carrier or {}), None, trusted=True)
+                token = otel_context.attach(ctx)
                 try:
                     return self.fn(*args, **kwargs)
                 finally:

@@ -20,6 +20,7 @@ from opentelemetry.trace import Span
 from sdk import runtime
 from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
+from sdk.redaction import redactor_for
 from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly, end_span
 
 if TYPE_CHECKING:
@@ -54,9 +55,8 @@ class _SpanScope:
         if self.output_key is None:
             return
         try:
-            from sdk.redaction import current
-
-            self.span.set_attribute(self.output_key, current().json(value))
+            redactor = redactor_for(runtime.current().config)
+            self.span.set_attribute(self.output_key, redactor.json(value))
         except Exception as exc:
             internal_error("decorator return capture", exc)
 
@@ -335,9 +335,8 @@ def _span_begin(
             internal_error(f"@{kind} span start", exc)
             return None
         try:
-            from sdk.redaction import current
-
-            span.set_attribute(input_key, current().json(_arguments(fn, signature, args, kwargs)))
+            redactor = redactor_for(rt.config)
+            span.set_attribute(input_key, redactor.json(_arguments(fn, signature, args, kwargs)))
         except Exception as exc:
             internal_error(f"@{kind} argument capture", exc)
         return _SpanScope(span, output_key if returns else None)

@@ -108,8 +108,8 @@ def _apply_process_features(config: Config) -> None:
         autogen.apply()
     else:
         autogen.remove()
-    if config.enabled and config.propagate_session:
-        propagation.apply()
+    if config.enabled:
+        propagation.apply(outbound=config.propagate_session)
     else:
         propagation.remove()
     logs.configure(config)
@@ -220,6 +220,7 @@ def stats() -> Stats:
         internal_errors=COUNTERS.internal_errors.value,
         store_errors=COUNTERS.store_errors.value,
         callback_errors=COUNTERS.callback_errors.value,
+        inbound_rejected=COUNTERS.inbound_rejected.value,
         llm_calls=COUNTERS.llm_calls.value,
         llm_calls_unpriced=COUNTERS.llm_calls_unpriced.value,
     )

@@ -34,6 +34,7 @@ from opentelemetry import trace
 from sdk import runtime
 from sdk.config import Config, Source
 from sdk.guard import internal_error, warn_once
+from sdk.redaction import scrubber_for
 from sdk.session import SESSION_ID, Session, SessionState, _current_session, _registry
 
 if TYPE_CHECKING:
@@ -179,6 +180,8 @@ _SEVERITY_TEXT = {"WARNING": "WARN", "CRITICAL": "FATAL"}
 class SessionLogHandler(logging.Handler):
     """Sends records to an OpenTelemetry LoggerProvider, each with ``session.id`` and its trace context.
 
+    The message and the exception's text are scrubbed of secrets first (the `scrub` setting).
+
     `export_logs` adds one to the root logger; it can be added to any logger by hand too.
     """
 
@@ -217,6 +220,9 @@ class SessionLogHandler(logging.Handler):
             attributes["exception.message"] = str(record.exc_info[1])
             attributes["exception.stacktrace"] = logging.Formatter().formatException(record.exc_info)
         body = self.format(record) if self.formatter else record.getMessage()
+        scrubber = scrubber_for(runtime.current().config)
+        body = scrubber.text(body)
+        attributes = scrubber.attributes(attributes) or attributes
         self.provider.get_logger(record.name).emit(
             timestamp=int(record.created * 1e9),
             observed_timestamp=time.time_ns(),

@@ -1,9 +1,22 @@
-"""Redaction of what the SDK records from the program: content, arguments, headers and URLs.
+"""Secrets out of everything the SDK exports and stores: scrubbing by key and by value pattern.
 
-Captured text goes through, in order: the `redact_patterns` (``builtin`` stands for the built-in
-API-key and bearer-token patterns below; each match becomes ``[REDACTED]``), the `redactor`
-callable if one is set, and the `content_max_length` cut. Headers with credential names and URL
-passwords and credential query parameters are replaced whole. See docs/instrumentation.md.
+Two layers, both on by default:
+
+- **Keys.** An attribute, captured argument or mapping entry whose key names a secret
+  (``password``, ``api_key``, ``authorization``, ``cookie``, ``x-api-key``,
+  ``http.request.header.authorization``, ...) has its whole value replaced by ``[REDACTED]``.
+  A key names a secret when its last dotted part, lower-cased with ``-`` read as ``_``, is one
+  of `SECRET_KEYS` or ends with ``_`` and one of them (``aws_secret_access_key``,
+  ``x_api_key``). ``gen_ai.usage.input_tokens`` or ``llm.token_count.prompt`` do not.
+- **Values.** Text anywhere (attribute values, event attributes such as exception messages and
+  stack traces, status descriptions, log bodies, session records) has what matches the
+  `BUILTIN_PATTERNS` (API keys of OpenAI, Anthropic, AWS, GitHub, Slack, Google, Stripe; JWTs;
+  bearer and basic credentials; PEM private keys; ``user:password@`` in URLs; ``key=value``
+  pairs for secret-named keys) and the user's `redact_patterns` replaced.
+
+`Scrubber` does both for exported spans, logs and stored records. `Redactor` adds, for captured
+content (prompts, completions, decorator arguments), the user's `redactor` callable and the
+`content_max_length` cut. This module is a base helper: it imports nothing of the SDK.
 """
 
 from __future__ import annotations
@@ -11,69 +24,348 @@ from __future__ import annotations
 import json
 import re
 import threading
-import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 REDACTED = "[REDACTED]"
 
-# (pattern, replacement): the replacement keeps what names the secret and drops the secret itself.
-BUILTIN_PATTERNS: tuple[tuple[str, str], ...] = (
+_SECRET_WORDS = r"(?:api[_-]?key|apikey|secret|token|password|passwd|pwd|passphrase|access[_-]?key|private[_-]?key|credentials?|auth)"
+
+
+class BuiltinPattern(NamedTuple):
+    """A built-in secret pattern, and the literals a text must hold for it to match.
+
+    The literals are checked first with plain substring tests (C speed): most texts hold none,
+    and then the regular expression never runs.
+    """
+
+    pattern: str
+    replacement: str
+    needs: tuple[str, ...]
+    """At least one of these is in the text (in the lower-cased text when `lower`)."""
+    lower: bool = False
+    also: tuple[str, ...] = ()
+    """And, when given, at least one of these is in the text."""
+
+
+BUILTIN_PATTERNS: tuple[BuiltinPattern, ...] = (
     # PEM private keys
-    (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----", REDACTED),
+    BuiltinPattern(
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+        REDACTED,
+        ("-----BEGIN",),
+    ),
     # Authorization values: "Bearer <token>", "Basic <credentials>"
-    (r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}", rf"\1\2{REDACTED}"),
-    # OpenAI (sk-, sk-proj-, ...) and Anthropic (sk-ant-...) keys
-    (r"\bsk-[A-Za-z0-9_-]{16,}", REDACTED),
+    BuiltinPattern(
+        r"\b((?i:bearer|basic))(\s+)[A-Za-z0-9._~+/=-]{8,}", rf"\1\2{REDACTED}", ("bearer", "basic"), True
+    ),
+    # OpenAI (sk-, sk-proj-, ...) and Anthropic (sk-ant-...) keys; Stripe secret keys
+    BuiltinPattern(r"\bsk-[A-Za-z0-9_-]{16,}", REDACTED, ("sk-",)),
+    BuiltinPattern(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}", REDACTED, ("k_live_", "k_test_")),
     # AWS access key ids
-    (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", REDACTED),
+    BuiltinPattern(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", REDACTED, ("AKIA", "ASIA")),
     # GitHub tokens
-    (r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", REDACTED),
+    BuiltinPattern(
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})",
+        REDACTED,
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
     # Google API keys
-    (r"\bAIza[0-9A-Za-z_-]{35}", REDACTED),
-    # Slack tokens
-    (r"\bxox[abprse]-[A-Za-z0-9-]{10,}", REDACTED),
+    BuiltinPattern(r"\bAIza[0-9A-Za-z_-]{35}", REDACTED, ("AIza",)),
+    # Slack tokens and webhooks
+    BuiltinPattern(r"\bxox[abprse]-[A-Za-z0-9-]{10,}", REDACTED, ("xox",)),
+    BuiltinPattern(
+        r"hooks\.slack\.com/services/[A-Za-z0-9/]+", f"hooks.slack.com/services/{REDACTED}", ("hooks.slack",)
+    ),
     # JSON Web Tokens
-    (r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", REDACTED),
-    # api_key=..., "password": "...", secret: ...
-    (
-        r"(?i)\b((?:[a-z0-9]+[_-])?(?:api[_-]?key|secret|token|password|passwd|access[_-]?key))"
-        r"(\"?'?\s*[:=]\s*\"?'?)([^\s\"',;&}]{4,})",
+    BuiltinPattern(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", REDACTED, ("eyJ",)),
+    # user:password@ in URLs (postgres://admin:pw@db, https://u:p@host)
+    BuiltinPattern(
+        r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#@]+@", rf"\1{REDACTED}@", ("@",), also=("://",)
+    ),
+    # api_key=..., "password": "...", aws_secret_access_key = ..., X-Api-Key: ... (see _key_values)
+    BuiltinPattern(
+        r"((?i:" + _SECRET_WORDS + r"))(\"?'?\s*[:=]\s*\"?'?)([^\s\"',;&}]{4,})",
         rf"\1\2{REDACTED}",
+        ("key", "secret", "token", "passw", "pwd", "passphrase", "credential", "auth"),
+        True,
+        ("=", ":"),
     ),
 )
+"""The built-in secret patterns: each replacement keeps what names the secret and drops the secret."""
 
-SENSITIVE_NAME = re.compile(
-    r"(?i)(auth|api[_-]?key|token|secret|password|passwd|cookie|signature|^sig$|^key$|credential)"
+_BUILTIN_NEEDS_LOWER = tuple(sorted({n for p in BUILTIN_PATTERNS if p.lower for n in p.needs}))
+_BUILTIN_NEEDS = tuple(sorted({n for p in BUILTIN_PATTERNS if not p.lower for n in p.needs}))
+# The key=value rule, run delimiter first: a regular expression that starts with the key words is
+# tried at every position of the text, tens of microseconds for a URL; delimiters are few.
+_KV_RULE = BUILTIN_PATTERNS[-1]
+_KV_DELIMITER = re.compile(r"[\"']?\s*[:=]\s*[\"']?")
+_KV_VALUE = re.compile(r"[^\s\"',;&}]{4,}")
+_KV_KEY_END = re.compile(r"(?i:" + _SECRET_WORDS + r")$")
+# Of the built-ins, only AWS key ids and Google API keys can be all letters and digits.
+_ALNUM_MARKERS = ("AKIA", "ASIA", "AIza")
+_CLEAN_CACHE_SIZE = 4096
+_CLEAN_CACHE_MAX_LENGTH = 256
+
+SECRET_KEYS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "auth",
+    "proxy_authorization",
+    "cookie",
+    "set_cookie",
+    "credential",
+    "credentials",
+    "private_key",
+    "secret_key",
+    "access_key",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "bearer_token",
+    "client_secret",
+    "session_token",
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "csrftoken",
+    "xsrf_token",
+    "signature",
 )
-"""Header and query-parameter names whose whole value is replaced."""
+"""Keys whose values are secrets (matched as the module docstring says); `scrub_keys` extends them."""
+
+_MIN_SECRET_LENGTH = 8  # shorter text cannot hold any of the built-in patterns
+
+
+_Rule = tuple[re.Pattern[str], str, BuiltinPattern | None]
+
+
+def _compile(patterns: Sequence[str]) -> tuple[_Rule, ...]:
+    """(regex, replacement, the built-in it comes from or None for the user's own), in order."""
+    compiled: list[_Rule] = []
+    for pattern in patterns:
+        if pattern == "builtin":
+            compiled.extend((re.compile(p.pattern), p.replacement, p) for p in BUILTIN_PATTERNS)
+        else:
+            compiled.append((re.compile(pattern), REDACTED, None))
+    return tuple(compiled)
+
+
+def _may_hold_builtin(text: str) -> str | None:
+    """None when no built-in pattern can match `text` (a fast first pass), else the text lower-cased."""
+    if text.isalnum():
+        return text.lower() if any(marker in text for marker in _ALNUM_MARKERS) else None
+    lowered = text.lower()
+    for needed in _BUILTIN_NEEDS:
+        if needed in text:
+            return lowered
+    for needed in _BUILTIN_NEEDS_LOWER:
+        if needed in lowered:
+            return lowered
+    return None
+
+
+def _key_values(text: str) -> str:
+    """`text` with the values of secret-named ``key=value`` / ``"key": "value"`` pairs replaced
+    (what the last built-in pattern describes, found delimiter first)."""
+    out: list[str] = []
+    done = 0
+    for delimiter in _KV_DELIMITER.finditer(text):
+        if delimiter.start() < done or not _KV_KEY_END.search(
+            text, max(done, delimiter.start() - 40), delimiter.start()
+        ):
+            continue
+        value = _KV_VALUE.match(text, delimiter.end())
+        if value is None:
+            continue
+        out.append(text[done : delimiter.end()])
+        out.append(REDACTED)
+        done = value.end()
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _applies(rule: BuiltinPattern, text: str, lowered: str) -> bool:
+    haystack = lowered if rule.lower else text
+    if not any(needed in haystack for needed in rule.needs):
+        return False
+    return not rule.also or any(needed in text for needed in rule.also)
+
+
+def _detector(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """A first pass over the user's own patterns: one pattern matching wherever any of them does
+    (None when there are none; a pattern with global flags or group references cannot be joined,
+    and then `_ALWAYS` means every text is scanned)."""
+    own = [p for p in patterns if p != "builtin"]
+    if not own:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p})" for p in own))
+    except re.error:
+        return _ALWAYS
+
+
+_ALWAYS = re.compile("")
+
+
+def key_names_secret(key: str, secret_keys: frozenset[str]) -> bool:
+    """Whether an attribute or argument name names a secret (see the module docstring)."""
+    last = key.rpartition(".")[2].strip().lower().replace("-", "_")
+    if last in secret_keys:
+        return True
+    parts = last.rsplit("_", 2)
+    return len(parts) > 1 and (parts[-1] in secret_keys or "_".join(parts[-2:]) in secret_keys)
+
+
+class Scrubber:
+    """Removes secrets from text, attribute values and mappings. Never raises for odd input."""
+
+    __slots__ = ("_builtin", "_clean", "_compiled", "_detect", "_key_cache", "_keys", "enabled")
+
+    def __init__(
+        self,
+        patterns: Sequence[str] = ("builtin",),
+        keys: Iterable[str] = ("builtin",),
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self._compiled = _compile(patterns)
+        self._builtin = "builtin" in patterns
+        self._detect = _detector(patterns)
+        self._clean: dict[str, None] = {}  # short texts already found clean (values repeat a lot)
+        names: set[str] = set()
+        for key in keys:
+            if key == "builtin":
+                names.update(SECRET_KEYS)
+            else:
+                names.add(str(key).strip().lower().replace("-", "_"))
+        self._keys = frozenset(names)
+        self._key_cache: dict[str, bool] = {}
+
+    def secret_key(self, key: str) -> bool:
+        """Whether values under this key are secrets (cached per key)."""
+        found = self._key_cache.get(key)
+        if found is None:
+            found = key_names_secret(key, self._keys)
+            if len(self._key_cache) > 8192:
+                self._key_cache.clear()
+            self._key_cache[key] = found
+        return found
+
+    def text(self, text: str) -> str:
+        """`text` with every secret-looking part replaced."""
+        if not self.enabled or len(text) < _MIN_SECRET_LENGTH or text in self._clean:
+            return text
+        lowered = _may_hold_builtin(text) if self._builtin else None
+        own = self._detect is not None and self._detect.search(text) is not None
+        if lowered is not None or own:
+            scrubbed = text
+            for pattern, replacement, builtin in self._compiled:
+                if builtin is None:
+                    if own:
+                        scrubbed = pattern.sub(replacement, scrubbed)
+                elif lowered is not None and _applies(builtin, scrubbed, lowered):
+                    replaced = (
+                        _key_values(scrubbed) if builtin is _KV_RULE else pattern.sub(replacement, scrubbed)
+                    )
+                    if replaced != scrubbed:
+                        scrubbed, lowered = replaced, replaced.lower()
+            if scrubbed != text:
+                return scrubbed
+        if len(text) <= _CLEAN_CACHE_MAX_LENGTH:
+            clean = self._clean
+            if len(clean) >= _CLEAN_CACHE_SIZE:
+                clean.clear()
+            clean[text] = None
+        return text
+
+    def attribute(self, key: str, value: Any) -> Any:
+        """An attribute value as it may leave the process (the same object when nothing changed)."""
+        if not self.enabled:
+            return value
+        if self.secret_key(key):
+            if isinstance(value, str):
+                return REDACTED
+            if isinstance(value, (list, tuple)):
+                return tuple(REDACTED for _ in value)
+            return REDACTED
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+            scrubbed = tuple(self.text(v) if isinstance(v, str) else v for v in value)
+            return value if all(a is b for a, b in zip(scrubbed, value, strict=True)) else scrubbed
+        return value
+
+    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """A scrubbed copy of `attributes`, or None when nothing in them needs scrubbing."""
+        if not self.enabled or not attributes:
+            return None
+        changed: dict[str, Any] | None = None
+        for key, value in attributes.items():
+            clean = self.attribute(key, value)
+            if clean is not value:
+                if changed is None:
+                    changed = dict(attributes)
+                changed[key] = clean
+        return changed
+
+    def value(self, value: Any, depth: int = 0) -> Any:
+        """A JSON-ready copy of `value`: secret-named mapping entries replaced, strings scrubbed."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if depth > 20:
+            return self.text(_short_text(value))
+        if isinstance(value, Mapping):
+            return {
+                str(k): REDACTED
+                if self.enabled and self.secret_key(str(k)) and v is not None
+                else self.value(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.value(v, depth + 1) for v in value]
+        if isinstance(value, (bytes, bytearray)):
+            return self.text(bytes(value[:65536]).decode("utf-8", "replace"))
+        dump = getattr(value, "model_dump", None)  # pydantic models (the clients' types)
+        if callable(dump):
+            try:
+                return self.value(dump(mode="json", exclude_unset=True), depth + 1)
+            except Exception:
+                pass
+        return self.text(_short_text(value))
 
 
 class Redactor:
-    """Applies the redaction settings to text and to JSON-like values. Never raises for odd input."""
+    """Captured content: the scrubber, then the user's `redactor` callable, then the length cut."""
 
-    __slots__ = ("_function", "_patterns", "max_length")
+    __slots__ = ("_function", "max_length", "scrubber")
 
     def __init__(
         self,
         patterns: Sequence[str] = ("builtin",),
         function: Callable[[str], str] | None = None,
         max_length: int = 8192,
+        keys: Iterable[str] = ("builtin",),
     ) -> None:
-        compiled: list[tuple[re.Pattern[str], str]] = []
-        for pattern in patterns:
-            if pattern == "builtin":
-                compiled.extend((_compile(p), r) for p, r in BUILTIN_PATTERNS)
-            else:
-                compiled.append((_compile(pattern), REDACTED))
-        self._patterns = tuple(compiled)
+        self.scrubber = Scrubber(patterns, keys)
         self._function = function
         self.max_length = max_length
 
     def text(self, text: str, max_length: int | None = None) -> str:
-        """`text` with every match replaced, passed through the redactor callable, then cut."""
-        for pattern, replacement in self._patterns:
-            text = pattern.sub(replacement, text)
+        """`text` scrubbed, passed through the redactor callable, then cut."""
+        text = self.scrubber.text(text)
         if self._function is not None:
             result = self._function(text)
             text = result if isinstance(result, str) else str(result)
@@ -83,61 +375,21 @@ class Redactor:
         return text
 
     def value(self, value: Any) -> Any:
-        """A JSON-ready copy of `value` with every string in it redacted (keys kept)."""
-        return self._walk(value, 0)
+        """A JSON-ready copy of `value`: secret-named entries replaced, every string redacted."""
+        return self._walk(self.scrubber.value(value))
 
-    def _walk(self, value: Any, depth: int) -> Any:
-        if value is None or isinstance(value, (bool, int, float)):
-            return value
+    def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
-        if depth > 20:
-            return self.text(_short_text(value))
-        if isinstance(value, Mapping):
-            return {str(k): self._walk(v, depth + 1) for k, v in value.items()}
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return [self._walk(v, depth + 1) for v in value]
-        if isinstance(value, (bytes, bytearray)):
-            return self.text(bytes(value[: self.max_length * 4]).decode("utf-8", "replace"))
-        dump = getattr(value, "model_dump", None)  # pydantic models (the clients' types)
-        if callable(dump):
-            try:
-                return self._walk(dump(mode="json", exclude_unset=True), depth + 1)
-            except Exception:
-                pass
-        return self.text(_short_text(value))
+        if isinstance(value, dict):
+            return {k: self._walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._walk(v) for v in value]
+        return value
 
     def json(self, value: Any) -> str:
         """`value` redacted and encoded as JSON (what the GenAI content attributes hold)."""
         return json.dumps(self.value(value), ensure_ascii=False, separators=(",", ":"))
-
-    def headers(self, headers: Mapping[str, Any]) -> dict[str, str]:
-        """Headers with credential values replaced whole and the rest redacted as text."""
-        out: dict[str, str] = {}
-        for name, value in headers.items():
-            key = str(name)
-            out[key] = REDACTED if SENSITIVE_NAME.search(key) else self.text(str(value))
-        return out
-
-    def url(self, url: str) -> str:
-        """A URL without its password and credential query parameters, then redacted as text."""
-        try:
-            parts = urllib.parse.urlsplit(url)
-            netloc = parts.netloc
-            if parts.password is not None:
-                netloc = netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
-            query = parts.query
-            if query:
-                pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-                query = "&".join(
-                    f"{urllib.parse.quote(k, safe='')}="
-                    + (REDACTED if SENSITIVE_NAME.search(k) else urllib.parse.quote(v, safe=""))
-                    for k, v in pairs
-                )
-            url = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-        except ValueError:
-            pass
-        return self.text(url)
 
 
 def _short_text(value: object) -> str:
@@ -147,53 +399,36 @@ def _short_text(value: object) -> str:
         return f"<{type(value).__name__}>"
 
 
-_compiled: dict[str, re.Pattern[str]] = {}
-
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    found = _compiled.get(pattern)
-    if found is None:
-        found = _compiled[pattern] = re.compile(pattern)
-    return found
-
-
 _lock = threading.Lock()
-_by_config: dict[tuple[Any, ...], Redactor] = {}
+_redactors: dict[tuple[Any, ...], Redactor] = {}
+_scrubbers: dict[tuple[Any, ...], Scrubber] = {}
+T = TypeVar("T")
+
+
+def _cached(cache: dict[tuple[Any, ...], T], key: tuple[Any, ...], make: Callable[..., T]) -> T:
+    """`make(*key)`, built once per key (a few configs per process: the cache is cleared past 32)."""
+    found = cache.get(key)
+    if found is None:
+        found = make(*key)
+        with _lock:
+            if len(cache) > 32:
+                cache.clear()
+            cache[key] = found
+    return found
 
 
 def redactor_for(config: Any) -> Redactor:
-    """The Redactor for a Config's `redact_patterns`, `redactor` and `content_max_length` (cached)."""
+    """The Redactor for a Config's redaction settings (`config` None: the defaults)."""
     if config is None:
-        key: tuple[Any, ...] = (("builtin",), None, 8192)
-    else:
-        key = (tuple(config.redact_patterns), config.redactor, config.content_max_length)
-    found = _by_config.get(key)
-    if found is None:
-        found = Redactor(*key)
-        with _lock:
-            if len(_by_config) > 32:
-                _by_config.clear()
-            _by_config[key] = found
-    return found
+        return _cached(_redactors, (("builtin",), None, 8192, ("builtin",)), Redactor)
+    key = (tuple(config.redact_patterns), config.redactor, config.content_max_length, config.scrub_keys)
+    return _cached(_redactors, key, Redactor)
 
 
-def current() -> Redactor:
-    """The Redactor for the config in use."""
-    from sdk import runtime
-
-    return redactor_for(runtime.current().config)
-
-
-def redact(text: str) -> str:
-    """Redact `text` with the settings in use (for code that records something of its own)."""
-    return current().text(text)
-
-
-def redact_headers(headers: Mapping[str, Any]) -> dict[str, str]:
-    """Redact HTTP headers with the settings in use."""
-    return current().headers(headers)
-
-
-def redact_url(url: str) -> str:
-    """Redact a URL with the settings in use."""
-    return current().url(url)
+def scrubber_for(config: Any) -> Scrubber:
+    """The Scrubber for a Config's `redact_patterns`, `scrub_keys` and `scrub` (`config` None: the defaults)."""
+    if config is None:
+        return _cached(_scrubbers, (("builtin",), ("builtin",), True), Scrubber)
+    return _cached(
+        _scrubbers, (tuple(config.redact_patterns), tuple(config.scrub_keys), config.scrub), Scrubber
+    )

@@ -334,7 +334,11 @@ def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None
     if not config.enabled:
         return Runtime(config, (), tracer)
     from sdk.export.batch import BatchExportProcessor
+    from sdk.export.scrub import scrub_spans
+    from sdk.redaction import scrubber_for
 
+    scrubber = scrubber_for(config)
+    prepare = functools.partial(scrub_spans, scrubber=scrubber) if scrubber.enabled else None
     # One batch processor (queue and worker) per destination: a backend that is down never holds
     # up the local file, and each destination gets every span.
     batches = []
@@ -347,6 +351,7 @@ def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None
                     max_queue_size=config.max_queue_size,
                     max_export_batch_size=config.max_export_batch_size,
                     export_interval=config.export_interval,
+                    prepare=prepare,
                 )
             )
     writer = _store_writer(config, previous)

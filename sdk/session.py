@@ -29,7 +29,9 @@ from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.config import Config
 from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
+from sdk.redaction import scrubber_for
 from sdk.stats import COUNTERS, Counter
+from sdk.trust import TrustRules
 
 if TYPE_CHECKING:  # imported when a session is stored or resumed, not by `import sdk`
     from sdk.store import SegmentUpdate, SessionRecord, Usage
@@ -57,6 +59,7 @@ DEFAULT_MAX_OPEN_SESSIONS = 10_000  # before init(), when there is no config yet
 DEFAULT_ENDED_SESSION_GRACE = 30.0
 _monotonic = time.monotonic
 MAX_ENDED_TRACES = 20_000  # ids only: about 3 MB at most
+REMOTE_TRACE_TTL = 300.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +89,14 @@ ROOT_KEY = otel_context.create_key("sessiontrace-new-trace")
 
 
 _ROOT_CONTEXT = otel_context.set_value(ROOT_KEY, True, Context())
+
+REMOTE_SESSION_KEY = otel_context.create_key("sessiontrace-remote-session")
+"""Context key holding the id of a session of another process or service that this context
+continues: set only for an inbound ``session.id`` the `accept_session_from` setting trusts (or
+for work the SDK itself handed to another process). Spans started in such a context carry it."""
+
+INBOUND_SESSION_ID = "sessiontrace.inbound.session_id"
+"""Attribute of a session started with ``parent=`` whose inbound ``session.id`` was not adopted."""
 
 
 def _new_session_id() -> str:
@@ -153,6 +164,7 @@ class Session:
         "_usage",
         "auto",
         "config",
+        "continued",
         "id",
         "last_active_ns",
         "name",
@@ -177,8 +189,12 @@ class Session:
         auto: bool,
         started_ns: int,
         segment: int = 1,
+        continued: bool = False,
     ) -> None:
         self.id = session_id
+        self.continued = continued
+        """True for a session of another process or service continued here (`parent=`): its
+        record belongs to its owner, so this process never writes it to the store."""
         self.segment = segment
         self.name = name
         self.user_id = user_id
@@ -432,15 +448,17 @@ class Session:
             self.end(SessionState.INDETERMINATE, type(exc).__name__)
 
     def summary(self) -> SessionSummary:
-        """The session's summary now (state, duration, span count and LLM usage so far)."""
+        """The session's summary now (state, duration, span count and LLM usage so far); its name and
+        reason are scrubbed of secrets, as everything the SDK prints."""
         usage = self.usage
+        scrubber = scrubber_for(self.config)
         return SessionSummary(
             self.id,
-            self.name,
+            scrubber.text(self.name),
             self._state.value,
             self.duration,
             usage.spans,
-            self._reason,
+            scrubber.text(self._reason) if self._reason is not None else None,
             usage.llm_calls,
             usage.input_tokens,
             usage.output_tokens,
@@ -448,17 +466,25 @@ class Session:
             usage.errors,
         )
 
+    def _stored_identity(self) -> tuple[str, str | None, tuple[str, ...], str | None]:
+        """(name, user id, tags, reason) as the store keeps them (see `stored_text`)."""
+        config = self.config
+        user = stored_text(self.user_id, config) if self.user_id is not None else None
+        reason = stored_text(self._reason, config) if self._reason is not None else None
+        return stored_text(self.name, config), user, tuple(stored_text(t, config) for t in self._tags), reason
+
     def _store_record(self) -> SessionRecord:
         """This session as a new store record with one segment, as it is now (the store writer calls this)."""
         from sdk.store import Segment, SessionRecord, owner_id
 
         ended = self._ended_ns
+        name, user, tags, reason = self._stored_identity()
         return SessionRecord(
             id=self.id,
-            name=self.name,
+            name=name,
             trace_id=self.trace_id,
-            user_id=self.user_id,
-            tags=self._tags,
+            user_id=user,
+            tags=tags,
             segments=(
                 Segment(
                     span_id=self.span_id,
@@ -467,7 +493,7 @@ class Session:
                     started=self.started_ns / 1e9,
                     last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
                     state=self._state.value,
-                    reason=self._reason,
+                    reason=reason,
                     ended=ended / 1e9 if ended is not None else None,
                     usage=self.usage,
                 ),
@@ -479,17 +505,18 @@ class Session:
         from sdk.store import SegmentUpdate
 
         ended = self._ended_ns
+        name, user, tags, reason = self._stored_identity()
         return SegmentUpdate(
             session_id=self.id,
             span_id=self.span_id,
             last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
             usage=self.usage,
             state=self._state.value,
-            reason=self._reason,
+            reason=reason,
             ended=ended / 1e9 if ended is not None else None,
-            name=self.name,
-            user_id=self.user_id,
-            tags=self._tags,
+            name=name,
+            user_id=user,
+            tags=tags,
         )
 
     def _last_activity_wall(self) -> float:
@@ -535,6 +562,11 @@ class _Registry:
         # traces still belong to them. Ids, not sessions: an ended session must be freed.
         self.ended_traces: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
         self.grace = DEFAULT_ENDED_SESSION_GRACE
+        # Traces continuing a trusted session of another process or service, by trace: spans of
+        # such a trace whose context lost the inbound session (an instrumentation that does not make
+        # the extracted context current) still get its id. Bounded; entries live REMOTE_TRACE_TTL
+        # seconds after the trace's last span started.
+        self.remote_traces: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
 
     def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> list[Session]:
         """Register an open session; return the sessions to end to get back within `limit`.
@@ -601,6 +633,26 @@ class _Registry:
             if ended[first][1] > now and len(ended) <= MAX_ENDED_TRACES:
                 break
             del ended[first]
+
+    def note_remote_trace(self, trace_id: int, session_id: str) -> None:
+        """Remember that `trace_id` continues the remote session `session_id` (see `remote_traces`)."""
+        now = _monotonic()
+        remote = self.remote_traces
+        with self.lock:
+            remote[trace_id] = (session_id, now + REMOTE_TRACE_TTL)
+            remote.move_to_end(trace_id)
+            while remote:
+                first = next(iter(remote))
+                if remote[first][1] > now and len(remote) <= MAX_ENDED_TRACES:
+                    break
+                del remote[first]
+
+    def remote_session_id_for_trace(self, trace_id: int) -> str | None:
+        """The remote session a recent span of this trace continued, if any."""
+        entry = self.remote_traces.get(trace_id)
+        if entry is None or entry[1] < _monotonic():
+            return None
+        return entry[0]
 
     def ended_session_id_for_trace(self, trace_id: int) -> str | None:
         """The id of the session that owned this trace and ended within the grace period."""
@@ -676,6 +728,12 @@ class _Activation:
             session, ctx = record.previous, record.previous_ctx
         _current_session.set(session)
         otel_context.attach(ctx)
+
+
+def stored_text(text: str, config: Config | None) -> str:
+    """Text as a store record keeps it: cut to the attribute length limit, scrubbed of secrets."""
+    value = to_attribute_value(text, config.attribute_max_length if config is not None else 4096)
+    return scrubber_for(config).text(value if isinstance(value, str) else str(value))
 
 
 def record_error(span: Span, error: BaseException) -> None:
@@ -778,15 +836,18 @@ def _start(
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
     auto: bool = False,
+    peer: str | None = None,
 ) -> Session:
     rt = runtime.current()
     start_context = _ROOT_CONTEXT
     continued = False
+    inbound: _Inbound | None = None
     if parent is not None:
-        start_context, remote_id = _remote_parent(parent)
-        continued = remote_id is not None
+        inbound = _remote_parent(parent, peer)
+        start_context = inbound.context
+        continued = inbound.adopted is not None
         if session_id is None:
-            session_id = remote_id
+            session_id = inbound.adopted
     config = rt.config
     if overrides:
         if config is None:
@@ -845,6 +906,8 @@ def _start(
                 attrs[SESSION_AUTO] = True
             if continued:
                 attrs[SESSION_CONTINUED] = True
+            elif inbound is not None and inbound.claimed is not None:
+                attrs[INBOUND_SESSION_ID] = inbound.claimed
             if forced is not None:
                 attrs[SESSION_SEGMENT] = segment
                 attrs[SESSION_RESUMED] = previous is not None
@@ -854,6 +917,8 @@ def _start(
                 links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
             if previous is not None:
                 links.append(previous)
+            if inbound is not None and inbound.link is not None:
+                links.append(inbound.link)
             if forced is not None:
                 span = _start_with_ids(rt, forced, name, start_context, links, started_ns)
             else:
@@ -873,14 +938,16 @@ def _start(
         auto=auto,
         started_ns=started_ns,
         segment=segment,
+        continued=continued,
     )
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
     evicted = _registry.add(session, continued=continued or resume, limit=limit)  # ValueError: duplicate id
     COUNTERS.sessions_started.add()
     if rt.session_listeners:
         # A resume whose claim failed (the store is down) is not written later either: a plain
-        # write would replace the stored record, and its earlier segments with it.
-        rt.session_started(session, stored=resume)
+        # write would replace the stored record, and its earlier segments with it. Nor is a
+        # continued session, whose record is its owner's.
+        rt.session_started(session, stored=resume or continued)
     if evicted:
         warn_once(
             "max-open-sessions",
@@ -910,12 +977,13 @@ def _begin_segment(
     trace_id = random.getrandbits(128) or 1
     span_id = random.getrandbits(64) or 1
     now = started_ns / 1e9
+    config = rt.config
     candidate = SessionRecord(
         id=sid,
-        name=name,
+        name=stored_text(name, config),
         trace_id=f"{trace_id:032x}",
-        user_id=user_id,
-        tags=tags,
+        user_id=stored_text(user_id, config) if user_id is not None else None,
+        tags=tuple(stored_text(tag, config) for tag in tags),
         segments=(Segment(f"{span_id:016x}", 1, owner_id(), now, now),),
     )
     stored = rt.store_call(lambda: store.begin_segment(candidate, resume=True))
@@ -984,11 +1052,25 @@ def _start_with_ids(
     )
 
 
-def _remote_parent(parent: object) -> tuple[Context, str | None]:
-    """The context a continued session starts in, and the session id its baggage carries.
+class _Inbound(NamedTuple):
+    """What `parent=` resolved to: where the session starts, and what the caller claimed."""
 
-    `parent`: a Context, or W3C headers as a mapping or anything with ``items()`` (such as the
-    headers object http.server gives a handler).
+    context: Context
+    adopted: str | None
+    """The caller's session id, when trusted: the session continues it."""
+    claimed: str | None
+    """A session id the caller sent and that was not adopted (recorded, never used)."""
+    link: Link | None
+    """The caller's span, linked from a session that does not continue the caller's."""
+
+
+def _remote_parent(parent: object, peer: str | None) -> _Inbound:
+    """Resolve `parent=` (a Context, or W3C headers as a mapping or anything with ``items()``, such
+    as the headers object http.server gives a handler).
+
+    A trusted inbound ``session.id`` (see `accept_session_from`) is continued: same id, the
+    session's span a child of the caller's. Otherwise the session is a new trace of its own, linked
+    to the caller's span; the untrusted id is only recorded.
     """
     if isinstance(parent, Context):
         ctx = parent
@@ -999,14 +1081,67 @@ def _remote_parent(parent: object) -> tuple[Context, str | None]:
                 "parent must be W3C headers (a mapping) or an OpenTelemetry Context, "
                 f"not {type(parent).__name__}"
             )
-        from sdk.context import extract
+        from sdk.context import extract_w3c
 
-        ctx = extract({str(k): str(v) for k, v in items()})
-    remote = baggage.get_baggage(SESSION_ID, ctx)
-    remote_id = remote if isinstance(remote, str) and remote else None
-    if remote_id is not None:
-        _check_id(remote_id)
-    return otel_context.set_value(ROOT_KEY, True, ctx), remote_id
+        ctx = extract_w3c({str(k): str(v) for k, v in items()})
+    ctx, claimed, adopted = inbound_session(ctx, peer)
+    if adopted is None:
+        adopted = otel_context.get_value(REMOTE_SESSION_KEY, ctx)  # type: ignore[assignment]
+    if isinstance(adopted, str):
+        return _Inbound(otel_context.set_value(ROOT_KEY, True, ctx), adopted, None, None)
+    remote = trace.get_current_span(ctx).get_span_context()
+    link = Link(remote, {"sessiontrace.link": "inbound"}) if remote.is_valid else None
+    return _Inbound(_ROOT_CONTEXT, None, claimed, link)
+
+
+def inbound_session(
+    ctx: Context, peer: str | None, *, trusted: bool = False
+) -> tuple[Context, str | None, str | None]:
+    """Take the ``session.id`` claim out of `ctx`'s W3C baggage and decide whether to adopt it.
+
+    Returns (`ctx` without the baggage entry and, when adopted, with `REMOTE_SESSION_KEY` set; the
+    claimed id when valid; the adopted id or None). `trusted` adopts without asking the
+    `accept_session_from` setting (work the SDK handed to another process itself). An id that is
+    not a valid session id (too long, unprintable) is neither adopted nor returned.
+    """
+    raw = baggage.get_baggage(SESSION_ID, ctx)
+    if raw is None:
+        return ctx, None, None
+    ctx = baggage.remove_baggage(SESSION_ID, ctx)
+    claimed = raw if isinstance(raw, str) and _valid_id(raw) else None
+    if claimed is None:
+        COUNTERS.inbound_rejected.add()
+        return ctx, None, None
+    if trusted or _accepts(claimed, peer):
+        return otel_context.set_value(REMOTE_SESSION_KEY, claimed, ctx), claimed, claimed
+    COUNTERS.inbound_rejected.add()
+    return ctx, claimed, None
+
+
+def _valid_id(session_id: str) -> bool:
+    return 0 < len(session_id) <= MAX_ID_LENGTH and session_id.isprintable() and bool(session_id.strip())
+
+
+def _accepts(session_id: str, peer: str | None) -> bool:
+    """Whether the `accept_session_from` setting trusts this inbound id from this peer."""
+    config = runtime.current().config
+    if config is None:
+        return False
+    rule = config.accept_session_from
+    if isinstance(rule, TrustRules):
+        return rule.allows_peer(peer)
+    try:
+        return rule(session_id, peer) is True
+    except Exception as exc:
+        COUNTERS.callback_errors.add()
+        warn_once(
+            f"accept-session-from-{type(exc).__name__}",
+            "sessiontrace: the accept_session_from callable raised %s: %s (the inbound session id "
+            "is not adopted; further errors are counted in sdk.stats().callback_errors)",
+            type(exc).__name__,
+            exc,
+        )
+        return False
 
 
 def start_session(
@@ -1019,6 +1154,7 @@ def start_session(
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
+    peer: str | None = None,
 ) -> Session:
     """Start a session and make it current in this thread or task until it ends.
 
@@ -1039,6 +1175,7 @@ def start_session(
         overrides=overrides,
         parent=parent,
         resume=resume,
+        peer=peer,
     )
     session._activation = _Activation(session)
     if not session.ended:
@@ -1225,6 +1362,7 @@ def session(
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
+    peer: str | None = None,
 ) -> SessionScope: ...
 
 
@@ -1238,6 +1376,7 @@ def session(
     overrides: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
+    peer: str | None = None,
 ) -> Any:
     """A session as a context manager (``with`` / ``async with``) or a decorator.
 
@@ -1246,8 +1385,10 @@ def session(
     session opened inside another is its own trace, linked to the outer one (see docs/concepts.md).
 
     ``parent=`` W3C headers (``traceparent`` + ``baggage`` from `sdk.context.inject`) or an
-    OpenTelemetry Context continues a session of another process or service: same
-    ``session.id``, spans in the caller's trace (see docs/concurrency.md).
+    OpenTelemetry Context continues a session of another process or service — same
+    ``session.id``, spans in the caller's trace — when the `accept_session_from` setting trusts
+    the caller (`peer`: its IP address, for network rules). An untrusted caller's session id is
+    never adopted: the session is a new trace, linked to the caller's span (see docs/security.md).
 
     ``resume=True`` with a `session_id` continues a stored session (see `start_session`).
     """
@@ -1259,6 +1400,7 @@ def session(
         "attributes": attributes,
         "overrides": overrides,
         "parent": parent,
+        "peer": peer,
     }
     if callable(name):
         return SessionScope(None, options)(name)

@@ -49,6 +49,7 @@ class Counters:
         self.internal_errors = Counter()
         self.store_errors = Counter()
         self.callback_errors = Counter()
+        self.inbound_rejected = Counter()
         self.llm_calls = Counter()
         self.llm_calls_unpriced = Counter()
 
@@ -80,6 +81,9 @@ class Stats(NamedTuple):
     """Session-store operations that failed (the store was down, full or unreadable)."""
     callback_errors: int
     """Exceptions raised by `on_session_start` / `on_session_end` callbacks (caught)."""
+    inbound_rejected: int
+    """Inbound ``session.id`` claims (W3C baggage) not adopted: the sender is not trusted by
+    `accept_session_from`, or the id is invalid (see docs/security.md)."""
     llm_calls: int
     """LLM calls recorded by the instrumentation."""
     llm_calls_unpriced: int

@@ -64,6 +64,7 @@ def reset() -> None:
         registry.by_id.clear()
         registry.by_trace.clear()
         registry.ended_traces.clear()
+        registry.remote_traces.clear()
         registry.auto = None
         registry.auto_was_ended = False
         registry.recently_ended.clear()

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -28,7 +29,7 @@ from opentelemetry.util.types import Attributes
 from sdk import runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session import ROOT_KEY, SESSION_ID, SegmentIds, _current_session, _registry
+from sdk.session import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, SegmentIds, _current_session, _registry
 from sdk.stats import COUNTERS
 from sdk.version import __version__
 
@@ -37,14 +38,15 @@ _monotonic_ns = time.monotonic_ns
 _monotonic = time.monotonic
 _by_trace = _registry.by_trace  # the registry's dicts: never replaced, only changed
 _ended_traces = _registry.ended_traces
+_remote_traces = _registry.remote_traces
 
 
 class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     """Stamps `session.id` on every span and hands spans to the current pipeline.
 
     A span belongs to the open session that owns its trace; else to the session set in its
-    context; else to the session whose ``session.id`` its context carries in W3C baggage (a
-    session of another process or service); else to the auto session. Processors added to the provider by the application
+    context; else to the trusted session of another process or service its context continues
+    (see `sdk.context.extract`); else to the auto session. Processors added to the provider by the application
     (``provider.add_span_processor``) run after the pipeline's.
     """
 
@@ -69,8 +71,12 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
             ):
                 session = _current_session.get()
                 if session is None:
-                    remote = baggage.get_baggage(SESSION_ID, parent_context)
-                    if isinstance(remote, str) and remote:  # a session of another process or service
+                    remote = otel_context.get_value(REMOTE_SESSION_KEY, parent_context)
+                    trace_id = span._context.trace_id  # type: ignore[union-attr]
+                    if isinstance(remote, str):  # a trusted session of another process or service
+                        write_attributes(span, {SESSION_ID: remote})
+                        _registry.note_remote_trace(trace_id, remote)
+                    elif _remote_traces and (remote := _registry.remote_session_id_for_trace(trace_id)):
                         write_attributes(span, {SESSION_ID: remote})
                     else:
                         session = _registry.auto
@@ -128,7 +134,7 @@ def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
     session_id = (
         session.id
         if session is not None
-        else _registry.ended_session_id_for_trace(trace_id) or baggage.get_baggage(SESSION_ID)
+        else _registry.ended_session_id_for_trace(trace_id) or otel_context.get_value(REMOTE_SESSION_KEY)
     )
     if not isinstance(session_id, str) or not session_id:
         return

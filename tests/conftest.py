@@ -30,6 +30,12 @@ def captured() -> CapturedSpans:
 
 
 @pytest.fixture
+def trusting() -> CapturedSpans:
+    """The SDK started with an in-memory recorder, adopting inbound session ids from any sender."""
+    return capture(service_name="tests", accept_session_from="all")
+
+
+@pytest.fixture
 def tracer():
     """A raw OpenTelemetry tracer from the global provider, as other instrumentations use."""
     from opentelemetry import trace

@@ -131,8 +131,10 @@ class ReceivedRequest:
     points: list[ReceivedPoint] = field(default_factory=list)
     error: str | None = None
     accepted: bool = False
-    logs: list[ReceivedLog] = field(default_factory=list)
     """True once answered with success (its spans and points count as delivered)."""
+    logs: list[ReceivedLog] = field(default_factory=list)
+    body: bytes = b""
+    """The request body as sent (after gzip/deflate decoding)."""
 
 
 def decode_request(body: bytes) -> list[ReceivedSpan]:
@@ -231,6 +233,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body = gzip.decompress(body)
             elif encoding == "deflate":
                 body = zlib.decompress(body)
+            record.body = body
             if self.path == TRACES_PATH:
                 record.spans = decode_request(body)
             elif self.path == METRICS_PATH:

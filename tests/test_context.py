@@ -344,8 +344,9 @@ def test_start_session_without_context_run_leaks_into_the_caller(captured):
 # -- W3C headers -----------------------------------------------------------------------------------
 
 
-def test_inject_extract_round_trip(captured):
+def test_inject_extract_round_trip(trusting):
     """inject() writes traceparent and baggage with session.id; extract() gives a context whose spans join that trace, span and session."""
+    captured = trusting
     with sdk.session("caller") as s:
         with trace.get_tracer("tests").start_as_current_span("client-call") as call:
             headers = sdk.context.inject()
@@ -370,8 +371,9 @@ def test_inject_extract_round_trip(captured):
     assert server.parent.span_id == call.get_span_context().span_id
 
 
-def test_extract_matches_header_names_case_insensitively(captured):
+def test_extract_matches_header_names_case_insensitively(trusting):
     """extract() finds Traceparent/BAGGAGE in any letter case, and a span under it carries the remote session.id."""
+    captured = trusting
     for headers in (
         {"Traceparent": TRACEPARENT_REMOTE, "Baggage": "session.id=remote-1"},
         {"TRACEPARENT": TRACEPARENT_REMOTE, "BAGGAGE": "session.id=remote-1"},
@@ -442,8 +444,8 @@ def test_inject_with_no_session_writes_only_the_ambient_context(captured):
 
 
 def test_inject_passes_on_the_session_of_the_trace_not_the_auto_session():
-    """inject() names the session that owns the current trace (or the remote one the context came with), never the auto session instead."""
-    capture(auto_start_session=True)
+    """inject() names the session that owns the current trace (or the trusted remote one the context came with), never the auto session instead."""
+    capture(auto_start_session=True, accept_session_from="all")
     auto = sdk.current_session()
     assert auto is not None
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -473,8 +475,9 @@ def test_inject_passes_on_the_session_of_the_trace_not_the_auto_session():
     assert downstream == incoming
 
 
-def test_session_parent_accepts_injected_headers(captured):
+def test_session_parent_accepts_injected_headers(trusting):
     """sdk.session(parent=headers) continues the caller's session, even one still open in this process: same session.id, a child of the caller's span in its trace."""
+    captured = trusting
 
     def serve(headers: dict[str, str]) -> None:
         with sdk.session("handle", parent=headers) as continued:
@@ -495,7 +498,8 @@ def test_session_parent_accepts_injected_headers(captured):
     assert work.parent.span_id == handle.context.span_id
 
 
-def test_session_parent_accepts_http_server_headers(captured):
+@pytest.mark.usefixtures("trusting")
+def test_session_parent_accepts_http_server_headers():
     """sdk.session(parent=request.headers) accepts the header object http.server hands a handler, as extract() does."""
     message = email.message.Message()
     message["traceparent"] = TRACEPARENT_REMOTE

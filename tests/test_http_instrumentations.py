@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace as sdk_trace
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 
 import sdk
@@ -186,7 +187,7 @@ async def test_without_propagate_session_the_service_gets_the_trace_but_not_the_
 
 
 def test_propagator_wrapped_once_and_restored_by_shutdown():
-    """init() wraps OpenTelemetry's global propagator once however often it runs; shutdown() puts the original back."""
+    """init() wraps OpenTelemetry's global propagator once however often it runs; requests to the application's own networks carry the session, a public host and an unknown destination only traceparent; shutdown() puts the original back."""
     from opentelemetry import propagate
 
     from sdk.instrument.propagation import SessionPropagator
@@ -197,10 +198,20 @@ def test_propagator_wrapped_once_and_restored_by_shutdown():
     wrapped = propagate.get_global_textmap()
     assert isinstance(wrapped, SessionPropagator)
     assert wrapped.inner is original
+    tracer = sdk_trace.get_tracer("tests")
+    carriers: dict[str, dict[str, str]] = {}
     with sdk.session("s") as s:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-    assert f"session.id={s.id}" in carrier["baggage"]
-    assert carrier["traceparent"].split("-")[1] == s.trace_id
+        for host in ("127.0.0.1", "orders", "10.1.2.3", "api.openai.com"):
+            with tracer.start_as_current_span("GET", kind=sdk_trace.SpanKind.CLIENT) as call:
+                call.set_attribute("server.address", host)
+                propagate.inject(carriers.setdefault(host, {}))
+        unknown: dict[str, str] = {}
+        propagate.inject(unknown)  # no client span says where this goes
+    for host in ("127.0.0.1", "orders", "10.1.2.3"):
+        assert carriers[host]["baggage"] == f"session.id={s.id}", host
+        assert carriers[host]["traceparent"].split("-")[1] == s.trace_id
+    assert "baggage" not in carriers["api.openai.com"]  # a public host: traceparent only
+    assert carriers["api.openai.com"]["traceparent"].split("-")[1] == s.trace_id
+    assert "baggage" not in unknown
     sdk.shutdown()
     assert propagate.get_global_textmap() is original

@@ -125,18 +125,20 @@ SDK_SERVICE = """
     from opentelemetry import context as otel_context, trace
     import sdk
 
-    sdk.init(service_name="callee")  # endpoint and the rest from SESSIONTRACE_* in the environment
+    # Endpoint and the rest from SESSIONTRACE_* in the environment; callers on this host are trusted
+    # with their session ids (the peer address is checked on each request).
+    sdk.init(service_name="callee", accept_session_from="loopback")
     tracer = trace.get_tracer("callee")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path == "/session":  # the handler continues the caller's session
-                with sdk.session("handle", parent=dict(self.headers)) as s:
+                with sdk.session("handle", parent=dict(self.headers), peer=self.client_address[0]) as s:
                     with tracer.start_as_current_span("callee-work"):
                         pass
                 reply = {"session": s.id, "continued": s.id}
             else:  # raw OpenTelemetry spans under the extracted context, no session of its own
-                token = otel_context.attach(sdk.context.extract(self.headers))
+                token = otel_context.attach(sdk.context.extract(self.headers, peer=self.client_address[0]))
                 try:
                     with tracer.start_as_current_span("raw-handle"):
                         with tracer.start_as_current_span("raw-work"):

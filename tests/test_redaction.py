@@ -69,21 +69,21 @@ def test_builtins_can_be_turned_off():
     assert Redactor([]).text(OPENAI_KEY) == OPENAI_KEY
 
 
-def test_values_headers_and_urls():
-    """Nested values keep their shape; credential headers and URL parts are replaced whole."""
+def test_values_keep_their_shape_and_secret_keys_lose_their_values():
+    """Nested values keep their shape; entries under secret-named keys (headers, arguments, any mapping) are replaced whole; URL passwords and credential parameters go."""
     redactor = Redactor()
     assert redactor.value({"a": [OPENAI_KEY, 1, None], "b": {"c": f"x {OPENAI_KEY}"}}) == {
         "a": [REDACTED, 1, None],
         "b": {"c": f"x {REDACTED}"},
     }
-    headers = redactor.headers(
+    headers = redactor.value(
         {"Authorization": "Bearer abc", "x-api-key": "plain", "Content-Type": "application/json"}
     )
     assert headers == {"Authorization": REDACTED, "x-api-key": REDACTED, "Content-Type": "application/json"}
-    url = redactor.url("https://user:pa55word@example.com/v1?api_key=abc123&q=weather&sig=zz")
+    url = redactor.text("https://user:pa55word@example.com/v1?api_key=abc123&q=weather&token=zzzz")
     assert "pa55word" not in url
     assert "abc123" not in url
-    assert "zz" not in url
+    assert "zzzz" not in url
     assert "q=weather" in url
 
 
@@ -98,18 +98,22 @@ def test_redaction_settings_are_validated(monkeypatch):
 
 
 def test_decorator_capture_records_redacted_arguments_and_result():
-    """@sdk.tool(capture=True) records arguments (without self) and the return value, redacted."""
+    """@sdk.tool(capture=True) records arguments (without self) and the return value, redacted: secret-named arguments and keys whole, secret-looking text by pattern."""
     captured = capture()
 
     class Tools:
         @sdk.tool(capture=True)
         def lookup(self, city: str, api_key: str) -> dict:
-            return {"city": city, "token": f"Bearer {OPENAI_KEY}"}
+            return {"city": city, "token": "opaque-value", "note": f"Bearer {OPENAI_KEY}"}
 
-    Tools().lookup("Paris", api_key=OPENAI_KEY)
+    Tools().lookup("Paris", api_key="hunter2-not-a-pattern")
     attrs = captured.named("execute_tool lookup").attributes
     assert json.loads(attrs["gen_ai.tool.call.arguments"]) == {"city": "Paris", "api_key": REDACTED}
-    assert json.loads(attrs["gen_ai.tool.call.result"]) == {"city": "Paris", "token": f"Bearer {REDACTED}"}
+    assert json.loads(attrs["gen_ai.tool.call.result"]) == {
+        "city": "Paris",
+        "token": REDACTED,
+        "note": f"Bearer {REDACTED}",
+    }
 
 
 def test_decorator_capture_follows_capture_content():

@@ -133,17 +133,17 @@ def test_begin_new_record_is_stored_as_given(store):
 
 
 def test_resume_appends_a_segment_to_the_stored_record(store):
-    """Resuming an existing id appends the new segment numbered 2, keeps the stored trace id, and merges identity."""
+    """Resuming an existing id appends the new segment numbered 2 and keeps what identifies the session: its trace id, name and user; tags only grow."""
     first = store.begin_segment(new_record(tags=("prod", "eu")), resume=True)
-    second = new_record(name="chat-2", user_id=None, tags=("eu", "beta"), owner="host-b:7")
+    second = new_record(name="chat-2", user_id="u-other", tags=("eu", "beta"), owner="host-b:7")
     stored = store.begin_segment(second, resume=True)
     assert stored.trace_id == first.trace_id != second.trace_id
     assert [s.number for s in stored.segments] == [1, 2]
     assert stored.segments[0] == first.segments[0]
     assert stored.segments[1] == second.segments[0]._replace(number=2)
     assert stored.span_ids == (first.segments[0].span_id, second.segments[0].span_id)
-    assert stored.name == "chat-2"
-    assert stored.user_id == "u-1", "a resume without a user keeps the stored one"
+    assert stored.name == "chat", "a resume never renames the session"
+    assert stored.user_id == "u-1", "a resume never changes whose session it is"
     assert stored.tags == ("prod", "eu", "beta")
     assert store.get(first.id) == stored
     third = store.begin_segment(new_record(), resume=True)
@@ -193,7 +193,7 @@ def test_running_state_and_totals_come_from_the_segments(store):
 
 
 def test_update_sets_counters_state_and_identity(store):
-    """An update sets the segment's counters, state, reason and end, and the name, user and tags when given."""
+    """An update sets the segment's counters, state, reason and end; it never changes the session's name or user, and tags only grow."""
     record = store.begin_segment(new_record(), resume=True)
     now = record.started + 5
     store.update([activity(record, now, usage=Usage(4, 2, 100, 50, 0.0123, 1))])
@@ -219,7 +219,7 @@ def test_update_sets_counters_state_and_identity(store):
     got = store.get(record.id)
     assert got is not None
     assert (got.state, got.reason, got.ended) == ("fail", "ValueError: bad", now + 1)
-    assert (got.name, got.user_id, got.tags) == ("renamed", "u-2", ("x",))
+    assert (got.name, got.user_id, got.tags) == ("chat", "u-1", ("prod", "x"))
 
 
 def test_activity_only_moves_forward(store):

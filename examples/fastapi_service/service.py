@@ -8,17 +8,22 @@ Ctrl-C or SIGTERM (uvicorn's graceful shutdown runs the app's lifespan, which ca
 
 The recipe (docs/integrations.md):
 
-1. ``sdk.init()`` and ``FastAPIInstrumentor.instrument_app(app)`` (opentelemetry-instrumentation-
-   fastapi). The instrumentation reads ``traceparent`` and ``baggage`` from each request; every
-   span of the request is then in the caller's trace, and sessiontrace stamps the ``session.id``
-   the baggage carries. ``GET /lookup`` needs nothing more.
+1. ``sdk.init(accept_session_from="loopback")`` and ``FastAPIInstrumentor.instrument_app(app)``
+   (opentelemetry-instrumentation-fastapi). The instrumentation reads ``traceparent`` and
+   ``baggage`` from each request; every span of the request is then in the caller's trace. A
+   ``session.id`` in the baggage is a claim by whoever sent the request: sessiontrace adopts it
+   only from the peers `accept_session_from` names (here: callers on this host; by default
+   nobody, see docs/security.md), and then stamps it on the request's spans. ``GET /lookup``
+   needs nothing more.
 2. When the handler wants a `Session` object of its own (usage counters, a summary, LLM calls
    counted in the session), it continues the caller's session from the request headers:
-   ``with sdk.session("chat", parent=request.headers) as s:``, as ``POST /chat`` does. Same
-   ``session.id``, spans in the caller's trace; a request without a session gets a new one.
+   ``with sdk.session("chat", parent=request.headers, peer=request.client.host) as s:``, as
+   ``POST /chat`` does. Same ``session.id``, spans in the caller's trace; a request without a
+   session, or from an untrusted peer, gets a new session of its own.
 
 The caller (caller.py) instruments httpx and requests; sessiontrace adds ``session.id`` to the
-baggage they send (the `propagate_session` setting, on by default).
+baggage they send to hosts on the caller's own networks (the `propagate_session` and
+`send_session_to` settings; by default loopback, private addresses and single-label names).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class ChatIn(BaseModel):
 
 @app.get("/lookup")
 async def lookup(topic: str) -> dict[str, str | None]:
-    """Zero-code: this span is in the caller's trace and session (from traceparent + baggage)."""
+    """Zero-code: this span is in the caller's trace, and in its session when the caller is trusted."""
     with tracer.start_as_current_span("kb.lookup") as span:
         span.set_attribute("kb.topic", topic)
         log.info("looked up %s", topic)
@@ -74,7 +79,8 @@ async def lookup(topic: str) -> dict[str, str | None]:
 @app.post("/chat")
 async def chat(body: ChatIn, request: Request) -> dict[str, str]:
     """Continues the caller's session to count this request's model call in it."""
-    with sdk.session("chat", parent=request.headers) as session:
+    peer = request.client.host if request.client is not None else None
+    with sdk.session("chat", parent=request.headers, peer=peer) as session:
         with tracer.start_as_current_span("chat fake-model", kind=trace.SpanKind.CLIENT) as span:
             span.set_attribute("gen_ai.operation.name", "chat")
             span.set_attribute("gen_ai.request.model", "fake-model-1")
@@ -92,7 +98,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     # Endpoint and the rest from the environment (OTEL_EXPORTER_OTLP_ENDPOINT, SESSIONTRACE_*).
-    sdk.init(service_name=SERVICE_NAME)
+    # Callers on this host may continue their sessions here; anyone else's session id is ignored.
+    sdk.init(service_name=SERVICE_NAME, accept_session_from="loopback")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(session_id)s] %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(SessionLogFilter())

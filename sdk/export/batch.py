@@ -139,8 +139,11 @@ class BatchExportProcessor(SpanProcessor):
         max_queue_size: int,
         max_export_batch_size: int,
         export_interval: float,
+        prepare: Callable[[list[ReadableSpan]], list[ReadableSpan]] | None = None,
     ) -> None:
         self.exporter = exporter
+        # Run on the worker over each batch before it is exported (secrets scrubbed: export/scrub.py).
+        self._prepare = prepare
         name = getattr(exporter, "name", None)
         self._exporter_name = (
             name
@@ -281,6 +284,13 @@ class BatchExportProcessor(SpanProcessor):
                     batch.append(queue.popleft())
             except IndexError:
                 pass
+            if self._prepare is not None:
+                try:
+                    batch = self._prepare(batch)
+                except Exception as exc:  # never export what could not be scrubbed
+                    COUNTERS.spans_dropped.add_many(len(batch))
+                    internal_error(f"preparing a batch for {self._exporter_name}", exc)
+                    continue
             self._export(batch)
 
     def _export(self, batch: list[ReadableSpan]) -> None:

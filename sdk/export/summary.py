@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import NamedTuple
 
+from sdk.display import printable
+
 
 class SessionSummary(NamedTuple):
     """What a session's end reports: enough for a console line or a notebook table."""
@@ -24,7 +26,7 @@ class SessionSummary(NamedTuple):
 
 def format_summary(summary: SessionSummary) -> str:
     """``sessiontrace: session 'refund-flow' <id> success in 1.23s, 12 spans``."""
-    reason = f" ({summary.reason})" if summary.reason else ""
+    reason = f" ({printable(summary.reason)})" if summary.reason else ""
     plural = "" if summary.spans == 1 else "s"
     llm = ""
     if summary.llm_calls:
@@ -35,7 +37,7 @@ def format_summary(summary: SessionSummary) -> str:
         )
     errors = f", {summary.errors} error{'' if summary.errors == 1 else 's'}" if summary.errors else ""
     return (
-        f"sessiontrace: session {summary.name!r} {summary.id} {summary.state}{reason} "
+        f"sessiontrace: session {summary.name!r} {printable(summary.id)} {summary.state}{reason} "
         f"in {summary.duration:.2f}s, {summary.spans} span{plural}{llm}{errors}"
     )
 

@@ -191,7 +191,8 @@ class SessionStore(ABC):
     - `begin_segment(record, resume=False)`: replace any record with this id by ``record``;
       `put(records)` does that for a batch.
     - `update(updates)`: apply each update to its segment (unknown sessions or segments are
-      ignored). Name, user and tags are changed when given. Activity times only move forward.
+      ignored, and leave the record untouched). Name and user are set only where the record has
+      none; tags only grow. Activity times only move forward.
     - `get(id)`: the record, or None when unknown or expired.
     - `list(...)`: records matching every filter given, most recently active first.
     - `purge_expired()`: remove expired records; returns how many.
@@ -280,21 +281,29 @@ def apply_update(record: SessionRecord, update: SegmentUpdate) -> SessionRecord:
         return record
     return record._replace(
         segments=tuple(segments),
-        name=update.name if update.name is not None else record.name,
-        user_id=update.user_id if update.user_id is not None else record.user_id,
-        tags=update.tags if update.tags is not None else record.tags,
+        name=record.name or update.name or "",
+        user_id=record.user_id if record.user_id is not None else update.user_id,
+        tags=_merged_tags(record.tags, update.tags or ()),
     )
 
 
 def append_segment(existing: SessionRecord, new: SessionRecord) -> SessionRecord:
-    """`existing` with `new`'s segment appended, numbered one past the last (resume)."""
+    """`existing` with `new`'s segment appended, numbered one past the last (resume).
+
+    What identifies the session is kept: its name, trace, user and earlier segments; tags only
+    grow. A resume never rewrites who the session belongs to.
+    """
     segment = new.segments[0]._replace(number=len(existing.segments) + 1)
     return existing._replace(
         segments=(*existing.segments, segment),
-        name=new.name or existing.name,
-        user_id=new.user_id if new.user_id is not None else existing.user_id,
-        tags=tuple(dict.fromkeys((*existing.tags, *new.tags))),
+        name=existing.name or new.name,
+        user_id=existing.user_id if existing.user_id is not None else new.user_id,
+        tags=_merged_tags(existing.tags, new.tags),
     )
+
+
+def _merged_tags(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[str, ...]:
+    return old if all(tag in old for tag in new) else tuple(dict.fromkeys((*old, *new)))
 
 
 def is_expired(record: SessionRecord, expiry: float | None, now: float) -> bool:

@@ -168,7 +168,9 @@ class SQLiteStore(SessionStore):
             for update in chunk:
                 record = self._load(conn, update.session_id)
                 if record is not None:
-                    self._write(conn, apply_update(record, update))
+                    updated = apply_update(record, update)
+                    if updated is not record:
+                        self._write(conn, updated)
 
         for start in range(0, len(updates), CHUNK):
             self._run(functools.partial(apply, updates[start : start + CHUNK]), write=True)

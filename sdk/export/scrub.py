@@ -1,0 +1,84 @@
+"""Secrets out of spans before they leave: run on the export worker, never on the program's threads.
+
+Every span a pipeline exports (the SDK's, other instrumentations', the application's) passes
+through `scrub_spans` on its way to the exporters, the spool and the local files: its name,
+attribute and event-attribute values (exception messages and stack traces included), link attributes and the
+status description are scrubbed (see sdk/redaction.py). A span with nothing to scrub is exported
+as it is; one with something gets a scrubbed copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, Status
+
+from sdk.redaction import Scrubber
+
+
+def scrub_spans(spans: Sequence[ReadableSpan], scrubber: Scrubber) -> list[ReadableSpan]:
+    """`spans`, each scrubbed (the same object when it held nothing to scrub)."""
+    if not scrubber.enabled:
+        return list(spans)
+    return [scrub_span(span, scrubber) for span in spans]
+
+
+def scrub_span(span: ReadableSpan, scrubber: Scrubber) -> ReadableSpan:
+    """One span with its secrets removed (a copy), or the span itself when it has none."""
+    name = scrubber.text(span.name)
+    attributes = scrubber.attributes(span.attributes)
+    events = _events(span.events, scrubber)
+    links = _links(span.links, scrubber)
+    status = span.status
+    description = status.description
+    if description:
+        clean = scrubber.text(description)
+        if clean != description:
+            status = Status(status.status_code, clean)
+    if (
+        attributes is None
+        and events is None
+        and links is None
+        and status is span.status
+        and name == span.name
+    ):
+        return span
+    return ReadableSpan(
+        name=name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes if attributes is not None else span.attributes,
+        events=events if events is not None else span.events,
+        links=links if links is not None else span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _events(events: Sequence[Event], scrubber: Scrubber) -> list[Event] | None:
+    changed: list[Event] | None = None
+    for index, event in enumerate(events):
+        attributes = scrubber.attributes(event.attributes)
+        if attributes is None:
+            continue
+        if changed is None:
+            changed = list(events)
+        changed[index] = Event(event.name, attributes, event.timestamp, limit=None)
+    return changed
+
+
+def _links(links: Sequence[Link], scrubber: Scrubber) -> list[Link] | None:
+    changed: list[Link] | None = None
+    for index, link in enumerate(links):
+        attributes = scrubber.attributes(link.attributes)
+        if attributes is None:
+            continue
+        if changed is None:
+            changed = list(links)
+        changed[index] = Link(link.context, attributes)
+    return changed
