@@ -151,6 +151,7 @@ class Session:
         "__weakref__",
         "_activated",
         "_activation",
+        "_ended_elsewhere",
         "_ended_ns",
         "_lock",
         "_pid",
@@ -217,6 +218,7 @@ class Session:
         self._spans.add()
         self._activation: _Activation | None = None
         self._activated: _Activation | None = None
+        self._ended_elsewhere = False
         self._show_summary: bool | None = config.console_summary if config else None
         self._usage = [0, 0, 0, 0.0, 0]  # LLM calls, input tokens, output tokens, cost (USD), errors
 
@@ -416,8 +418,11 @@ class Session:
         except Exception as exc:
             internal_error("Session.end", exc)
         activation, self._activation = self._activation, None
-        if activation is not None and _current_session.get() is self:
-            activation.undo()
+        if activation is not None:
+            if _current_session.get() is self:
+                activation.undo()
+            else:  # the context start_session() made it current in cannot be reached from here
+                self._ended_elsewhere = True
         if rt.session_listeners:
             rt.session_ended(self)
         if rt.summary_wanted(self._show_summary):
@@ -687,6 +692,69 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _CurrentSessionSpan(trace.Span):
+    """The session's span as the current span of a context the session was made current in.
+
+    It is the session's span in all but identity (every call is passed on), except for a
+    `start_session()` session ended from another thread (the idle reaper, `end_session(id)`):
+    only the context that started it could undo its activation, so that context still holds it.
+    Then it is no parent any more, and that context starts new traces again instead of adding
+    spans under an ended session for good. (A session ended where it was made current is undone
+    there; work handed off earlier keeps it as a parent and joins the session during
+    `ended_session_grace`.)
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get_span_context(self) -> trace.SpanContext:
+        session = self._session
+        if session._ended_elsewhere:
+            return trace.INVALID_SPAN_CONTEXT
+        return session.span.get_span_context()
+
+    def is_recording(self) -> bool:
+        return not self._session._ended_elsewhere and self._session.span.is_recording()
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self._session.span.set_attributes(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._session.span.set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        self._session.span.add_event(name, attributes, timestamp)
+
+    def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
+        self._session.span.add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self._session.span.update_name(name)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self._session.span.set_status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self._session.span.record_exception(exception, attributes, timestamp, escaped)
+
+    def end(self, end_time: int | None = None) -> None:
+        """Ending the current span here ends nothing: a session ends through `Session.end()`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session.span, name)
+
+    def __repr__(self) -> str:
+        return f"<current span of {self._session!r}>"
+
+
 class _Activation:
     """Tokens that made a session current in one context, and how to undo that."""
 
@@ -697,7 +765,8 @@ class _Activation:
         self.previous = _current_session.get()
         self.previous_ctx = otel_context.get_current()
         self.session_token = _current_session.set(session)
-        self.otel_token = otel_context.attach(trace.set_span_in_context(session.span, self.previous_ctx))
+        current = _CurrentSessionSpan(session)
+        self.otel_token = otel_context.attach(trace.set_span_in_context(current, self.previous_ctx))
         session._activated = self
 
     def undo(self) -> None:

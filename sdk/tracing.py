@@ -29,7 +29,14 @@ from opentelemetry.util.types import Attributes
 from sdk import runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, SegmentIds, _current_session, _registry
+from sdk.session import (
+    REMOTE_SESSION_KEY,
+    ROOT_KEY,
+    SESSION_ID,
+    SegmentIds,
+    _current_session,
+    _registry,
+)
 from sdk.stats import COUNTERS
 from sdk.version import __version__
 
@@ -70,7 +77,9 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                 and not (parent_context is not None and ROOT_KEY in parent_context)
             ):
                 session = _current_session.get()
-                if session is None:
+                if session is not None and session._ended_elsewhere:
+                    session = _registry.auto  # still set in this context, but ended by another thread
+                elif session is None:
                     remote = otel_context.get_value(REMOTE_SESSION_KEY, parent_context)
                     trace_id = span._context.trace_id  # type: ignore[union-attr]
                     if isinstance(remote, str):  # a trusted session of another process or service
@@ -166,7 +175,8 @@ class SessionTracer(Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         auto = _registry.auto
-        if auto is not None and _current_session.get() is None:
+        local = _current_session.get() if auto is not None else None
+        if auto is not None and (local is None or local._ended_elsewhere):
             try:
                 parent = trace.get_current_span(context).get_span_context()
                 if not parent.is_valid and not (context is not None and ROOT_KEY in context):

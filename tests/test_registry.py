@@ -148,11 +148,6 @@ def test_idle_timeout_counts_span_starts_not_open_spans():
     assert s.reason == "idle_timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in sdk/session.py Session.end: the activation of a start_session() ended from another "
-    "thread is discarded, so the context that started it keeps it (and its span) for good",
-)
 def test_start_session_ended_by_the_reaper_no_longer_claims_its_context(captured_idle):
     """After the reaper ends a session made current by start_session(), later spans in that context are not put in it."""
     s = sdk.start_session("timed-out")
