@@ -16,7 +16,7 @@ import stat
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
@@ -428,8 +428,6 @@ def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
     raise _Invalid("expected a callable taking the Session, or a list of them")
 
 
-# --- LLM instrumentation (issue 6): parsers ---
-
 INSTRUMENTABLE = ("openai", "anthropic")
 """The LLM client libraries the SDK can instrument (docs/instrumentation.md)."""
 
@@ -518,8 +516,6 @@ def _pricing(value: object) -> Any:
     except PricingError as exc:
         raise _Invalid(str(exc)) from None
 
-
-# Export parsers (issue 5): protocols, TLS, metrics.
 
 COMPRESSIONS = ("none", "gzip")
 
@@ -907,7 +903,6 @@ SETTINGS: dict[str, Setting] = {
             "that ended it (init() keyword only).",
             code_only=True,
         ),
-        # --- LLM instrumentation (issue 6): settings go here ---
         Setting(
             "instrument",
             _instrument,
@@ -976,7 +971,6 @@ SETTINGS: dict[str, Setting] = {
             "init() keyword) a mapping `{model: {input: USD, output: USD}}` per million tokens.",
             _env("SESSIONTRACE_PRICING"),
         ),
-        # --- agent runtimes and logging (issue 9): settings go here ---
         Setting(
             "propagate_session",
             _bool,
@@ -1055,7 +1049,6 @@ SETTINGS: dict[str, Setting] = {
                 EnvVar("OTEL_EXPORTER_OTLP_ENDPOINT", _base_logs_url),
             ),
         ),
-        # --- export: protocols, TLS, spool, metrics (issue 5): settings go here ---
         Setting(
             "compression",
             _compression,
@@ -1222,7 +1215,6 @@ class Config:
     ended_session_grace: float
     on_session_start: tuple[Callable[..., Any], ...]
     on_session_end: tuple[Callable[..., Any], ...]
-    # --- LLM instrumentation (issue 6): fields go here ---
     instrument: tuple[str, ...]
     capture_content: bool
     redact_patterns: tuple[str, ...]
@@ -1231,7 +1223,6 @@ class Config:
     scrub_keys: tuple[str, ...]
     content_max_length: int
     pricing: Any
-    # --- agent runtimes and logging (issue 9): fields go here ---
     propagate_session: bool
     send_session_to: TrustRules
     accept_session_from: InboundTrust
@@ -1240,7 +1231,6 @@ class Config:
     log_correlation: bool
     export_logs: bool
     logs_endpoint: str | None
-    # --- export: protocols, TLS, spool, metrics (issue 5): fields go here ---
     compression: str
     certificate_file: Path | None
     client_certificate_file: Path | None
@@ -1647,11 +1637,6 @@ def _check_combination(config: Config) -> None:
             config.sources[given],
             "mutual TLS needs both client_certificate_file and client_key_file",
         )
-
-
-def describe_settings() -> Iterable[Setting]:
-    """The settings table, in order (used by the docs and `python -m sdk doctor`)."""
-    return SETTINGS.values()
 
 
 def config_field_names() -> set[str]:

@@ -7,20 +7,15 @@ the tests instead of hiding.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
 
 from sdk.stats import COUNTERS
 
 logger = logging.getLogger("sessiontrace")
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _seen: set[tuple[str, str]] = set()
 _seen_lock = threading.Lock()
@@ -81,20 +76,3 @@ def guarded(where: str) -> Iterator[None]:
         yield
     except Exception as exc:
         internal_error(where, exc)
-
-
-def guard(where: str, default: R) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate SDK code that runs inside user code: on an internal error return `default`."""
-
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                internal_error(where, exc)
-                return default
-
-        return wrapper
-
-    return decorate

@@ -181,7 +181,7 @@ def shutdown(timeout: float | None = None) -> None:
         from sdk import instrument
 
         instrument.uninstrument()
-        # Agent runtimes and logging (issue 9): the log export is flushed beside the pipeline.
+        # The log export is flushed beside the pipeline.
         from sdk import logs
         from sdk.instrument import autogen, propagation
 

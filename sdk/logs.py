@@ -149,11 +149,6 @@ def _set_correlation(on: bool) -> None:
         _correlation["factory"] = _correlation["previous"] = None
 
 
-def correlation_enabled() -> bool:
-    """Whether every new log record is stamped (the `log_correlation` setting)."""
-    return bool(_correlation["on"])
-
-
 # ---------------------------------------------------------------------------------------------
 # export_logs: OpenTelemetry logs over OTLP.
 
@@ -391,11 +386,6 @@ def close(timeout: float, *, wait: bool = True) -> None:
         threading.Thread(
             target=current.close, args=(timeout,), name="sessiontrace-logs-close", daemon=True
         ).start()
-
-
-def exporting() -> bool:
-    """Whether log records are being exported (the `export_logs` setting is on and took effect)."""
-    return _export["current"] is not None
 
 
 def configure(config: Config) -> None:

@@ -866,11 +866,6 @@ def current_session() -> Session | None:
     return auto if auto is not None and auto._state is SessionState.RUNNING else None
 
 
-def context_session() -> Session | None:
-    """The session set in this context (running or not), without falling back to the auto session."""
-    return _current_session.get()
-
-
 def auto_session() -> Session | None:
     """The process's auto session, if one is running."""
     return _registry.auto

@@ -381,15 +381,6 @@ def start(
         return None
 
 
-def fail_safe(call: LLMCall, where: str, work: Callable[[], None]) -> None:
-    """Run span work for `call`; an internal error is recorded and the call ended, never raised to the user."""
-    try:
-        work()
-    except Exception as exc:
-        call.end()
-        internal_error(where, exc)
-
-
 # ---------------------------------------------------------------------------------------------
 # Streams
 
