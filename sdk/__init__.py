@@ -11,6 +11,7 @@ See README.md and docs/ for the contract, configuration and examples.
 from typing import TYPE_CHECKING, Any
 
 from sdk import context
+from sdk.budget import Budget, BudgetExceeded
 from sdk.config import Config, ConfigError
 from sdk.decorators import agent, event, task, tool, workflow
 from sdk.instrument import uninstrument
@@ -23,6 +24,7 @@ from sdk.session import (
     SessionWarning,
     current_session,
     end_session,
+    score,
     session,
     sessions,
     start_session,
@@ -31,11 +33,14 @@ from sdk.stats import Stats
 from sdk.version import __version__
 
 if TYPE_CHECKING:
-    from sdk.store import SessionRecord, SessionStore, Usage
+    from sdk.store import Score, SessionRecord, SessionStore, Usage
 
 __all__ = [
+    "Budget",
+    "BudgetExceeded",
     "Config",
     "ConfigError",
+    "Score",
     "Session",
     "SessionInfo",
     "SessionRecord",
@@ -54,6 +59,7 @@ __all__ = [
     "event",
     "flush",
     "init",
+    "score",
     "session",
     "sessions",
     "shutdown",
@@ -65,7 +71,12 @@ __all__ = [
     "workflow",
 ]
 
-_LAZY = {"SessionRecord", "SessionStore", "Usage"}  # sdk.store costs import time; load it on first use
+_LAZY = {
+    "Score",
+    "SessionRecord",
+    "SessionStore",
+    "Usage",
+}  # sdk.store costs import time; load it on first use
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from opentelemetry.sdk.trace import SpanProcessor
 
+from sdk.budget import Budget
 from sdk.trust import PRIVATE, TrustRules
 
 if TYPE_CHECKING:
@@ -614,6 +615,33 @@ def _names(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _budget(value: object) -> Budget | None:
+    """A Budget, a mapping of its fields (a config file table), or ``key=value,...`` text."""
+    if value is None or isinstance(value, Budget):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none"):
+            return None
+        raw: dict[str, object] = {}
+        for key, val in _split_pairs(text, what="budget limits"):
+            raw[key] = val if key == "on_exceed" else _budget_number(key, val)
+        value = raw
+    if not isinstance(value, Mapping):
+        raise _Invalid("expected a Budget, a table of its limits, or 'max_cost_usd=0.5,max_llm_calls=20'")
+    try:
+        return Budget.from_mapping(value)
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _budget_number(key: str, text: str) -> int | float:
+    try:
+        return int(text) if key not in ("max_cost_usd", "max_duration_s") else float(text)
+    except ValueError:
+        raise _Invalid(f"budget limit {key} must be a number, got {text!r}") from None
+
+
 InboundTrust: TypeAlias = "TrustRules | Callable[[str, str | None], bool]"
 """The `accept_session_from` setting: rules, or a callable (session id, peer address or None) -> bool."""
 
@@ -901,6 +929,24 @@ SETTINGS: dict[str, Setting] = {
             (),
             "A callable (or a list) called with the Session right after it ends, in the thread "
             "that ended it (init() keyword only).",
+            code_only=True,
+        ),
+        Setting(
+            "session_budget",
+            _budget,
+            None,
+            "A budget for every session that does not set its own (`sdk.Budget`, a table of its "
+            "limits, or `max_cost_usd=0.5,max_llm_calls=20,on_exceed=warn` in the environment): "
+            "over it, the next instrumented LLM call raises `BudgetExceeded` before it is sent. "
+            "See docs/budgets.md.",
+            _env("SESSIONTRACE_SESSION_BUDGET"),
+        ),
+        Setting(
+            "on_budget_exceeded",
+            _callbacks,
+            (),
+            "A callable (or a list) called with the Session and the `BudgetExceeded` the first time "
+            "each limit of its budget is found exceeded (init() keyword only).",
             code_only=True,
         ),
         Setting(
@@ -1215,6 +1261,8 @@ class Config:
     ended_session_grace: float
     on_session_start: tuple[Callable[..., Any], ...]
     on_session_end: tuple[Callable[..., Any], ...]
+    session_budget: Budget | None
+    on_budget_exceeded: tuple[Callable[..., Any], ...]
     instrument: tuple[str, ...]
     capture_content: bool
     redact_patterns: tuple[str, ...]
@@ -1288,7 +1336,7 @@ class Config:
             if isinstance(value, Mapping):
                 return ",".join(f"{k}=***" for k in value) if value else "{}"
             return "***"
-        if isinstance(value, TrustRules):
+        if isinstance(value, (TrustRules, Budget)):
             return value.describe()
         return mask_url(value) if isinstance(value, str) else _show(value)
 

@@ -327,6 +327,10 @@ def _span_begin(
                 converted = to_attributes({**(attributes or {}), **static}, rt.attribute_max_length)
                 attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in converted.items()}
                 state["attrs"], state["max"] = attrs, rt.attribute_max_length
+            if kind == "tool":
+                session = current_session()
+                if session is not None:
+                    session.note_tool_call(name, (args, kwargs))
             span = rt.tracer.start_span(span_name)
             write_attributes(span, attrs)
             if capture is False or (capture is None and not _content_capture_on(rt)):

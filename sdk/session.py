@@ -26,6 +26,7 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
+from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent
 from sdk.config import Config
 from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
@@ -34,7 +35,7 @@ from sdk.stats import COUNTERS, Counter
 from sdk.trust import TrustRules
 
 if TYPE_CHECKING:  # imported when a session is stored or resumed, not by `import sdk`
-    from sdk.store import SegmentUpdate, SessionRecord, Usage
+    from sdk.store import Score, Segment, SegmentUpdate, SessionRecord, Usage
 
 SESSION_ID = "session.id"
 SESSION_NAME = "session.name"
@@ -51,6 +52,7 @@ SESSION_LLM_CALLS = "session.llm.calls"
 SESSION_LLM_INPUT_TOKENS = "session.llm.input_tokens"
 SESSION_LLM_OUTPUT_TOKENS = "session.llm.output_tokens"
 SESSION_LLM_COST = "session.llm.cost_usd"
+SESSION_BUDGET_EXCEEDED = "session.budget.exceeded"
 USER_ID = "user.id"
 SPAN_KIND = "sessiontrace.span.kind"
 
@@ -151,6 +153,7 @@ class Session:
         "__weakref__",
         "_activated",
         "_activation",
+        "_budget",
         "_ended_elsewhere",
         "_ended_ns",
         "_lock",
@@ -221,6 +224,7 @@ class Session:
         self._ended_elsewhere = False
         self._show_summary: bool | None = config.console_summary if config else None
         self._usage = [0, 0, 0, 0.0, 0]  # LLM calls, input tokens, output tokens, cost (USD), errors
+        self._budget: BudgetState | None = None
 
     @property
     def state(self) -> SessionState:
@@ -282,6 +286,77 @@ class Session:
     def _add_error(self) -> None:
         with self._lock:
             self._usage[4] += 1
+
+    @property
+    def budget(self) -> Budget | None:
+        """The session's budget (its own, or the `session_budget` setting's), if it has one."""
+        return self._budget.budget if self._budget is not None else None
+
+    def spent(self) -> Spent:
+        """What this segment has used, in a budget's terms (see `Budget`)."""
+        with self._lock:
+            calls, tokens_in, tokens_out, cost, errors = self._usage
+        return Spent(float(cost), int(tokens_in + tokens_out), int(calls), self.duration, int(errors))
+
+    def check_budget(self) -> None:
+        """Before an instrumented LLM call of this session is sent: over budget, raise `BudgetExceeded`
+        (``on_exceed="raise"``) — the first time a limit is found exceeded, a
+        ``session.budget_exceeded`` event is recorded and the `on_budget_exceeded` callbacks are
+        called, in either mode."""
+        state = self._budget
+        if state is None or self._state is not SessionState.RUNNING:
+            return
+        found = state.over(self.spent())
+        if found is None:
+            return
+        error = BudgetExceeded(*found, self)
+        if found[0] not in state.exceeded:
+            state.exceeded[found[0]] = None
+            self._report_budget(error, state)
+        if state.budget.on_exceed == "raise":
+            raise error
+
+    def note_tool_call(self, name: str, arguments: Any) -> None:
+        """Count a tool call for the budget's loop guard (`max_repeats`): the same tool with the same
+        arguments many times in a row. `@sdk.tool` calls this; frameworks may too."""
+        state = self._budget
+        if state is None or state.budget.max_repeats is None:
+            return
+        key: tuple[str, object]
+        try:
+            key = (name, repr(arguments))
+        except Exception:  # an argument whose repr raises: such calls never count as repeats
+            key = (name, object())
+        with self._lock:
+            state.note_tool_call(key)
+
+    def _report_budget(self, error: BudgetExceeded, state: BudgetState) -> None:
+        try:
+            self.span.add_event(
+                "session.budget_exceeded",
+                {
+                    "session.budget.limit": error.limit,
+                    "session.budget.maximum": error.maximum,
+                    "session.budget.used": error.used,
+                    "session.budget.on_exceed": state.budget.on_exceed,
+                },
+            )
+            self.span.set_attribute(SESSION_BUDGET_EXCEEDED, list(state.exceeded))
+        except Exception as exc:
+            internal_error("session budget event", exc)
+        callbacks = self.config.on_budget_exceeded if self.config is not None else ()
+        for callback in callbacks:
+            try:
+                callback(self, error)
+            except Exception as exc:
+                COUNTERS.callback_errors.add()
+                warn_once(
+                    f"callback-on_budget_exceeded-{type(exc).__name__}",
+                    "sessiontrace: an on_budget_exceeded callback raised %s: %s (further errors are "
+                    "counted in sdk.stats().callback_errors)",
+                    type(exc).__name__,
+                    exc,
+                )
 
     @property
     def span_id(self) -> str:
@@ -901,6 +976,7 @@ def _start(
     resume: bool = False,
     auto: bool = False,
     peer: str | None = None,
+    budget: Budget | None = None,
 ) -> Session:
     rt = runtime.current()
     start_context = _ROOT_CONTEXT
@@ -941,9 +1017,11 @@ def _start(
     segment = 1
     forced: tuple[int, int] | None = None
     previous: Link | None = None
+    prior: Spent | None = None
     if resume and rt.enabled:
         stored = _begin_segment(rt, sid, name, user_id, tag_tuple, started_ns)
         if stored is not None:
+            prior = _spent_by(stored.segments[:-1])
             latest = stored.segments[-1]
             segment = latest.number
             forced = (int(stored.trace_id, 16), int(latest.span_id, 16))
@@ -1004,6 +1082,10 @@ def _start(
         segment=segment,
         continued=continued,
     )
+    if budget is None and config is not None:
+        budget = config.session_budget
+    if budget is not None and budget.limited:
+        session._budget = BudgetState(budget, prior)
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
     evicted = _registry.add(session, continued=continued or resume, limit=limit)  # ValueError: duplicate id
     COUNTERS.sessions_started.add()
@@ -1022,6 +1104,24 @@ def _start(
         for old in evicted:
             old.end(SessionState.INDETERMINATE, "max_open_sessions")
     return session
+
+
+def _spent_by(segments: Iterable[Segment]) -> Spent:
+    """What stored segments used, in a budget's terms."""
+    total = Spent()
+    for segment in segments:
+        usage = segment.usage
+        end = segment.ended if segment.ended is not None else segment.last_activity
+        total = total.plus(
+            Spent(
+                usage.cost_usd,
+                usage.input_tokens + usage.output_tokens,
+                usage.llm_calls,
+                max(end - segment.started, 0.0),
+                usage.errors,
+            )
+        )
+    return total
 
 
 def _begin_segment(
@@ -1219,6 +1319,7 @@ def start_session(
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
     peer: str | None = None,
+    budget: Budget | None = None,
 ) -> Session:
     """Start a session and make it current in this thread or task until it ends.
 
@@ -1240,6 +1341,7 @@ def start_session(
         parent=parent,
         resume=resume,
         peer=peer,
+        budget=budget,
     )
     session._activation = _Activation(session)
     if not session.ended:
@@ -1340,6 +1442,101 @@ def end_stored_session(
     return True
 
 
+SCORE_SPAN = "session.score"
+ScoreValue = float | int | bool | str
+
+
+def score(
+    session: Session | str,
+    name: str,
+    value: ScoreValue,
+    *,
+    comment: str | None = None,
+    source: str = "human",
+) -> Score:
+    """Score a session — a thumbs-up from its user, an evaluator's grade — from any process, before
+    or after the session ended.
+
+    `session` is a `Session` or a session id (open in this process, or in the session store). The
+    score is exported as a ``session.score`` span in the session's trace (``session.score.name``,
+    ``.value``, ``.comment``, ``.source``), kept in the store's record (``sessions show``), and
+    returned. An id that is neither open here nor in the store is a ValueError; so are a name that
+    is not a short printable string and a value that is not a number, a bool or a string.
+    """
+    from sdk.store import Score, add_score
+
+    name = _check_score_text("name", name)
+    if isinstance(value, str):
+        value = _check_score_text("value", value)
+    elif not isinstance(value, (bool, int, float)) or (isinstance(value, float) and value != value):
+        raise ValueError(f"sdk.score(): value must be a number, a bool or a string, got {value!r}")
+    if comment is not None and not isinstance(comment, str):
+        raise ValueError(f"sdk.score(): comment must be a string, got {comment!r}")
+    source = _check_score_text("source", source)
+    rt = runtime.current()
+    session_id, trace_id, span_id = _score_target(rt, session)
+    given = Score(name, value, comment, source, time.time())
+    store = rt.store
+    if store is not None:
+        rt.store_call(lambda: add_score(store, session_id, given))
+    if rt.enabled:
+        _export_score(rt, session_id, trace_id, span_id, given)
+    return given
+
+
+def _check_score_text(what: str, text: object) -> str:
+    if not isinstance(text, str) or not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
+        raise ValueError(
+            f"sdk.score(): {what} must be a non-empty printable string of at most {MAX_ID_LENGTH} "
+            f"characters, got {text!r:.60}"
+        )
+    return text
+
+
+def _score_target(rt: runtime.Runtime, session: Session | str) -> tuple[str, int, int]:
+    """(session id, trace id, root span id of its latest segment) of the session to score."""
+    if isinstance(session, Session):
+        return session.id, session.trace_id_int, session.span.get_span_context().span_id
+    if not isinstance(session, str):
+        raise TypeError(f"sdk.score() takes a Session or a session id, not {type(session).__name__}")
+    open_here = _registry.by_id.get(session)
+    if open_here is not None:
+        return open_here.id, open_here.trace_id_int, open_here.span.get_span_context().span_id
+    store = rt.store
+    record = rt.store_call(lambda: store.get(session)) if store is not None else None
+    if record is None or not record.segments:
+        where = (
+            f"the session store ({store.description})"
+            if store is not None
+            else "a session store (none is configured)"
+        )
+        raise ValueError(
+            f"sdk.score(): no session has id {session!r}: none is open in this process, none is in {where}"
+        )
+    return record.id, int(record.trace_id, 16), int(record.latest.span_id, 16)
+
+
+def _export_score(rt: runtime.Runtime, session_id: str, trace_id: int, span_id: int, given: Score) -> None:
+    try:
+        parent = trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(1)))
+        context = otel_context.set_value(ROOT_KEY, True, trace.set_span_in_context(parent, Context()))
+        now = time.time_ns()
+        span = rt.tracer.start_span(SCORE_SPAN, context=context, start_time=now)
+        attributes: dict[str, Any] = {
+            SESSION_ID: session_id,
+            "session.score.name": given.name,
+            "session.score.value": given.value,
+            "session.score.source": given.source,
+            SPAN_KIND: "score",
+        }
+        if given.comment is not None:
+            attributes["session.score.comment"] = to_attribute_value(given.comment, rt.attribute_max_length)
+        write_attributes(span, attributes)
+        span.end(now)
+    except Exception as exc:
+        internal_error("sdk.score span", exc)
+
+
 def start_auto_session(name: str) -> Session:
     """Start the process's auto session (lifecycle calls this; there is at most one)."""
     existing = _registry.auto
@@ -1427,6 +1624,7 @@ def session(
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
     peer: str | None = None,
+    budget: Budget | None = None,
 ) -> SessionScope: ...
 
 
@@ -1441,6 +1639,7 @@ def session(
     parent: Mapping[str, str] | Context | None = None,
     resume: bool = False,
     peer: str | None = None,
+    budget: Budget | None = None,
 ) -> Any:
     """A session as a context manager (``with`` / ``async with``) or a decorator.
 
@@ -1455,6 +1654,9 @@ def session(
     never adopted: the session is a new trace, linked to the caller's span (see docs/security.md).
 
     ``resume=True`` with a `session_id` continues a stored session (see `start_session`).
+
+    ``budget=sdk.Budget(...)`` limits what the session may spend (default: the `session_budget`
+    setting): see `Budget` and docs/budgets.md.
     """
     options: dict[str, Any] = {
         "resume": resume,
@@ -1465,6 +1667,7 @@ def session(
         "overrides": overrides,
         "parent": parent,
         "peer": peer,
+        "budget": budget,
     }
     if callable(name):
         return SessionScope(None, options)(name)

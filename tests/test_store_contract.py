@@ -13,12 +13,14 @@ from redis_server import RedisServer, requires_redis_server
 
 from sdk.store import (
     RUNNING,
+    Score,
     Segment,
     SegmentUpdate,
     SessionRecord,
     SessionStore,
     StoreError,
     Usage,
+    add_score,
     dumps,
     loads,
     open_store,
@@ -589,3 +591,39 @@ def test_redis_without_the_package_is_a_store_error(monkeypatch):
     for call in (lambda: store.get("x"), lambda: store.begin_segment(new_record(), resume=True)):
         with pytest.raises(StoreError, match=r"pip install 'sessiontrace\[redis\]'"):
             call()
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+
+def test_add_score_appends_to_the_record_and_keeps_everything_else(store):
+    """add_score keeps the score in the record, after those given before; the rest of the record is unchanged."""
+    record = store.begin_segment(new_record(), resume=True)
+    first = Score("helpfulness", 0.9, "thanks", "user", time.time())
+    second = Score("resolved", True, None, "evaluator", time.time())
+    assert add_score(store, record.id, first) == record._replace(scores=(first,))
+    add_score(store, record.id, second)
+    got = store.get(record.id)
+    assert got is not None
+    assert got.scores == (first, second)
+    assert got._replace(scores=()) == record
+
+
+def test_add_score_to_an_unknown_or_expired_session_changes_nothing(make_store):
+    """A score for an id the store does not know, or whose record expired, is refused (None) and stores nothing."""
+    store = make_store(expiry=60.0)
+    assert add_score(store, "nobody", Score("x", 1)) is None
+    assert store.get("nobody") is None
+    old = store.begin_segment(new_record("old", at=time.time() - 120), resume=True)
+    assert add_score(store, old.id, Score("x", 1)) is None
+
+
+def test_records_written_before_scores_read_with_none():
+    """A record stored by an earlier version (six fields, no scores) reads back with no scores."""
+    record = new_record()
+    old_text = dumps(record).rsplit(",[]]", 1)[0] + "]"
+    assert loads(old_text) == record
+    assert (
+        loads(dumps(record._replace(scores=(Score("a", "good", None, "human", 1.0),)))).scores[0].value
+        == "good"
+    )

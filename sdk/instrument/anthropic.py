@@ -353,7 +353,13 @@ def _async_stream_helper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwa
                 async def send() -> Any:
                     return await pending
 
-                call = _start(instance, kwargs, True)
+                try:
+                    call = _start(instance, kwargs, True)
+                except BaseException:  # the session is over its budget: the request is never sent
+                    close = getattr(pending, "close", None)
+                    if callable(close):
+                        close()
+                    raise
                 return await genai.call_async(call, send, (), {}, _message_result, _EventStream, AsyncStream)
 
             setattr(manager, name, traced_request())

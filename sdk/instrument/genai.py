@@ -32,7 +32,7 @@ from sdk.attributes import to_attribute_value, write_attributes
 from sdk.guard import internal_error
 from sdk.pricing import PricingTable, table_for
 from sdk.redaction import Redactor, redactor_for
-from sdk.session import SPAN_KIND, current_session, detach_quietly, end_span, session_for_trace
+from sdk.session import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
 from sdk.stats import COUNTERS
 
 OPERATION = "gen_ai.operation.name"
@@ -303,8 +303,7 @@ class LLMCall:
                 )
             span.add_event(TOOL_CALL_EVENT, event)
         COUNTERS.llm_calls.add()
-        trace_id = span.get_span_context().trace_id
-        session = session_for_trace(trace_id)
+        session = session_for_trace(span.get_span_context().trace_id)
         counted_error = session is not None  # record_error() counts the error of a span in a session's trace
         if session is None:
             session = current_session()
@@ -329,6 +328,14 @@ def _arguments_text(redactor: Redactor, arguments: Any) -> str:
     return redactor.json(arguments)
 
 
+def session_of_call() -> Session | None:
+    """The session an LLM call starting here belongs to: the one owning the current span's trace,
+    else the current session."""
+    span_context = trace.get_current_span().get_span_context()
+    session = session_for_trace(span_context.trace_id) if span_context.is_valid else None
+    return session if session is not None else current_session()
+
+
 def start(
     provider: str,
     operation: str,
@@ -348,6 +355,9 @@ def start(
     rt = runtime.current()
     if not rt.enabled:
         return None
+    session = session_of_call()
+    if session is not None:
+        session.check_budget()  # over budget: BudgetExceeded reaches the caller, nothing is sent
     try:
         settings = settings_now(rt)
         model = request_model if isinstance(request_model, str) and request_model else None

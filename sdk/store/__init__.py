@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,8 +59,19 @@ class Segment(NamedTuple):
     usage: Usage = Usage()
 
 
+class Score(NamedTuple):
+    """A score (feedback, an evaluation) on a session: see `sdk.score`."""
+
+    name: str
+    value: float | int | bool | str
+    comment: str | None = None
+    source: str = "human"
+    at: float = 0.0
+    """When it was given (epoch seconds)."""
+
+
 class SessionRecord(NamedTuple):
-    """A stored session: identity, and its segments oldest first."""
+    """A stored session: identity, its segments oldest first, and the scores given to it."""
 
     id: str
     name: str
@@ -68,6 +79,7 @@ class SessionRecord(NamedTuple):
     user_id: str | None = None
     tags: tuple[str, ...] = ()
     segments: tuple[Segment, ...] = ()
+    scores: tuple[Score, ...] = ()
 
     @property
     def latest(self) -> Segment:
@@ -131,6 +143,7 @@ class SessionRecord(NamedTuple):
                 }
                 for s in self.segments
             ],
+            "scores": [score._asdict() for score in self.scores],
         }
 
     @classmethod
@@ -156,6 +169,7 @@ class SessionRecord(NamedTuple):
                 )
                 for s in data.get("segments", ())
             ),
+            scores=tuple(Score(**score) for score in data.get("scores", ())),
         )
 
 
@@ -246,6 +260,13 @@ class SessionStore(ABC):
         """Remove a record; True if it existed."""
         raise NotImplementedError
 
+    def modify(
+        self, session_id: str, change: Callable[[SessionRecord], SessionRecord]
+    ) -> SessionRecord | None:
+        """Atomically replace the record by `change(record)` and return the new one (None when
+        unknown or expired). Optional for implementations: without it, scores cannot be kept."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change a record in place")
+
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release connections and files."""
 
@@ -285,6 +306,11 @@ def apply_update(record: SessionRecord, update: SegmentUpdate) -> SessionRecord:
         user_id=record.user_id if record.user_id is not None else update.user_id,
         tags=_merged_tags(record.tags, update.tags or ()),
     )
+
+
+def add_score(store: SessionStore, session_id: str, score: Score) -> SessionRecord | None:
+    """Keep `score` in the session's record (None when the store has no such session)."""
+    return store.modify(session_id, lambda record: record._replace(scores=(*record.scores, score)))
 
 
 def append_segment(existing: SessionRecord, new: SessionRecord) -> SessionRecord:
@@ -429,7 +455,7 @@ def loads(text: str | bytes) -> SessionRecord:
     """The inverse of `dumps`."""
     import json
 
-    session_id, name, trace_id, user_id, tags, segments = json.loads(text)
+    session_id, name, trace_id, user_id, tags, segments, *rest = json.loads(text)
     return SessionRecord(
         session_id,
         name,
@@ -437,6 +463,7 @@ def loads(text: str | bytes) -> SessionRecord:
         user_id,
         tuple(tags),
         tuple(_segment(*segment) for segment in segments),
+        tuple(Score(*score) for score in rest[0]) if rest else (),  # records written before scores: none
     )
 
 
@@ -456,12 +483,14 @@ def _segment(
 
 __all__ = [
     "RUNNING",
+    "Score",
     "Segment",
     "SegmentUpdate",
     "SessionRecord",
     "SessionStore",
     "StoreError",
     "Usage",
+    "add_score",
     "append_segment",
     "apply_update",
     "dumps",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sdk.store import (
     SegmentUpdate,
@@ -74,6 +74,16 @@ class MemoryStore(SessionStore):
             for key in expired:
                 del self._records[key]
         return len(expired)
+
+    def modify(
+        self, session_id: str, change: Callable[[SessionRecord], SessionRecord]
+    ) -> SessionRecord | None:
+        with self._lock:
+            record = self._records.get(session_id)
+            if record is None or is_expired(record, self.expiry, time.time()):
+                return None
+            self._records[session_id] = changed = change(record)
+            return changed
 
     def delete(self, session_id: str) -> bool:
         with self._lock:

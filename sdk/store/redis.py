@@ -269,6 +269,22 @@ class RedisStore(SessionStore):
 
         self._transaction(keys, body)
 
+    def modify(
+        self, session_id: str, change: Callable[[SessionRecord], SessionRecord]
+    ) -> SessionRecord | None:
+        key = self.key(session_id)
+
+        def body(pipe: Pipeline) -> SessionRecord | None:
+            record = self._decode(session_id, pipe.get(key))
+            pipe.multi()
+            if record is None or is_expired(record, self.expiry, time.time()):
+                return None
+            changed = change(record)
+            self._queue_write(pipe, changed)
+            return changed
+
+        return self._transaction([key], body)
+
     def _fetch(self, session_id: str) -> SessionRecord | None:
         with self._errors():
             raw = self._redis().get(self.key(session_id))

@@ -176,6 +176,19 @@ class SQLiteStore(SessionStore):
             self._run(functools.partial(apply, updates[start : start + CHUNK]), write=True)
             time.sleep(0)
 
+    def modify(
+        self, session_id: str, change: Callable[[SessionRecord], SessionRecord]
+    ) -> SessionRecord | None:
+        def apply(conn: sqlite3.Connection) -> SessionRecord | None:
+            record = self._load(conn, session_id)
+            if record is None or is_expired(record, self.expiry, time.time()):
+                return None
+            changed = change(record)
+            self._write(conn, changed)
+            return changed
+
+        return self._run(apply, write=True)
+
     def _fetch(self, session_id: str) -> SessionRecord | None:
         return self._run(lambda conn: self._load(conn, session_id), write=False)
 

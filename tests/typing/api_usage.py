@@ -72,6 +72,24 @@ async def use() -> None:
     for record in stale:
         sdk.end_session(record.id, "indeterminate", "stale")
     print(usage.cost_usd, segment, open_now, [r.trace_id for r in stale])
+    budget = sdk.Budget(max_cost_usd=0.5, max_llm_calls=20, max_repeats=3, on_exceed="warn")
+    with sdk.session("capped", budget=budget) as capped:
+        spent: float = capped.spent().cost_usd
+        limit: sdk.Budget | None = capped.budget
+    try:
+        capped.check_budget()
+    except sdk.BudgetExceeded as exceeded:
+        print(exceeded.limit, exceeded.maximum, exceeded.used, exceeded.session)
+    given: sdk.Score = sdk.score(capped, "helpfulness", 0.9, comment="thanks", source="user")
+    sdk.score("conv-1", "resolved", True)
+    sdk.init(
+        session_budget=budget, on_budget_exceeded=lambda session, error: None, accept_session_from="loopback"
+    )
+    with sdk.session(
+        "handle", parent={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, peer="127.0.0.1"
+    ):
+        pass
+    print(spent, limit, given.value)
     stats: sdk.Stats = sdk.stats()
     explained: list[tuple[str, str, str]] = sdk.config().explain()
     ok: bool = sdk.flush(timeout=1.0)
