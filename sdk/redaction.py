@@ -29,7 +29,26 @@ from typing import Any, NamedTuple, TypeVar
 
 REDACTED = "[REDACTED]"
 
-_SECRET_WORDS = r"(?:api[_-]?key|apikey|secret|token|password|passwd|pwd|passphrase|access[_-]?key|private[_-]?key|credentials?|auth)"
+_SECRET_KEY_ENDINGS = tuple(
+    f"{word}{sep}{key}" if key else word
+    for word, key in (
+        ("api", "key"),
+        ("access", "key"),
+        ("private", "key"),
+        ("secret", ""),
+        ("token", ""),
+        ("password", ""),
+        ("passwd", ""),
+        ("pwd", ""),
+        ("passphrase", ""),
+        ("credential", ""),
+        ("credentials", ""),
+        ("auth", ""),
+    )
+    for sep in (("_", "-", "") if key else ("",))
+)
+"""The endings of a key in a ``key=value`` pair that make its value a secret (lower-case)."""
+_SECRET_WORDS = "(?:" + "|".join(re.escape(ending) for ending in _SECRET_KEY_ENDINGS) + ")"
 
 
 class BuiltinPattern(NamedTuple):
@@ -101,7 +120,6 @@ _BUILTIN_NEEDS = tuple(sorted({n for p in BUILTIN_PATTERNS if not p.lower for n 
 _KV_RULE = BUILTIN_PATTERNS[-1]
 _KV_DELIMITER = re.compile(r"[\"']?\s*[:=]\s*[\"']?")
 _KV_VALUE = re.compile(r"[^\s\"',;&}]{4,}")
-_KV_KEY_END = re.compile(r"(?i:" + _SECRET_WORDS + r")$")
 # Of the built-ins, only AWS key ids and Google API keys can be all letters and digits.
 _ALNUM_MARKERS = ("AKIA", "ASIA", "AIza")
 _CLEAN_CACHE_SIZE = 4096
@@ -179,9 +197,8 @@ def _key_values(text: str) -> str:
     out: list[str] = []
     done = 0
     for delimiter in _KV_DELIMITER.finditer(text):
-        if delimiter.start() < done or not _KV_KEY_END.search(
-            text, max(done, delimiter.start() - 40), delimiter.start()
-        ):
+        start = delimiter.start()
+        if start < done or not text[max(done, start - 24) : start].lower().endswith(_SECRET_KEY_ENDINGS):
             continue
         value = _KV_VALUE.match(text, delimiter.end())
         if value is None:

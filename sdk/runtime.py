@@ -202,7 +202,11 @@ def _call_within(call: Callable[[], object], timeout: float, where: str) -> obje
             internal_error(where, exc)
 
     worker = threading.Thread(target=run, name="sessiontrace-close", daemon=True)
-    worker.start()
+    try:
+        worker.start()
+    except RuntimeError:  # interpreter shutdown (3.12+ starts no new thread in exit handlers): call it here
+        run()
+        return result[0] if result else None
     worker.join(timeout)
     return result[0] if result else None
 

@@ -246,3 +246,33 @@ def test_disabled_sdk_prints_no_summary(tmp_path):
     child, _ = run(DISABLED, tmp_path, OTEL_SDK_DISABLED="true")
     assert child.returncode == 0, child.stderr
     assert child.stderr == ""
+
+
+def test_the_applications_span_processors_are_shut_down_at_exit(tmp_path):
+    """A BatchSpanProcessor passed in span_processors is flushed and shut down by the exit handler: its spans reach its exporter, with no internal error (Python 3.12+ starts no thread in exit handlers)."""
+    out = tmp_path / "app-spans.txt"
+    child, _ = run(
+        f"""
+        import asyncio
+        import sdk
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        class Lines(SpanExporter):
+            def export(self, spans):
+                with open({str(out)!r}, "a") as f:
+                    f.writelines(span.name + "\\n" for span in spans)
+                return SpanExportResult.SUCCESS
+
+        sdk.init(exporter="none", span_processors=[BatchSpanProcessor(Lines(), schedule_delay_millis=60000)])
+
+        async def main():
+            with sdk.session("s"):
+                pass
+
+        asyncio.run(main())
+        """,
+        tmp_path,
+    )
+    assert child.returncode == 0, child.stderr
+    assert "internal error" not in child.stderr
+    assert out.read_text().split() == ["s"]
