@@ -14,7 +14,7 @@ from sdk import context
 from sdk.budget import Budget, BudgetExceeded
 from sdk.config import Config, ConfigError
 from sdk.decorators import agent, event, task, tool, workflow
-from sdk.instrument import uninstrument
+from sdk.instrumentation import instrument, uninstrument
 from sdk.lifecycle import config, flush, init, shutdown, stats
 from sdk.session import (
     Session,
@@ -59,6 +59,7 @@ __all__ = [
     "event",
     "flush",
     "init",
+    "instrument",
     "score",
     "session",
     "sessions",

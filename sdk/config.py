@@ -429,7 +429,7 @@ def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
     raise _Invalid("expected a callable taking the Session, or a list of them")
 
 
-INSTRUMENTABLE = ("openai", "anthropic")
+INSTRUMENTABLE = ("openai", "anthropic")  # sdk.instrumentation.LLM_LIBRARIES (a test keeps them equal)
 """The LLM client libraries the SDK can instrument (docs/instrumentation.md)."""
 
 

@@ -90,24 +90,21 @@ def _set_provider_enabled(enabled: bool) -> None:
 
 def _apply_process_features(config: Config) -> None:
     """Context patches and the idle reaper, as the config asks (each applied at most once)."""
-    from sdk.instrument import threads
+    from sdk.instrumentation import threads
 
     threads.configure(
         executors=config.enabled and config.propagate_executors,
         threads=config.enabled and config.propagate_threads,
     )
-    from sdk import instrument
+    from sdk import instrumentation
 
-    instrument.configure_llm(config.instrument if config.enabled else ())
+    instrumentation.configure(
+        config.instrument if config.enabled else (), autogen=config.enabled and config.instrument_autogen
+    )
     REAPER.configure(config.session_idle_timeout if config.enabled else None)
-    # Agent runtimes and logging (issue 9).
     from sdk import logs
-    from sdk.instrument import autogen, propagation
+    from sdk.instrumentation import propagation
 
-    if config.enabled and config.instrument_autogen:
-        autogen.apply()
-    else:
-        autogen.remove()
     if config.enabled:
         propagation.apply(outbound=config.propagate_session)
     else:
@@ -175,17 +172,16 @@ def shutdown(timeout: float | None = None) -> None:
         runtime.swap(runtime.Runtime(None))
         _set_provider_enabled(False)
         REAPER.configure(None)
-        from sdk.instrument import threads
+        from sdk.instrumentation import threads
 
         threads.remove_all()
-        from sdk import instrument
+        from sdk import instrumentation
 
-        instrument.uninstrument()
+        instrumentation.uninstrument()
         # The log export is flushed beside the pipeline.
         from sdk import logs
-        from sdk.instrument import autogen, propagation
+        from sdk.instrumentation import propagation
 
-        autogen.remove()
         propagation.remove()
         limit = rt.config.flush_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit

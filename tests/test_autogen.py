@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import NoOpTracerProvider
 
 import sdk
-from sdk import instrument
-from sdk.instrument import autogen as autogen_patch
+from sdk.instrumentation import autogen as autogen_patch
+from sdk.instrumentation import base as instrument
 from sdk.testing import capture
 
 autogen_core = pytest.importorskip("autogen_core")

@@ -20,8 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 
 import sdk
-from sdk import instrument
-from sdk.instrument.threads import EXECUTOR_PATCH, PROCESS_POOL_PATCH, THREAD_PATCH
+from sdk.instrumentation import base as instrument
+from sdk.instrumentation.threads import EXECUTOR_PATCH, PROCESS_POOL_PATCH, THREAD_PATCH
 from sdk.testing import CapturedSpans, capture
 
 TRACEPARENT_REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -190,7 +190,7 @@ def test_propagator_wrapped_once_and_restored_by_shutdown():
     """init() wraps OpenTelemetry's global propagator once however often it runs; requests to the application's own networks carry the session, a public host and an unknown destination only traceparent; shutdown() puts the original back."""
     from opentelemetry import propagate
 
-    from sdk.instrument.propagation import SessionPropagator
+    from sdk.instrumentation.propagation import SessionPropagator
 
     original = propagate.get_global_textmap()
     sdk.init(exporter="none")

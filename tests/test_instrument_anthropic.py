@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import sdk
-from sdk import instrument
+from sdk.instrumentation import base as instrument
 from sdk.testing import capture
 
 MODEL = "claude-haiku-4-5"

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import sdk
-from sdk import instrument
+from sdk.instrumentation import base as instrument
 from sdk.testing import capture
 
 MODEL = "gpt-4o-mini"
@@ -343,7 +343,7 @@ def test_unexpected_shape_returns_what_the_client_returned(captured, client):
 
 def test_a_bug_in_span_code_never_changes_the_result(captured, client, monkeypatch):
     """An exception in the SDK's response handling is counted; the caller gets the client's result."""
-    from sdk.instrument import openai as patches
+    from sdk.instrumentation import openai as patches
 
     def broken(call, result):
         raise RuntimeError("bug in the SDK")

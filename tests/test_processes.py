@@ -531,7 +531,8 @@ def test_forking_while_another_thread_starts_and_ends_sessions_never_deadlocks_t
 
 def _sdk_locks() -> list[tuple[str, threading.Lock | threading.RLock]]:
     """Every lock of the SDK's own that a forked child may need (the exporter's aside, see below)."""
-    from sdk import guard, instrument, lifecycle, reaper
+    from sdk import guard, lifecycle, reaper
+    from sdk.instrumentation import base as instrumentation
     from sdk.session import _registry
 
     batch = runtime.current().batches[0]
@@ -540,7 +541,7 @@ def _sdk_locks() -> list[tuple[str, threading.Lock | threading.RLock]]:
         ("runtime swap", runtime._lock),
         ("init/shutdown", lifecycle._lock),
         ("log-once guard", guard._seen_lock),
-        ("patches", instrument._lock),
+        ("patches", instrumentation._lock),
         ("idle reaper", reaper.REAPER._lock),
         ("export queue", batch._append_lock),
         ("flush waiters", batch._flush_lock),

@@ -21,8 +21,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from sdk import instrument
 from sdk.context import Wrapped
+from sdk.instrumentation import base
 from sdk.session import _current_session
 
 EXECUTOR_PATCH = "concurrent.futures.ThreadPoolExecutor.submit"
@@ -94,27 +94,27 @@ def _start(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kw
 
 
 def _patch_process_pool(module: Any) -> None:
-    if instrument.is_applied(EXECUTOR_PATCH):
-        instrument.apply(PROCESS_POOL_PATCH, module.ProcessPoolExecutor, "submit", _submit_to_process)
+    if base.is_applied(EXECUTOR_PATCH):
+        base.apply(PROCESS_POOL_PATCH, module.ProcessPoolExecutor, "submit", _submit_to_process)
 
 
 def configure(executors: bool, threads: bool) -> None:
     """Apply or remove the two patches to match the settings (each at most once per process)."""
     if executors:
-        instrument.apply(EXECUTOR_PATCH, ThreadPoolExecutor, "submit", _submit)
+        base.apply(EXECUTOR_PATCH, ThreadPoolExecutor, "submit", _submit)
         # concurrent.futures.process imports multiprocessing (30 ms): patch it when the program does.
-        instrument.when_imported("concurrent.futures.process", _patch_process_pool)
+        base.when_imported("concurrent.futures.process", _patch_process_pool)
     else:
-        instrument.remove(EXECUTOR_PATCH)
-        instrument.remove(PROCESS_POOL_PATCH)
+        base.remove(EXECUTOR_PATCH)
+        base.remove(PROCESS_POOL_PATCH)
     if threads:
-        instrument.apply(THREAD_PATCH, threading.Thread, "start", _start)
+        base.apply(THREAD_PATCH, threading.Thread, "start", _start)
     else:
-        instrument.remove(THREAD_PATCH)
+        base.remove(THREAD_PATCH)
 
 
 def remove_all() -> None:
     """Remove both patches (shutdown)."""
-    instrument.remove(EXECUTOR_PATCH)
-    instrument.remove(PROCESS_POOL_PATCH)
-    instrument.remove(THREAD_PATCH)
+    base.remove(EXECUTOR_PATCH)
+    base.remove(PROCESS_POOL_PATCH)
+    base.remove(THREAD_PATCH)

@@ -1,9 +1,8 @@
 """Instrumentation of the `anthropic` client: ``messages.create`` and the ``messages.stream`` helper.
 
 Patched, sync and async: ``messages.create`` (``stream=True`` included) and ``messages.stream(...)``,
-whose request starts when its manager is entered. The patches are applied right after the
-client's modules are imported (or at once if they already are), once per process, and removed by
-`remove()`. Each call is one span following the OpenTelemetry GenAI conventions.
+whose request starts when its manager is entered: see `INSTRUMENTOR`. Each call is one span
+following the OpenTelemetry GenAI conventions.
 
 Recent `anthropic` releases start a span of their own for each API call. For the calls the SDK
 records, that span is not started (the client checks the SDK's context mark through a patch of
@@ -12,14 +11,12 @@ its span starter), so a call is one span, not two; the client's other calls keep
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
-from sdk import instrument
+from sdk.instrumentation.base import Instrumentor, Patch
 
 if TYPE_CHECKING:
-    from sdk.instrument.genai import LLMCall
+    from sdk.instrumentation.genai import LLMCall
 
 PROVIDER = "anthropic"
 
@@ -27,58 +24,12 @@ _MESSAGES_MODULE = "anthropic.resources.messages.messages"
 _CLIENT_MODULE = "anthropic._base_client"
 _NATIVE_SPAN = "anthropic native span (suppressed inside recorded calls)"
 
-PATCHES = (
-    (_MESSAGES_MODULE, "Messages", "create", "anthropic.messages.create"),
-    (_MESSAGES_MODULE, "AsyncMessages", "create", "anthropic.messages.create (async)"),
-    (_MESSAGES_MODULE, "Messages", "stream", "anthropic.messages.stream"),
-    (_MESSAGES_MODULE, "AsyncMessages", "stream", "anthropic.messages.stream (async)"),
-)
-
-_state = {"wanted": False}
-_hooked: set[str] = set()
-
-
-def apply() -> None:
-    """Instrument `anthropic` now if it is imported, else as soon as it is (at most once per process)."""
-    _state["wanted"] = True
-    for module_name in (_MESSAGES_MODULE, _CLIENT_MODULE):
-        if module_name not in _hooked:
-            _hooked.add(module_name)
-            instrument.when_imported(module_name, _patch_module)
-        module = sys.modules.get(module_name)
-        if module is not None:
-            _patch_module(module)
-
-
-def remove() -> None:
-    """Put the original methods back (a later `apply()` instruments again)."""
-    _state["wanted"] = False
-    for _, _, _, name in PATCHES:
-        instrument.remove(name)
-    instrument.remove(_NATIVE_SPAN)
-
-
-def _patch_module(module: types.ModuleType) -> None:
-    if not _state["wanted"]:
-        return
-    if module.__name__ == _CLIENT_MODULE:
-        if callable(getattr(module, "start_api_call_span", None)):
-            instrument.apply(_NATIVE_SPAN, module, "start_api_call_span", _native_span, via_wrapt=True)
-        return
-    for module_name, class_name, method, name in PATCHES:
-        owner = getattr(module, class_name, None)
-        if module_name != module.__name__ or owner is None or method not in vars(owner):
-            continue
-        is_async = class_name.startswith("Async")
-        if method == "create":
-            wrapper = _async_create if is_async else _sync_create
-        else:
-            wrapper = _async_stream_helper if is_async else _sync_stream_helper
-        instrument.apply(name, owner, method, wrapper, via_wrapt=True)
+SUPPORTED = ">=0.40,<3"
+"""The anthropic versions whose module layout the patches are written for (docs/compatibility.md)."""
 
 
 def _native_span(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from sdk.instrument.genai import in_instrumented_call
+    from sdk.instrumentation.genai import in_instrumented_call
 
     if in_instrumented_call():
         return None
@@ -100,7 +51,7 @@ def _request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _blocks_to_parts(content: Any) -> list[Any]:
-    from sdk.instrument.genai import get, text_part, tool_call_part
+    from sdk.instrumentation.genai import get, text_part, tool_call_part
 
     if isinstance(content, str):
         return [text_part(content)]
@@ -128,7 +79,7 @@ def _blocks_to_parts(content: Any) -> list[Any]:
 
 def _content(kwargs: dict[str, Any]) -> Any:
     def content(call: LLMCall) -> dict[str, Any]:
-        from sdk.instrument.genai import (
+        from sdk.instrumentation.genai import (
             INPUT_MESSAGES,
             SYSTEM_INSTRUCTIONS,
             TOOL_DEFINITIONS,
@@ -154,7 +105,7 @@ def _content(kwargs: dict[str, Any]) -> Any:
 
 def _usage(call: LLMCall, usage: Any) -> None:
     """Token counts; input tokens include cache reads and writes, as the GenAI conventions ask."""
-    from sdk.instrument.genai import as_int, get
+    from sdk.instrumentation.genai import as_int, get
 
     if usage is None:
         return
@@ -173,7 +124,7 @@ def _usage(call: LLMCall, usage: Any) -> None:
 
 
 def _identity(call: LLMCall, message: Any) -> None:
-    from sdk.instrument.genai import get
+    from sdk.instrumentation.genai import get
 
     message_id, model = get(message, "id"), get(message, "model")
     if isinstance(message_id, str) and message_id:
@@ -183,7 +134,7 @@ def _identity(call: LLMCall, message: Any) -> None:
 
 
 def _message_result(call: LLMCall, message: Any) -> None:
-    from sdk.instrument.genai import get
+    from sdk.instrumentation.genai import get
 
     _identity(call, message)
     _usage(call, get(message, "usage"))
@@ -214,7 +165,7 @@ class _EventStream:
         call.on_end = self.materialize
 
     def __call__(self, call: LLMCall, event: Any) -> None:
-        from sdk.instrument.genai import get
+        from sdk.instrumentation.genai import get
 
         kind = get(event, "type")
         if kind == "message_start":
@@ -241,7 +192,7 @@ class _EventStream:
             if isinstance(reason, str):
                 self.reason = reason
             usage = get(event, "usage")
-            from sdk.instrument.genai import as_int
+            from sdk.instrumentation.genai import as_int
 
             output = as_int(get(usage, "output_tokens"))
             if output is not None:
@@ -250,7 +201,7 @@ class _EventStream:
                 _usage(call, usage)
 
     def materialize(self, call: LLMCall) -> None:
-        from sdk.instrument.genai import text_part, tool_call_part
+        from sdk.instrumentation.genai import text_part, tool_call_part
 
         if self.reason is not None:
             call.finish_reasons = [self.reason]
@@ -275,7 +226,7 @@ class _EventStream:
 
 
 def _start(instance: Any, kwargs: dict[str, Any], stream: bool) -> LLMCall | None:
-    from sdk.instrument import genai
+    from sdk.instrumentation import genai
 
     return genai.start(
         PROVIDER,
@@ -291,7 +242,7 @@ def _start(instance: Any, kwargs: dict[str, Any], stream: bool) -> LLMCall | Non
 def _sync_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     from anthropic import Stream
 
-    from sdk.instrument import genai
+    from sdk.instrumentation import genai
 
     call = _start(instance, kwargs, kwargs.get("stream") is True)
     return genai.call_sync(call, wrapped, args, kwargs, _message_result, _EventStream, Stream)
@@ -300,7 +251,7 @@ def _sync_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
 def _async_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     from anthropic import AsyncStream
 
-    from sdk.instrument import genai
+    from sdk.instrumentation import genai
 
     call = _start(instance, kwargs, kwargs.get("stream") is True)
     return genai.call_async(call, wrapped, args, kwargs, _message_result, _EventStream, AsyncStream)
@@ -325,7 +276,7 @@ def _sync_stream_helper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwar
             def traced_request() -> Any:
                 from anthropic import Stream
 
-                from sdk.instrument import genai
+                from sdk.instrumentation import genai
 
                 call = _start(instance, kwargs, True)
                 return genai.call_sync(call, request, (), {}, _message_result, _EventStream, Stream)
@@ -348,7 +299,7 @@ def _async_stream_helper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwa
             async def traced_request() -> Any:
                 from anthropic import AsyncStream
 
-                from sdk.instrument import genai
+                from sdk.instrumentation import genai
 
                 async def send() -> Any:
                     return await pending
@@ -368,3 +319,27 @@ def _async_stream_helper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwa
 
         internal_error("anthropic messages.stream (async)", exc)
     return manager
+
+
+INSTRUMENTOR = Instrumentor(
+    "anthropic",
+    "anthropic",
+    SUPPORTED,
+    (
+        Patch(_MESSAGES_MODULE, "Messages", "create", _sync_create, "anthropic.messages.create"),
+        Patch(
+            _MESSAGES_MODULE, "AsyncMessages", "create", _async_create, "anthropic.messages.create (async)"
+        ),
+        Patch(_MESSAGES_MODULE, "Messages", "stream", _sync_stream_helper, "anthropic.messages.stream"),
+        Patch(
+            _MESSAGES_MODULE,
+            "AsyncMessages",
+            "stream",
+            _async_stream_helper,
+            "anthropic.messages.stream (async)",
+        ),
+        # Releases before 2.x start no span of their own: nothing to suppress there.
+        Patch(_CLIENT_MODULE, None, "start_api_call_span", _native_span, _NATIVE_SPAN, optional=True),
+    ),
+)
+"""``messages.create`` (``stream=True`` included) and the ``messages.stream`` helper, sync and async."""

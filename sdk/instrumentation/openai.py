@@ -1,22 +1,20 @@
 """Instrumentation of the `openai` client: chat completions, responses and embeddings.
 
 Patched (sync and async, streaming included): ``chat.completions.create``, ``responses.create``
-and ``embeddings.create``. The patches are applied right after the client's modules are imported
-(or at once if they already are), once per process, and removed by `remove()`. Each call is one
-span following the OpenTelemetry GenAI conventions; see docs/instrumentation.md.
+and ``embeddings.create``: see `INSTRUMENTOR`. Each call is one span following the OpenTelemetry
+GenAI conventions; see docs/instrumentation.md.
 
 This module imports neither `openai` nor the span machinery until `openai` is imported.
 """
 
 from __future__ import annotations
 
-import types
 from typing import TYPE_CHECKING, Any
 
-from sdk import instrument
+from sdk.instrumentation.base import Instrumentor, Patch, Wrapper
 
 if TYPE_CHECKING:
-    from sdk.instrument.genai import LLMCall
+    from sdk.instrumentation.genai import LLMCall
 
 PROVIDER = "openai"
 
@@ -24,63 +22,15 @@ _CHAT_MODULE = "openai.resources.chat.completions.completions"
 _RESPONSES_MODULE = "openai.resources.responses.responses"
 _EMBEDDINGS_MODULE = "openai.resources.embeddings"
 
-PATCHES = (
-    (_CHAT_MODULE, "Completions", "openai.chat.completions.create"),
-    (_CHAT_MODULE, "AsyncCompletions", "openai.chat.completions.create (async)"),
-    (_RESPONSES_MODULE, "Responses", "openai.responses.create"),
-    (_RESPONSES_MODULE, "AsyncResponses", "openai.responses.create (async)"),
-    (_EMBEDDINGS_MODULE, "Embeddings", "openai.embeddings.create"),
-    (_EMBEDDINGS_MODULE, "AsyncEmbeddings", "openai.embeddings.create (async)"),
-)
-"""(module, class, patch name): each class's ``create`` is wrapped."""
-
-_state = {"wanted": False}
-_hooked: set[str] = set()
-
-
-def apply() -> None:
-    """Instrument `openai` now if it is imported, else as soon as it is (at most once per process)."""
-    _state["wanted"] = True
-    for module_name in dict.fromkeys(module for module, _, _ in PATCHES):
-        if module_name in _hooked:
-            continue
-        _hooked.add(module_name)
-        instrument.when_imported(module_name, _patch_module)
-    # A module imported while the patches were not wanted (after remove()) has no pending hook.
-    import sys
-
-    for module_name in dict.fromkeys(module for module, _, _ in PATCHES):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            _patch_module(module)
-
-
-def remove() -> None:
-    """Put the original methods back (a later `apply()` instruments again)."""
-    _state["wanted"] = False
-    for _, _, name in PATCHES:
-        instrument.remove(name)
-
-
-def _patch_module(module: types.ModuleType) -> None:
-    if not _state["wanted"]:
-        return
-    for module_name, class_name, name in PATCHES:
-        if module_name != module.__name__:
-            continue
-        owner = getattr(module, class_name, None)
-        if owner is None or "create" not in vars(owner):
-            continue
-        wrapper = _WRAPPERS[(class_name.removeprefix("Async"), class_name.startswith("Async"))]
-        instrument.apply(name, owner, "create", wrapper, via_wrapt=True)
-
+SUPPORTED = ">=1.68,<4"
+"""The openai versions whose module layout the patches are written for (docs/compatibility.md)."""
 
 # ---------------------------------------------------------------------------------------------
 # Requests
 
 
 def _max_tokens(kwargs: dict[str, Any]) -> Any:
-    from sdk.instrument.genai import given
+    from sdk.instrumentation.genai import given
 
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         if given(kwargs.get(key)):
@@ -116,7 +66,7 @@ def _chat_request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chat_input(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    from sdk.instrument.genai import get, text_part, tool_call_part
+    from sdk.instrumentation.genai import get, text_part, tool_call_part
 
     messages: list[dict[str, Any]] = []
     raw = kwargs.get("messages")
@@ -149,7 +99,7 @@ def _chat_input(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
 def _chat_content(kwargs: dict[str, Any]) -> Any:
     def content(call: LLMCall) -> dict[str, Any]:
         tools = kwargs.get("tools")
-        from sdk.instrument.genai import INPUT_MESSAGES, TOOL_DEFINITIONS, given
+        from sdk.instrumentation.genai import INPUT_MESSAGES, TOOL_DEFINITIONS, given
 
         return {INPUT_MESSAGES: _chat_input(kwargs), TOOL_DEFINITIONS: tools if given(tools) else None}
 
@@ -169,7 +119,7 @@ def _responses_request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _responses_content(kwargs: dict[str, Any]) -> Any:
     def content(call: LLMCall) -> dict[str, Any]:
-        from sdk.instrument.genai import (
+        from sdk.instrumentation.genai import (
             INPUT_MESSAGES,
             SYSTEM_INSTRUCTIONS,
             TOOL_DEFINITIONS,
@@ -205,7 +155,7 @@ def _responses_content(kwargs: dict[str, Any]) -> Any:
 
 
 def _embeddings_request(kwargs: dict[str, Any]) -> dict[str, Any]:
-    from sdk.instrument.genai import given
+    from sdk.instrumentation.genai import given
 
     fmt = kwargs.get("encoding_format")
     return {
@@ -219,7 +169,7 @@ def _embeddings_request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usage(call: LLMCall, usage: Any, input_key: str, output_key: str) -> None:
-    from sdk.instrument.genai import as_int, get
+    from sdk.instrumentation.genai import as_int, get
 
     if usage is None:
         return
@@ -235,7 +185,7 @@ def _usage(call: LLMCall, usage: Any, input_key: str, output_key: str) -> None:
 
 
 def _identity(call: LLMCall, result: Any) -> None:
-    from sdk.instrument.genai import get
+    from sdk.instrumentation.genai import get
 
     response_id = get(result, "id")
     model = get(result, "model")
@@ -246,7 +196,7 @@ def _identity(call: LLMCall, result: Any) -> None:
 
 
 def _chat_result(call: LLMCall, result: Any) -> None:
-    from sdk.instrument.genai import get, text_part, tool_call_part
+    from sdk.instrumentation.genai import get, text_part, tool_call_part
 
     _identity(call, result)
     _usage(call, get(result, "usage"), "prompt_tokens", "completion_tokens")
@@ -288,7 +238,7 @@ class _ChatStream:
         call.on_end = self.materialize
 
     def __call__(self, call: LLMCall, chunk: Any) -> None:
-        from sdk.instrument.genai import get
+        from sdk.instrumentation.genai import get
 
         _identity(call, chunk)
         _usage(call, get(chunk, "usage"), "prompt_tokens", "completion_tokens")
@@ -315,7 +265,7 @@ class _ChatStream:
                     entry["arguments"] += piece
 
     def materialize(self, call: LLMCall) -> None:
-        from sdk.instrument.genai import text_part, tool_call_part
+        from sdk.instrumentation.genai import text_part, tool_call_part
 
         call.finish_reasons = [self.finish[i] for i in sorted(self.finish)]
         call.tool_calls = [
@@ -334,7 +284,7 @@ class _ChatStream:
 
 
 def _responses_result(call: LLMCall, result: Any) -> None:
-    from sdk.instrument.genai import get, text_part, tool_call_part
+    from sdk.instrumentation.genai import get, text_part, tool_call_part
 
     _identity(call, result)
     _usage(call, get(result, "usage"), "input_tokens", "output_tokens")
@@ -373,7 +323,7 @@ class _ResponsesStream:
         call.on_end = self.materialize
 
     def __call__(self, call: LLMCall, event: Any) -> None:
-        from sdk.instrument.genai import get
+        from sdk.instrumentation.genai import get
 
         kind = get(event, "type")
         response = get(event, "response")
@@ -391,7 +341,7 @@ class _ResponsesStream:
             call.stream_error = str(get(event, "message") or "stream error")
 
     def materialize(self, call: LLMCall) -> None:
-        from sdk.instrument.genai import text_part
+        from sdk.instrumentation.genai import text_part
 
         if not self.complete and call.capture and self.text:
             call.output = [
@@ -400,7 +350,7 @@ class _ResponsesStream:
 
 
 def _embeddings_result(call: LLMCall, result: Any) -> None:
-    from sdk.instrument.genai import as_int, get
+    from sdk.instrumentation.genai import as_int, get
 
     model = get(result, "model")
     if isinstance(model, str) and model:
@@ -415,7 +365,7 @@ def _embeddings_result(call: LLMCall, result: Any) -> None:
 
 
 def _start(instance: Any, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
-    from sdk.instrument import genai
+    from sdk.instrumentation import genai
 
     stream = kwargs.get("stream") is True
     if api == "chat":
@@ -443,11 +393,11 @@ _HANDLERS: dict[str, tuple[Any, Any]] = {
 """Per API: (read a response into the call, make a stream's accumulator)."""
 
 
-def _sync_wrapper(api: str) -> instrument.Wrapper:
+def _sync_wrapper(api: str) -> Wrapper:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from openai import Stream
 
-        from sdk.instrument import genai
+        from sdk.instrumentation import genai
 
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
@@ -456,11 +406,11 @@ def _sync_wrapper(api: str) -> instrument.Wrapper:
     return wrapper
 
 
-def _async_wrapper(api: str) -> instrument.Wrapper:
+def _async_wrapper(api: str) -> Wrapper:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from openai import AsyncStream
 
-        from sdk.instrument import genai
+        from sdk.instrumentation import genai
 
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
@@ -469,11 +419,23 @@ def _async_wrapper(api: str) -> instrument.Wrapper:
     return wrapper
 
 
-_WRAPPERS = {
-    ("Completions", False): _sync_wrapper("chat"),
-    ("Completions", True): _async_wrapper("chat"),
-    ("Responses", False): _sync_wrapper("responses"),
-    ("Responses", True): _async_wrapper("responses"),
-    ("Embeddings", False): _sync_wrapper("embeddings"),
-    ("Embeddings", True): _async_wrapper("embeddings"),
-}
+_PATCHED = (
+    (_CHAT_MODULE, "Completions", "chat", "openai.chat.completions.create"),
+    (_RESPONSES_MODULE, "Responses", "responses", "openai.responses.create"),
+    (_EMBEDDINGS_MODULE, "Embeddings", "embeddings", "openai.embeddings.create"),
+)
+
+INSTRUMENTOR = Instrumentor(
+    "openai",
+    "openai",
+    SUPPORTED,
+    tuple(
+        patch
+        for module, owner, api, name in _PATCHED
+        for patch in (
+            Patch(module, owner, "create", _sync_wrapper(api), name),
+            Patch(module, f"Async{owner}", "create", _async_wrapper(api), f"{name} (async)"),
+        )
+    ),
+)
+"""``chat.completions.create``, ``responses.create`` and ``embeddings.create``, sync and async."""

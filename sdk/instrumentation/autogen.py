@@ -22,13 +22,12 @@ it for a span link, not as the parent). Three kinds of patch fix that:
 
 A message published or sent from inside a session is handled in that session, whatever its
 topic. Every patch is applied once per process (right after ``autogen_core`` is imported) and
-removed by `remove()`; this module imports nothing of autogen-core itself.
+removed by ``INSTRUMENTOR.uninstrument()``; this module imports nothing of autogen-core itself.
 """
 
 from __future__ import annotations
 
 import threading
-import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
@@ -37,8 +36,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from sdk import instrument, runtime
+from sdk import runtime
 from sdk.guard import internal_error, warn_once
+from sdk.instrumentation.base import Instrumentor, Patch
 from sdk.session import (
     MAX_ID_LENGTH,
     Session,
@@ -68,46 +68,14 @@ class _Carry(NamedTuple):
     context: Context
 
 
-_state = {"wanted": False, "hooked": False}
+SUPPORTED = ">=0.4.9,<0.8"
+"""The autogen-core versions whose runtime the patches are written for (docs/compatibility.md)."""
 _lock = threading.Lock()
 # Topic sessions this integration started, per runtime, until the runtime stops (weak both ways:
 # a runtime or an ended session that nobody else holds goes away).
 _topic_sessions: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[str, Session]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _patch_name(owner: str, method: str) -> str:
-    return f"autogen_core.{owner}.{method}"
-
-
-def apply() -> None:
-    """Patch autogen-core now if it is imported, else as soon as it is (at most once per process)."""
-    _state["wanted"] = True
-    if not _state["hooked"]:
-        _state["hooked"] = True
-        instrument.when_imported(MODULE, _patch_module)
-    import sys
-
-    module = sys.modules.get(MODULE)
-    if module is not None:  # imported while the patches were not wanted (after remove())
-        _patch_module(module)
-
-
-def remove() -> None:
-    """Put autogen-core's original methods back (a later `apply()` patches again)."""
-    _state["wanted"] = False
-    for owner, method, _ in _PATCHES:
-        instrument.remove(_patch_name(owner, method))
-
-
-def _patch_module(module: types.ModuleType) -> None:
-    if not _state["wanted"]:
-        return
-    for owner_name, method, wrapper in _PATCHES:
-        owner = getattr(module, owner_name, None)
-        if isinstance(owner, type) and method in vars(owner):
-            instrument.apply(_patch_name(owner_name, method), owner, method, wrapper, via_wrapt=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,3 +250,14 @@ _PATCHES: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     *((RUNTIME_CLASS, method, wrapper) for method, wrapper in _RUNTIME_METHODS),
 )
 """(class in the runtime's module, method, wrapper)."""
+
+INSTRUMENTOR = Instrumentor(
+    "autogen",
+    "autogen-core",
+    SUPPORTED,
+    tuple(
+        Patch(MODULE, owner, method, wrapper, f"autogen_core.{owner}.{method}")
+        for owner, method, wrapper in _PATCHES
+    ),
+)
+"""The envelope captures, the dispatches and the runtime's stop methods (see the module docstring)."""

@@ -1,0 +1,69 @@
+"""The SDK's instrumentors: which libraries it can record, and turning them on and off.
+
+`init()` instruments what the `instrument` setting lists (and autogen-core when
+`instrument_autogen` is on); `sdk.instrument()` and `sdk.uninstrument()` do it by hand. Each
+library is patched once, right after it is imported (or at once if it already is): see
+`sdk.instrumentation.base.Instrumentor`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sdk.instrumentation.base import Instrumentor
+
+LIBRARIES = {
+    "openai": "sdk.instrumentation.openai",
+    "anthropic": "sdk.instrumentation.anthropic",
+    "autogen": "sdk.instrumentation.autogen",
+}
+"""Library name -> the module holding its `INSTRUMENTOR` (imported on first use: each imports nothing
+of its library until that library is imported)."""
+
+LLM_LIBRARIES = ("openai", "anthropic")
+"""The libraries the `instrument` setting chooses among."""
+
+
+def instrumentor(name: str) -> Instrumentor:
+    """The instrumentor of one library (ValueError naming the known ones for another name)."""
+    module = LIBRARIES.get(name)
+    if module is None:
+        raise ValueError(f"unknown library {name!r}; instrumented libraries: {', '.join(LIBRARIES)}")
+    found: Instrumentor = importlib.import_module(module).INSTRUMENTOR
+    return found
+
+
+def configure(libraries: tuple[str, ...], *, autogen: bool) -> None:
+    """Instrument exactly these LLM client libraries, and autogen-core when `autogen` (init() calls this).
+
+    A library that is not imported yet is patched right after its import; one that is not
+    installed costs nothing.
+    """
+    for name in LLM_LIBRARIES:
+        if name in libraries:
+            instrumentor(name).instrument()
+        else:
+            instrumentor(name).uninstrument()
+    if autogen:
+        instrumentor("autogen").instrument()
+    else:
+        instrumentor("autogen").uninstrument()
+
+
+def instrument(*libraries: str) -> None:
+    """Instrument the named libraries (default: every LLM client library: openai, anthropic).
+
+    `init()` already does this for what the `instrument` setting lists; this is for after
+    `uninstrument()`, or to add a library by hand. Lasts until the next `init()` or `shutdown()`.
+    """
+    for name in libraries or LLM_LIBRARIES:
+        instrumentor(name).instrument()
+
+
+def uninstrument(*libraries: str) -> None:
+    """Remove the patches of the named libraries (default: all), restoring the original methods.
+
+    Lasts until the next `sdk.init()`, which applies what the settings ask again.
+    """
+    for name in libraries or tuple(LIBRARIES):
+        instrumentor(name).uninstrument()
