@@ -1227,7 +1227,7 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Config:
     """The resolved settings. `sources` says where each value came from (see `explain()`)."""
 
@@ -1339,6 +1339,16 @@ class Config:
         if isinstance(value, (TrustRules, Budget)):
             return value.describe()
         return mask_url(value) if isinstance(value, str) else _show(value)
+
+    def __repr__(self) -> str:
+        """One short line (what a notebook shows for ``sdk.init(...)``); ``explain()`` has every setting."""
+        changed = sum(1 for source in self.sources.values() if source.layer != "default")
+        auto = ", auto session" if self.auto_start_session else ""
+        state = "" if self.enabled else " (disabled)"
+        return (
+            f"<sessiontrace Config{state}: service {self.service_name!r}, export to {self.exporter_kind}"
+            f"{auto}; {changed} of {len(SETTINGS)} settings set — sdk.config().explain() lists them>"
+        )
 
     def explain(self) -> list[tuple[str, str, str]]:
         """(name, masked value, source) for every setting, in table order."""

@@ -744,3 +744,21 @@ def test_generated_table_has_a_row_per_setting():
         assert row.startswith(f"| `{setting.name}` |")
         assert all(f"`{var.name}`" in row for var in setting.env)
         assert ("| yes |" in row) == setting.per_session
+
+
+def test_config_repr_is_one_short_line_without_secrets():
+    """repr(Config) — what a notebook cell shows for sdk.init(...) — is one short line that names where spans go and shows no header or URL credential."""
+    config = load_config(
+        {
+            "service_name": "support-bot",
+            "endpoint": "https://user:s3cret@collector.example/v1/traces",
+            "headers": {"authorization": "Bearer abcdef123456"},
+        }
+    )
+    text = repr(config)
+    assert "\n" not in text
+    assert len(text) < 200
+    assert "support-bot" in text
+    assert "otlp" in text
+    assert "s3cret" not in text
+    assert "abcdef123456" not in text
