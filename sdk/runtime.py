@@ -324,7 +324,7 @@ def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | Non
             f"{type(exc).__name__}: {exc}",
         )
         return None
-    return None if store is None else StoreWriter(store, config.store_write_interval)
+    return None if store is None else StoreWriter(store, config.store_write_interval, config.data_dir)
 
 
 def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None = None) -> Runtime:
