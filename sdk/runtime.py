@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by 
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from sdk.export.batch import BatchExportProcessor
+    from sdk.export.spool import Spool
     from sdk.store import SessionStore
     from sdk.store.writer import StoreWriter
 
@@ -252,6 +253,15 @@ def build_exporter(config: Config, destination: str | SpanExporter | None = None
     return DeferredExporter(functools.partial(_make_exporter, config, destination), destination)
 
 
+def _spill(config: Config, destination: str | SpanExporter) -> Spool | None:
+    """Where the local traces file's queue overflows (the OTLP exporter has a spool of its own)."""
+    if destination != "file" or not config.spool:
+        return None
+    from sdk.export.spool import Spool
+
+    return Spool(config.data_dir, "traces", config.spool_max_bytes)
+
+
 def _make_exporter(config: Config, kind: str) -> SpanExporter:
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -347,6 +357,7 @@ def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None
                     max_queue_size=config.max_queue_size,
                     max_export_batch_size=config.max_export_batch_size,
                     export_interval=config.export_interval,
+                    spill=_spill(config, destination),
                 )
             )
     writer = _store_writer(config, previous)

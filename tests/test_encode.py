@@ -1,7 +1,9 @@
-"""The SDK's OTLP encoder writes the very bytes OpenTelemetry's encoder writes, for any span."""
+"""The SDK's OTLP encoder writes the very bytes OpenTelemetry's encoder writes, for any span, and its
+OTLP-JSON converter writes the very document protobuf's MessageToDict makes."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -16,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from sdk.export.encode import encode_spans
+from sdk.export.jsonl import encoded_to_otlp_json, encoded_to_otlp_json_reference
 
 scalars = st.one_of(
     st.text(max_size=40),
@@ -44,7 +47,10 @@ def record(
 
 
 def assert_same_bytes(spans: list[ReadableSpan]) -> None:
-    assert encode_spans(spans) == otel_encode_spans(spans).SerializeToString()
+    data = encode_spans(spans)
+    assert data == otel_encode_spans(spans).SerializeToString()
+    document = encoded_to_otlp_json(data)
+    assert json.dumps(document) == json.dumps(encoded_to_otlp_json_reference(data))  # key order too
 
 
 @settings(max_examples=100, deadline=None)
@@ -57,10 +63,10 @@ def assert_same_bytes(spans: list[ReadableSpan]) -> None:
     status=st.sampled_from([None, (StatusCode.OK, None), (StatusCode.ERROR, "boom"), (StatusCode.ERROR, "")]),
     remote_parent=st.booleans(),
 )
-def test_any_span_encodes_to_the_bytes_opentelemetry_writes(
+def test_any_span_encodes_to_the_bytes_opentelemetry_writes_and_the_json_messagetodict_makes(
     span_attributes, event_attributes, link_attributes, name, kind, status, remote_parent
 ):
-    """Spans with any attribute values, events, links, kinds, statuses and parents encode byte for byte alike."""
+    """Spans with any attribute values, events, links, kinds, statuses and parents encode byte for byte alike (JSON too)."""
     parent = SpanContext(
         0xABC, 0xDEF, is_remote=remote_parent, trace_flags=TraceFlags(1), trace_state=TraceState([("k", "v")])
     )
