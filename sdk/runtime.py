@@ -377,20 +377,21 @@ def _export_listeners(config: Config, batches: Sequence[BatchExportProcessor]) -
         listeners.append(LiveMarkers(batches))
     metrics_on = config.metrics if config.metrics is not None else "otlp" in config.destination_kinds
     if metrics_on:
-        from sdk.export.metrics import pipeline
+        # Cheap: the metrics SDK is built by a thread of its own (see sdk/export/meters.py).
+        from sdk.export.meters import metrics_handle
         from sdk.export.otlp import metrics_endpoint
 
-        metrics = pipeline()
+        metrics = metrics_handle()
         companion = metrics.attach(
             metrics_endpoint(config), build_resource(config), config.metric_export_interval
         )
         if batches:
             batches[0].companions.append(companion)
         listeners.append(metrics.listener())
-    elif "sdk.export.metrics" in sys.modules:  # metrics were on before this init(): stop them
-        from sdk.export.metrics import existing_pipeline
+    elif "sdk.export.meters" in sys.modules:  # metrics were on before this init(): stop them
+        from sdk.export.meters import existing_handle
 
-        existing = existing_pipeline()
+        existing = existing_handle()
         if existing is not None:
             existing.detach()
     return listeners
