@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 STATES = ("success", "fail", "indeterminate")
 EARLY_MAX = 10_000
 """Measurements an instrument keeps while the metrics SDK is being built (it takes a fraction of a second)."""
+BUILD_DELAY = 0.05
+"""Seconds the builder thread waits before it imports: on a 2-core machine its imports would take
+the GIL from init() itself, which returns well within this. A flush does not wait for it."""
 
 
 class _EarlyInstrument:
@@ -272,6 +275,7 @@ class MetricsHandle:
         self._wanted: tuple[Endpoint | None, Resource | None] = (None, None)
         self._pipeline: MetricsPipeline | None = None
         self._built = threading.Event()
+        self._hurry = threading.Event()  # set by a flush: build without waiting for BUILD_DELAY
         self._builder: threading.Thread | None = None
         self._lock = threading.Lock()
         if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
@@ -302,6 +306,7 @@ class MetricsHandle:
     def wait_built(self, timeout: float) -> MetricsPipeline | None:
         """The metrics SDK pipeline, waiting for its build at most `timeout` seconds (None if not built)."""
         if self._pipeline is None and self._builder is not None:
+            self._hurry.set()
             self._built.wait(max(timeout, 0.0))
         return self._pipeline
 
@@ -321,6 +326,7 @@ class MetricsHandle:
             self._built.set()
 
     def _build(self) -> None:
+        self._hurry.wait(BUILD_DELAY)
         try:
             from sdk.export.metrics import MetricsPipeline
 
@@ -339,6 +345,7 @@ class MetricsHandle:
     def after_fork(self) -> None:
         """In a forked child: it records and exports no metrics (its counts are its parent's)."""
         self._lock = threading.Lock()
+        self._hurry = threading.Event()
         self.recorder.open.clear()
         self.recorder.forked = True
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import threading
 import time
@@ -59,7 +58,7 @@ class _Owner:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.token = secrets.token_hex(6)
+        self.token = os.urandom(6).hex()  # not `secrets`: it imports OpenSSL (~10 ms at init)
         self.locks: dict[Path, int] = {}  # folder -> fd of the held lock file
         self.claims: dict[Path, int] = {}  # folder -> claims held
         self.lock = threading.Lock()

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import json
 import os
-import secrets
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -361,7 +360,8 @@ class _Overflow:
 
     def __init__(self, data_dir: Path, store: SessionStore) -> None:
         self.data_dir = data_dir
-        self.key = hashlib.sha256(store.description.encode()).hexdigest()[:16]
+        # crc32, not hashlib: importing hashlib (OpenSSL) costs init() several milliseconds.
+        self.key = f"{zlib.crc32(store.description.encode()):08x}"
         self.active = False
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -396,7 +396,7 @@ class _Overflow:
 
     def _open(self) -> None:
         folder = ensure_data_dir(self.data_dir, "store-overflow")
-        path = folder / f"{self.key}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+        path = folder / f"{self.key}-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
         fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         if fcntl is not None:
             with contextlib.suppress(OSError):
