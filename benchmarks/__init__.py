@@ -14,6 +14,7 @@ BENCHMARKS = (
     "throughput",
     "llm_call",
     "backend_down",
+    "sustained",
     "memory",
     "import_time",
     "init_time",

@@ -807,7 +807,9 @@ SETTINGS: dict[str, Setting] = {
             "max_queue_size",
             _int_at_least(1),
             2048,
-            "Spans waiting for export at most; past it spans are dropped and counted.",
+            "Spans held in memory for export. With a spool behind the destination (OTLP, the local "
+            "file) the queue overflows to disk from half of it and holds at most 4x it; without one, "
+            "spans past it are dropped and counted.",
             _env("SESSIONTRACE_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_QUEUE_SIZE"),
         ),
         Setting(
@@ -1136,9 +1138,10 @@ SETTINGS: dict[str, Setting] = {
             "spool",
             _bool,
             True,
-            "Keep batches the OTLP backend could not take (down, or answering a retryable error) in "
-            "`<data_dir>/spool/` and send them when it is back, also from the next process started "
-            "in the same folder. Off: such batches are dropped and counted.",
+            "Write every OTLP batch to `<data_dir>/spool/` before its request and keep it until the "
+            "backend took it (sent oldest first, also by the next process started in the same "
+            "folder); the local file's queue overflows there too. Off: nothing is written there; "
+            "failed batches and overflow are dropped and counted.",
             _env("SESSIONTRACE_SPOOL"),
         ),
         Setting(

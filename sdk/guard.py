@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,6 +59,7 @@ def forget_logged() -> None:
     """Log the next internal error or warning of each kind again (used by `sdk.testing.reset`)."""
     with _seen_lock:
         _seen.clear()
+        _tallies.clear()
 
 
 def warn_once(key: str, message: str, *args: object) -> None:
@@ -76,3 +78,59 @@ def guarded(where: str) -> Iterator[None]:
         yield
     except Exception as exc:
         internal_error(where, exc)
+
+
+class _Tally:
+    """Losses of one kind counted since they were last logged (see `warn_every`)."""
+
+    __slots__ = ("args", "count", "interval", "message", "next_at")
+
+    def __init__(self, interval: float, message: str, args: tuple[object, ...]) -> None:
+        self.interval = interval
+        self.message = message
+        self.args = args
+        self.count = 0
+        self.next_at = 0.0
+
+
+_tallies: dict[str, _Tally] = {}
+
+
+def warn_every(key: str, interval: float, count: int, message: str, *args: object) -> None:
+    """Log a warning about `count` more losses of one kind, at most once per `interval` seconds.
+
+    `message` ends with a ``%d`` for the figure: everything counted under `key` since it was last
+    logged. The first call logs at once; what comes within the interval is added up and logged once
+    the interval has passed (by a later call, or by `report_due_warnings()`).
+    """
+    if count <= 0:
+        return
+    now = time.monotonic()
+    with _seen_lock:
+        tally = _tallies.get(key)
+        if tally is None:
+            tally = _tallies[key] = _Tally(interval, message, args)
+        tally.message, tally.args = message, args
+        tally.count += count
+        if now < tally.next_at:
+            return
+        total, tally.count = tally.count, 0
+        tally.next_at = now + tally.interval
+    logger.warning(message, *args, total)
+
+
+def report_due_warnings() -> None:
+    """Log the figures `warn_every` has been adding up whose interval has passed (the SDK's export
+    thread calls this as it goes, so that losses are reported even when none follow them)."""
+    if not _tallies:
+        return
+    now = time.monotonic()
+    due: list[tuple[str, tuple[object, ...], int]] = []
+    with _seen_lock:
+        for tally in _tallies.values():
+            if tally.count and now >= tally.next_at:
+                due.append((tally.message, tally.args, tally.count))
+                tally.count = 0
+                tally.next_at = now + tally.interval
+    for message, args, total in due:
+        logger.warning(message, *args, total)

@@ -219,6 +219,11 @@ def stats() -> Stats:
         inbound_rejected=COUNTERS.inbound_rejected.value,
         llm_calls=COUNTERS.llm_calls.value,
         llm_calls_unpriced=COUNTERS.llm_calls_unpriced.value,
+        spans_dropped_queue_full=COUNTERS.spans_dropped_queue_full.value,
+        spool_rejected=COUNTERS.spool_rejected.value,
+        torn_writes_recovered=COUNTERS.torn_writes_recovered.value,
+        store_spilled=COUNTERS.store_spilled.value,
+        store_dropped=COUNTERS.store_dropped.value,
     )
 
 

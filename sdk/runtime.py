@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by 
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from sdk.export.batch import BatchExportProcessor
+    from sdk.export.spool import Spool
     from sdk.store import SessionStore
     from sdk.store.writer import StoreWriter
 
@@ -256,6 +257,15 @@ def build_exporter(config: Config, destination: str | SpanExporter | None = None
     return DeferredExporter(functools.partial(_make_exporter, config, destination), destination)
 
 
+def _spill(config: Config, destination: str | SpanExporter) -> Spool | None:
+    """Where the local traces file's queue overflows (the OTLP exporter has a spool of its own)."""
+    if destination != "file" or not config.spool:
+        return None
+    from sdk.export.spool import Spool
+
+    return Spool(config.data_dir, "traces", config.spool_max_bytes)
+
+
 def _make_exporter(config: Config, kind: str) -> SpanExporter:
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -328,7 +338,7 @@ def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | Non
             f"{type(exc).__name__}: {exc}",
         )
         return None
-    return None if store is None else StoreWriter(store, config.store_write_interval)
+    return None if store is None else StoreWriter(store, config.store_write_interval, config.data_dir)
 
 
 def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None = None) -> Runtime:
@@ -355,6 +365,7 @@ def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None
                     max_queue_size=config.max_queue_size,
                     max_export_batch_size=config.max_export_batch_size,
                     export_interval=config.export_interval,
+                    spill=_spill(config, destination),
                     prepare=prepare,
                 )
             )
@@ -375,20 +386,21 @@ def _export_listeners(config: Config, batches: Sequence[BatchExportProcessor]) -
         listeners.append(LiveMarkers(batches))
     metrics_on = config.metrics if config.metrics is not None else "otlp" in config.destination_kinds
     if metrics_on:
-        from sdk.export.metrics import pipeline
+        # Cheap: the metrics SDK is built by a thread of its own (see sdk/export/meters.py).
+        from sdk.export.meters import metrics_handle
         from sdk.export.otlp import metrics_endpoint
 
-        metrics = pipeline()
+        metrics = metrics_handle()
         companion = metrics.attach(
             metrics_endpoint(config), build_resource(config), config.metric_export_interval
         )
         if batches:
             batches[0].companions.append(companion)
         listeners.append(metrics.listener())
-    elif "sdk.export.metrics" in sys.modules:  # metrics were on before this init(): stop them
-        from sdk.export.metrics import existing_pipeline
+    elif "sdk.export.meters" in sys.modules:  # metrics were on before this init(): stop them
+        from sdk.export.meters import existing_handle
 
-        existing = existing_pipeline()
+        existing = existing_handle()
         if existing is not None:
             existing.detach()
     return listeners

@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
+
+_many_lock = threading.Lock()  # one for all counters: add_many runs on the SDK's threads, rarely
+
+
+def _after_fork_in_child() -> None:
+    global _many_lock
+    _many_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Counter:
     """A thread-safe monotonic counter; `next()` on itertools.count is atomic in CPython.
 
     `add` is the count's own C-level ``__next__``: counting costs no Python frame on the span path.
+    `add_many(n)` adds to a second, lock-protected sum: O(1) whatever `n` is.
     """
 
-    __slots__ = ("_count", "add")
+    __slots__ = ("_count", "_many", "add")
 
     def __init__(self) -> None:
         self._count = itertools.count(1)
         self.add: Callable[[], int] = self._count.__next__
+        self._many = 0
 
     def add_many(self, n: int) -> None:
-        for _ in range(n):
-            next(self._count)
+        """Add `n` (nothing when `n` is not positive)."""
+        if n > 0:
+            with _many_lock:
+                self._many += n
 
     @property
     def value(self) -> int:
         # repr is "count(N)" where N is the next value to be returned.
-        return int(repr(self._count)[6:-1]) - 1
+        return int(repr(self._count)[6:-1]) - 1 + self._many
 
 
 class Counters:
@@ -52,14 +69,23 @@ class Counters:
         self.inbound_rejected = Counter()
         self.llm_calls = Counter()
         self.llm_calls_unpriced = Counter()
+        # Nothing lost (issue 14) and hostile local files (issue 13):
+        self.spans_dropped_queue_full = Counter()
+        self.spool_rejected = Counter()
+        self.torn_writes_recovered = Counter()
+        self.store_spilled = Counter()
+        self.store_dropped = Counter()
 
 
 class Stats(NamedTuple):
     """A snapshot of the SDK's counters.
 
-    `spans_dropped` counts every span that was not delivered: refused by a full queue, or in a
-    batch the exporter failed to send. `internal_errors` counts failures inside the SDK that were
-    caught so they could not reach your code (each kind is also logged once).
+    `spans_dropped` counts every span that was not delivered, whatever the reason; the reasons
+    with counters of their own are `spans_dropped_queue_full` (the in-memory queue) and
+    `spool_dropped` (the disk budget); the rest are batches a backend refused for good, or spans
+    still in memory when `shutdown()` stopped waiting with no spool to keep them. `internal_errors`
+    counts failures inside the SDK that were caught so they could not reach your code (each kind
+    is also logged once).
     """
 
     spans_started: int
@@ -69,10 +95,12 @@ class Stats(NamedTuple):
     export_errors: int
     """Export requests that failed (a backend down, refusing or erroring), first tries and resends alike."""
     spans_spooled: int
-    """Spans written to the on-disk spool because the backend could not take them (sent later;
-    once sent they count in `spans_exported`)."""
+    """Spans that waited in the on-disk spool to be delivered later: the backend was down, refusing
+    or slower than the program, or the in-memory queue overflowed (for the OTLP and the file
+    destinations). Once delivered they count in `spans_exported`."""
     spool_dropped: int
-    """Spans the spool refused because it was full (`spool_max_bytes`); also in `spans_dropped`."""
+    """Spans dropped because the spool was full (`spool_max_bytes`, the disk budget); also in
+    `spans_dropped`."""
     sessions_open: int
     sessions_started: int
     sessions_ended: int
@@ -88,6 +116,21 @@ class Stats(NamedTuple):
     """LLM calls recorded by the instrumentation."""
     llm_calls_unpriced: int
     """LLM calls whose model is not in the pricing table (no cost recorded for them)."""
+    spans_dropped_queue_full: int = 0
+    """Spans dropped because the in-memory queue (`max_queue_size`) was full and could not overflow
+    to the spool: the export thread got too little CPU to spill them, or the destination has no
+    spool (a custom exporter, `console`, OTLP with `spool=False`); also in `spans_dropped`."""
+    spool_rejected: int = 0
+    """Entries of a spool folder refused unread or unsent: symlinks, non-regular files, files over
+    the spool's cap, or content that is not an OTLP request (files the SDK did not write)."""
+    torn_writes_recovered: int = 0
+    """Torn writes repaired when a destination started: a traces file's unfinished last line cut
+    off, an empty or half-written file left by a killed process removed."""
+    store_spilled: int = 0
+    """Session-store records written to the overflow file because the store writer was more than
+    its queue behind; they reach the store when it catches up (also after a restart)."""
+    store_dropped: int = 0
+    """Session-store records dropped because the overflow file was full too; also in `store_errors`."""
 
 
 COUNTERS = Counters()

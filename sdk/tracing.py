@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,8 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._forked_at = 0
+        _processors.add(self)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         COUNTERS.spans_started.add()
@@ -131,6 +134,29 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         runtime._current.on_end(span)
         if self._span_processors:
             super().on_end(span)
+
+    def _on_end_after_fork(self, span: ReadableSpan) -> None:
+        """`on_end` in a forked child: a span that started before the fork is the parent's (the parent
+        ends and exports it); the child lets it go uncounted, so that it is exported once."""
+        start = span.start_time
+        if start is not None and start < self._forked_at:
+            return
+        SessionSpanProcessor.on_end(self, span)
+
+
+_processors: weakref.WeakSet[SessionSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the child pays for the check: its processors' on_end is replaced on the instance.
+    forked_at = time.time_ns()
+    for processor in list(_processors):
+        processor._forked_at = forked_at
+        processor.on_end = processor._on_end_after_fork  # type: ignore[method-assign]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:

@@ -245,6 +245,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         receiver._record(record)
 
+        if receiver._delay:
+            time.sleep(receiver._delay)
         mode, status = receiver._mode
         if mode == "hang":
             receiver._hanging.wait()
@@ -313,6 +315,7 @@ class OTLPReceiver:
         self._lock = threading.Condition()
         self._requests: list[ReceivedRequest] = []
         self._mode: tuple[str, int] = ("normal", 200)
+        self._delay = 0.0
         self._hanging = threading.Event()
         self._stopped = False
         self._server: _Server | None = None
@@ -468,6 +471,10 @@ class OTLPReceiver:
     def release(self) -> None:
         """Let hanging requests be answered (as in normal mode), and answer new ones at once."""
         self.normal()
+
+    def slow(self, seconds: float) -> None:
+        """Wait this long before answering each request (0: answer at once again)."""
+        self._delay = seconds
 
     def fail(self, status: int) -> None:
         """Answer every export with this HTTP status (e.g. 503 or 429)."""

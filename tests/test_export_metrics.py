@@ -15,6 +15,7 @@ from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk.export.batch import MARKER_NAME
+from sdk.export.meters import EarlyMeterProvider, metrics_handle
 
 
 @pytest.fixture
@@ -134,12 +135,15 @@ def test_metrics_off_sends_no_metrics(receiver):
 
 
 def test_sdk_sets_the_global_meter_provider_once():
-    """The SDK's MeterProvider is the global one after an OTLP init, and stays the same across re-init."""
+    """The SDK's MeterProvider is the global one after an OTLP init, stays the same across re-init, and is
+    backed by OpenTelemetry's metrics SDK once that is built (off init()'s thread)."""
     sdk.init(endpoint="http://127.0.0.1:9", metrics=True, export_interval=60)
     first = metrics.get_meter_provider()
     sdk.init(endpoint="http://127.0.0.1:9", metrics=True, service_name="other", export_interval=60)
     assert metrics.get_meter_provider() is first
-    assert type(first).__module__.startswith("opentelemetry.sdk.metrics")
+    assert isinstance(first, EarlyMeterProvider)
+    assert metrics_handle().wait_built(10) is not None
+    assert type(first.real).__module__.startswith("opentelemetry.sdk.metrics")
 
 
 # -- live sessions -----------------------------------------------------------------------------
@@ -193,3 +197,76 @@ def test_live_sessions_off(receiver):
     sdk.end_session(session)
     assert sdk.flush()
     assert [s.name for s in receiver.accepted_spans] == ["long-job"]
+
+
+EXIT_AT_ONCE = textwrap.dedent(
+    """
+    import os
+    import sdk
+    from opentelemetry import metrics
+
+    sdk.init(service_name="quick-exit", endpoint=os.environ["ENDPOINT"], export_interval=0.05)
+    metrics.get_meter("genai").create_histogram("gen_ai.client.operation.duration").record(0.25)
+    with sdk.session("only"):
+        pass
+    """
+)  # no flush: the interpreter exits while the metrics SDK may still be being built
+
+
+def test_measurements_made_while_the_metrics_sdk_is_built_are_exported_even_at_an_immediate_exit(
+    tmp_path, receiver
+):
+    """A GenAI measurement and a session recorded right after init(), then interpreter exit: both arrive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SESSIONTRACE_"))}
+    child = subprocess.run(
+        [sys.executable, "-c", EXIT_AT_ONCE], env={**env, "ENDPOINT": receiver.url}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert "Traceback" not in child.stderr
+    got = points_by_name(receiver)
+    assert [(p.count, p.value) for p in got["gen_ai.client.operation.duration"]] == [(1, 0.25)]
+    assert [p.value for p in got["sessiontrace.sessions.ended"] if p.value] == [1]
+    assert [p.count for p in got["sessiontrace.session.duration"]] == [1]
+
+
+SLOW_BUILD = textwrap.dedent(
+    """
+    import os, sys, threading
+    import sdk
+    from opentelemetry import metrics
+    from sdk.export import meters
+
+    gate = threading.Event()
+    build = meters.MetricsHandle._build
+    meters.MetricsHandle._build = lambda self: (gate.wait(10), build(self))[1]  # a very slow build
+
+    sdk.init(service_name="slow-build", endpoint=os.environ["ENDPOINT"], export_interval=0.05)
+    assert "opentelemetry.sdk.metrics" not in sys.modules  # init() did not import the metrics SDK
+    histogram = metrics.get_meter("genai").create_histogram("gen_ai.client.token.usage")
+    for tokens in (10, 20, 30):
+        histogram.record(tokens)
+    for _ in range(4):
+        with sdk.session("early"):
+            pass
+    assert meters.metrics_handle().wait_built(0) is None  # still being built
+    gate.set()
+    assert sdk.flush()
+    print("FLUSHED", flush=True)
+    """
+)
+
+
+def test_init_does_not_build_the_metrics_sdk_and_loses_nothing_meanwhile(tmp_path, receiver):
+    """init() returns without importing the metrics SDK; measurements and session ends made before it is built are
+    replayed into it and exported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SESSIONTRACE_"))}
+    child = subprocess.run(
+        [sys.executable, "-c", SLOW_BUILD], env={**env, "ENDPOINT": receiver.url}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert "FLUSHED" in child.stdout
+    got = points_by_name(receiver)
+    assert [(p.count, p.value) for p in got["gen_ai.client.token.usage"]] == [(3, 60)]
+    assert [p.count for p in got["sessiontrace.session.duration"]] == [4]

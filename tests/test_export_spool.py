@@ -12,7 +12,8 @@ from opentelemetry import trace
 from otlp_receiver import OTLPReceiver
 
 import sdk
-from sdk.export.spool import Spool
+from sdk.export.encode import encode_spans
+from sdk.export.spool import Spool, count_spans
 
 
 @pytest.fixture
@@ -29,6 +30,25 @@ def proxy(receiver) -> Iterator[FaultProxy]:
 
 def spool_files(root: Path = Path(".sessiontrace")) -> list[Path]:
     return sorted((root / "spool").glob("*/*.otlp"))
+
+
+def spooled_spans(root: Path = Path(".sessiontrace")) -> int:
+    """Spans in the spool's batch files, counted from their content."""
+    return sum(count_spans(p.read_bytes()) or 0 for p in spool_files(root))
+
+
+def encoded_batch(n: int) -> bytes:
+    """An OTLP request holding `n` spans (made by a provider of its own, not the SDK's)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for i in range(n):
+        provider.get_tracer("tests.spool").start_span(f"e-{i}").end()
+    return encode_spans(memory.get_finished_spans())
 
 
 def make_spans(n: int, prefix: str = "s") -> None:
@@ -50,7 +70,7 @@ def test_refused_batches_are_spooled_and_delivered_once_when_the_backend_returns
     stats = sdk.stats()
     assert stats.spans_spooled == 30
     assert stats.spans_dropped == 0
-    assert sum(int(p.name.split(".")[-2]) for p in spool_files()) == 30
+    assert spooled_spans() == 30
 
     proxy.set_mode("forward")
     assert receiver.wait_for_spans(30)
@@ -103,7 +123,7 @@ def test_spool_cap_drops_the_excess_and_counts_it(proxy, caplog):
     assert stats.spans_spooled + stats.spans_dropped == 200
     assert stats.spool_dropped == stats.spans_dropped > 0
     assert sum(p.stat().st_size for p in spool_files()) <= 4096
-    assert sum(int(p.name.split(".")[-2]) for p in spool_files()) == stats.spans_spooled
+    assert spooled_spans() == stats.spans_spooled
     assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
 
 
@@ -117,13 +137,16 @@ def test_spool_off_drops_and_writes_nothing(proxy):
     assert not Path(".sessiontrace", "spool").exists()
 
 
-def test_no_spool_folder_while_the_backend_is_up(receiver):
-    """With a healthy backend nothing is written to disk."""
+def test_spool_is_left_empty_by_a_healthy_backend(receiver):
+    """With a healthy backend every batch file is deleted once sent: no batch, lock or temporary file stays."""
     sdk.init(endpoint=receiver.url, **FAST)
     make_spans(3)
     assert sdk.flush()
     assert receiver.wait_for_spans(3)
-    assert not Path(".sessiontrace").exists()
+    sdk.shutdown()
+    leftovers = [p for p in Path(".sessiontrace", "spool").rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert sdk.stats().spans_spooled == 0
 
 
 def test_batches_spooled_by_another_process_are_sent_by_the_next(receiver, proxy):
@@ -146,23 +169,25 @@ def test_a_claimed_file_is_not_sent_by_a_second_sender(tmp_path):
     """Claiming is an atomic rename: of two spool readers, only one gets a given batch."""
     first = Spool(tmp_path, "dest", 1 << 20)
     second = Spool(tmp_path, "dest", 1 << 20)
-    name = first.put(b"payload", 3)
+    payload = encoded_batch(3)
+    name = first.put(payload)
     assert name is not None
     assert first.pending() == second.pending() == [name]
     claimed = first.claim(name)
     assert claimed is not None
     assert claimed.count == 3
-    assert claimed.read() == b"payload"
+    assert claimed.data == payload
     assert second.claim(name) is None
     assert second.pending() == []  # a live owner's claim is left alone
     first.done(claimed)
     assert os.listdir(tmp_path / "spool" / "dest") == ["owners"]
+    assert os.listdir(tmp_path / "spool" / "dest" / "owners") == []  # no claim held: no lock file
 
 
 def test_claims_of_a_dead_process_are_put_back(tmp_path):
     """A batch claimed by a process that died mid-send is put back for the next sender."""
     spool = Spool(tmp_path, "dest", 1 << 20)
-    name = spool.put(b"x", 1)
+    name = spool.put(encoded_batch(1))
     assert name is not None
     folder = tmp_path / "spool" / "dest"
     os.rename(folder / name, folder / f"{name}.claimed.999999999.deadbeef")  # no lock held: dead

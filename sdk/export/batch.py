@@ -1,9 +1,19 @@
-"""A batching span processor with a bounded queue, counted drops and a flush that always returns.
+"""A batching span processor with a bounded queue that overflows to disk, and a flush that always returns.
+
+Ending a span only appends it to a deque (the program's threads never wait for disk or network).
+The worker thread exports batches; for the built-in destinations nothing is dropped while there is
+disk room: the OTLP exporter puts every batch in its spool before any request (delivery.py), and
+for the local traces file, when the queue backs up (past half of `max_queue_size`), the worker
+*spills* batches to a spool as OTLP protobuf — several times cheaper than the JSON it would
+otherwise write — and converts them to JSON lines, oldest first, as soon as it has caught up. A
+span is dropped only when the queue is full all the same (the worker got too little CPU to spill,
+or the destination has no spool) or the spool is full; each drop is counted per reason in
+`sdk.stats()` and warned about at most once a minute with the figure.
 
 Unlike OpenTelemetry's BatchSpanProcessor it counts every span it could not deliver, and its
 `shutdown(timeout)` and `force_flush(timeout)` return within their timeout even when the
 exporter hangs (the worker is a daemon thread; what it could not send, the batch stuck in the
-exporter included, is counted as dropped).
+exporter included, is spooled or counted as dropped).
 
 The worker runs with OpenTelemetry's suppress-instrumentation key set in its context, so the
 exporter's own HTTP or gRPC traffic is never traced by instrumentations that honour it. What
@@ -30,7 +40,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from sdk.export.deferred import DeferredExporter
-from sdk.guard import internal_error, warn_once
+from sdk.export.spool import Spool
+from sdk.guard import internal_error, report_due_warnings, warn_every, warn_once
 from sdk.stats import COUNTERS
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
@@ -115,6 +126,14 @@ def _quiet_exporter_logs(exporter: SpanExporter) -> None:
                 logger.addFilter(_once_per_message)
 
 
+OVERFLOW_FACTOR = 4
+"""With a spool, the in-memory queue holds up to this many times `max_queue_size` spans (see __init__)."""
+DROP_WARNING_INTERVAL = 60.0
+"""Seconds between two warnings about spans dropped at a full queue (each gives the figure)."""
+_full_lock = threading.Lock()
+_full_seen = [0]  # the queue-full drops warned about so far (one figure for every processor)
+
+
 class LiveMarkers:
     """A session listener: tells each batch processor of a new session, for its live marker."""
 
@@ -139,10 +158,13 @@ class BatchExportProcessor(SpanProcessor):
         max_queue_size: int,
         max_export_batch_size: int,
         export_interval: float,
+        spill: Spool | None = None,
         prepare: Callable[[list[ReadableSpan]], list[ReadableSpan]] | None = None,
     ) -> None:
+        """`spill`: where batches overflow when the queue backs up, for an exporter that takes
+        encoded batches too (`export_encoded`, the local traces file). `prepare`: run on the worker
+        over each batch before it is exported or spilled (secrets scrubbed: export/scrub.py)."""
         self.exporter = exporter
-        # Run on the worker over each batch before it is exported (secrets scrubbed: export/scrub.py).
         self._prepare = prepare
         name = getattr(exporter, "name", None)
         self._exporter_name = (
@@ -152,9 +174,17 @@ class BatchExportProcessor(SpanProcessor):
             else type(exporter).__name__
         )
         _quiet_exporter_logs(exporter)
-        self._max_queue = max_queue_size
         self._batch = max_export_batch_size
         self._interval = export_interval
+        self._spill = spill if spill is not None and hasattr(exporter, "export_encoded") else None
+        self._spill_high = max(1, max_queue_size // 2)  # queued spans from which batches spill
+        # With a spool behind it, the queue takes up to OVERFLOW_FACTOR times max_queue_size: what the
+        # worker could not spill yet because it got no CPU for a moment (a GIL convoy of many busy
+        # threads stalls it for hundreds of milliseconds); without one, past max_queue_size spans drop.
+        spools = self._spill is not None or getattr(exporter, "spool", None) is not None
+        self._max_queue = max_queue_size * (OVERFLOW_FACTOR if spools else 1)
+        self._spilled = False  # batches may be waiting in the spill (this process's or left earlier)
+        self._deadline: float | None = None  # set by shutdown(): converting spilled batches stops then
         self._queue: collections.deque[ReadableSpan] = collections.deque()
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
@@ -170,6 +200,7 @@ class BatchExportProcessor(SpanProcessor):
         self.hand_on: Callable[[ReadableSpan], bool] | None = None
         # Sessions started since the last export, for their live markers (bounded: best effort).
         self._new_sessions: collections.deque[Any] = collections.deque(maxlen=max_queue_size)
+        self._markers_max = max_queue_size
         self.companions: list[Companion] = []
         self._start_worker()
         if hasattr(os, "register_at_fork"):
@@ -195,7 +226,7 @@ class BatchExportProcessor(SpanProcessor):
         self._append_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
         self._inflight = None
-        self._new_sessions = collections.deque(maxlen=self._max_queue)
+        self._new_sessions = collections.deque(maxlen=self._markers_max)
         if not self._stopping:
             self._start_worker()
 
@@ -240,26 +271,27 @@ class BatchExportProcessor(SpanProcessor):
         if not full and self.hand_on is not None and self.hand_on(span):
             return
         COUNTERS.spans_dropped.add()
-        if full:
-            warn_once(
-                "queue-full",
-                "sessiontrace: export queue full (max_queue_size=%d); spans are being dropped and "
-                "counted in sdk.stats().spans_dropped",
-                self._max_queue,
-            )
+        if full:  # warned about by the worker (the program's thread does no I/O)
+            COUNTERS.spans_dropped_queue_full.add()
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
         warm = getattr(self.exporter, "warm", None)
-        if callable(warm):
+        start_building = getattr(self.exporter, "start_building", None)
+        if self._spill is not None and start_building is not None:
+            start_building()  # meanwhile the worker spills what backs up
+        elif callable(warm):
             try:
                 _quiet_exporter_logs(warm())
             except Exception as exc:  # e.g. the grpc extra missing: export() will fail and count
                 internal_error(f"building exporter {self._exporter_name}", exc)
+        if self._spill is not None:
+            self._spilled = bool(self._spill.pending())  # what an earlier process left, converted first
         # export_interval=0 means "export as soon as a span ends": on_end wakes the worker then.
         interval = self._interval if self._interval > 0 else None
         while True:
-            self._wake.wait(interval)
+            # Spilled batches wait: convert them as soon as the queue leaves time for it.
+            self._wake.wait(0.0 if self._spilled and len(self._queue) < self._batch else interval)
             self._wake.clear()
             with self._flush_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
@@ -270,6 +302,12 @@ class BatchExportProcessor(SpanProcessor):
                 except Exception as exc:
                     internal_error("session start markers", exc)
             self._drain()
+            if self._spilled:
+                try:
+                    self._unspill(everything=bool(waiters) or stopping)
+                except Exception as exc:
+                    internal_error(f"exporter {self._exporter_name} spill", exc)
+            self._report_drops()
             for waiter in waiters:
                 waiter.set()
             if stopping:
@@ -278,6 +316,13 @@ class BatchExportProcessor(SpanProcessor):
     def _drain(self) -> None:
         queue = self._queue
         while queue:
+            # Spill while the queue backs up, while older batches wait in the spill (age order), and
+            # while the exporter is still being built.
+            spill = self._spill is not None and (
+                self._spilled
+                or len(queue) >= self._spill_high
+                or getattr(self.exporter, "built", True) is None
+            )
             batch: list[ReadableSpan] = []
             try:
                 while len(batch) < self._batch:
@@ -287,11 +332,91 @@ class BatchExportProcessor(SpanProcessor):
             if self._prepare is not None:
                 try:
                     batch = self._prepare(batch)
-                except Exception as exc:  # never export what could not be scrubbed
+                except Exception as exc:  # never export or spill what could not be scrubbed
                     COUNTERS.spans_dropped.add_many(len(batch))
                     internal_error(f"preparing a batch for {self._exporter_name}", exc)
                     continue
+            if spill:
+                self._spill_batch(batch)
+            else:
+                self._export(batch)
+
+    def _spill_batch(self, batch: list[ReadableSpan]) -> None:
+        """Write one batch to the spill, as OTLP protobuf (converted by `_unspill` later)."""
+        from sdk.export.encode import encode_spans
+
+        spill = self._spill
+        assert spill is not None
+        try:
+            name = spill.put(encode_spans(batch))
+        except Exception as exc:  # the disk refuses: try the destination itself
+            warn_once(
+                f"spill-write-{spill.folder}",
+                "sessiontrace: cannot write to the spool %s (%s); the queue does not overflow to disk",
+                spill.folder,
+                exc,
+            )
             self._export(batch)
+            return
+        if name is None:
+            from sdk.export.delivery import spool_full
+
+            spool_full(spill, len(batch), self._exporter_name)
+            return
+        self._spilled = True
+        COUNTERS.spans_spooled.add_many(len(batch))
+
+    def _unspill(self, *, everything: bool) -> None:
+        """Hand spilled batches to the exporter, oldest first: until the queue needs the worker
+        again, or (`everything`, for a flush or at shutdown) all of them, within the deadline."""
+        spill = self._spill
+        assert spill is not None
+        names = spill.pending()
+        if not names:
+            self._spilled = False
+            return
+        if getattr(self.exporter, "built", True) is None and not everything:
+            return  # still being built
+        export_encoded = self.exporter.export_encoded  # type: ignore[attr-defined]
+        for name in names:
+            if not everything and len(self._queue) >= self._batch:
+                return
+            if self._deadline is not None and time.monotonic() > self._deadline - 0.1:
+                return  # left in the spill for the next process
+            item = spill.claim(name)
+            if item is None:
+                continue
+            try:
+                result = export_encoded(item.data)
+            except Exception:
+                spill.release(item)
+                raise
+            if result is SpanExportResult.SUCCESS:
+                spill.done(item)
+                COUNTERS.spans_exported.add_many(item.count)
+            else:  # the traces file cannot be written now: keep it, try again later
+                spill.release(item)
+                COUNTERS.export_errors.add()
+                return
+        self._spilled = bool(spill.pending())
+
+    def _report_drops(self) -> None:
+        """Warn about spans dropped at a full queue since the last time (at most once a minute)."""
+        dropped = COUNTERS.spans_dropped_queue_full.value
+        with _full_lock:
+            new = dropped - _full_seen[0] if dropped >= _full_seen[0] else dropped  # counters reset
+            _full_seen[0] = dropped
+        if new:
+            warn_every(
+                "queue-full",
+                DROP_WARNING_INTERVAL,
+                new,
+                "sessiontrace: export queue full (%d spans in memory; max_queue_size) and the spans "
+                "could not overflow to disk in time; %d spans were dropped since the last warning "
+                "(counted in sdk.stats().spans_dropped_queue_full)",
+                self._max_queue,
+            )
+        report_due_warnings()
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         with self._inflight_lock:
@@ -372,6 +497,8 @@ class BatchExportProcessor(SpanProcessor):
                 self._flush_waiters.append(done)
             self._wake.set()
             ok = done.wait(timeout_millis / 1000)
+        if ok and hasattr(self.exporter, "deliver"):  # the SDK's OTLP exporter: its sender too
+            ok = self.exporter.force_flush(int(max(deadline - time.monotonic(), 0.0) * 1000))
         for companion in self.companions:
             try:
                 ok = companion.force_flush(max(deadline - time.monotonic(), 0.0)) and ok
@@ -386,6 +513,7 @@ class BatchExportProcessor(SpanProcessor):
                 return
             self._stopping = True
         deadline = time.monotonic() + timeout
+        self._deadline = deadline - min(0.25 * timeout, 0.5)
         companions, self.companions = self.companions, []
         begin_shutdown = getattr(self.exporter, "begin_shutdown", None)
         if begin_shutdown is not None:
@@ -427,6 +555,9 @@ class BatchExportProcessor(SpanProcessor):
             return
         # Nothing is left when the worker finished (on_end stops queueing first); count it if so.
         COUNTERS.spans_dropped.add_many(self._take_undelivered())
+        finish = getattr(self.exporter, "finish", None)
+        if finish is not None and close_exporter:  # the OTLP sender delivers what it can until then
+            finish(deadline - min(0.1 * timeout, 0.2))
         if close_exporter:
             self._close_exporter()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -46,11 +47,28 @@ class DeferredExporter(SpanExporter):
 
             os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
 
+    def start_building(self) -> None:
+        """Build the real exporter in a thread of its own: the batch worker stays free to spill
+        while the exporter's modules are imported (that takes long on a busy machine)."""
+        builder = threading.Thread(target=self._build_quietly, name="sessiontrace-build", daemon=True)
+        with contextlib.suppress(RuntimeError):  # interpreter shutting down: built when first needed
+            builder.start()
+
+    def _build_quietly(self) -> None:
+        from sdk.guard import internal_error
+
+        try:
+            self.warm()
+        except Exception as exc:  # export() will fail and count
+            internal_error(f"building exporter {self.name}", exc)
+
     def warm(self) -> SpanExporter:
-        """The real exporter, built now if it was not yet."""
+        """The real exporter, built (and warmed, if it has a `warm()` of its own) now if it was not yet."""
         with self._lock:
             if self._exporter is None:
-                self._exporter = self._factory()
+                exporter = self._factory()
+                warm = getattr(exporter, "warm", None)
+                self._exporter = warm() if callable(warm) else exporter
             return self._exporter
 
     @property
@@ -62,6 +80,13 @@ class DeferredExporter(SpanExporter):
         if self._closed:
             return SpanExportResult.FAILURE
         return self.warm().export(spans)
+
+    def export_encoded(self, data: bytes) -> SpanExportResult:
+        """Export a batch given as an encoded ExportTraceServiceRequest, when the real exporter can."""
+        if self._closed:
+            return SpanExportResult.FAILURE
+        export_encoded = getattr(self.warm(), "export_encoded", None)
+        return SpanExportResult.FAILURE if export_encoded is None else export_encoded(data)
 
     def shutdown(self) -> None:
         self._closed = True

@@ -1,18 +1,26 @@
-"""The SDK's OTLP span exporter: one attempt per batch, the spool for the rest, a resender thread.
+"""The SDK's OTLP span exporter: every batch on disk before its request, a sender thread for the network.
 
 `SpoolingExporter.deliver(batch)` (called by the batch worker, never by the program) encodes the
-batch once and:
+batch and writes it to the spool (a write-ahead copy: no fsync, the page cache outlives a killed
+process; a power loss is outside the promise), then hands it to the sender thread. The batch worker
+never waits for the network, so a slow, hanging or refusing backend never holds up the queue, and
+a ``kill -9`` loses only what had not reached the spool yet (at most `export_interval` plus the
+time to encode a batch; see docs/export.md).
 
-- sends it, when the backend is believed up: accepted → exported; a retryable failure (connection
-  refused or reset, timeout, 429/502/503/504, gRPC UNAVAILABLE, ...) → the batch is written to the
-  spool and the backend is believed down; a permanent failure (400, 401, ...) → dropped;
-- writes it straight to the spool while the backend is believed down (no request, no waiting);
-- with the spool off, retries a retryable failure within `export_timeout`, then drops it.
+The sender thread sends the spooled batches oldest first, one request each (its own, also batches
+an earlier process left in the same folder), and deletes each file once the backend accepted it:
 
-A resender thread (started when the spool has batches, also batches left by an earlier process in
-the same data folder) sends spooled batches oldest first, with exponential backoff while they
-fail; its first success marks the backend up again. Spans over the spool's cap are dropped;
-every drop is counted in `sdk.stats()` and warned about once.
+- accepted → exported (a partial success counts the rejected spans as dropped);
+- a retryable failure (connection refused or reset, timeout, 429/502/503/504, gRPC UNAVAILABLE,
+  ...) → the file stays, the backend is believed down, and the sender retries the oldest file with
+  exponential backoff; meanwhile new batches just wait on disk;
+- a permanent failure (400, 401, ...) → the file is deleted, its spans dropped and counted.
+
+A batch that waits on disk (the backend down, or slower than the program) counts in
+`spans_spooled`; when it is sent, in `spans_exported`. Past `spool_max_bytes` batches are dropped,
+counted in `spool_dropped`, and warned about once a minute with the figure. With the spool off
+(`spool=False`) the batch worker sends each batch itself, retrying a retryable failure within
+`export_timeout`, then drops it.
 """
 
 from __future__ import annotations
@@ -30,18 +38,25 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from sdk.export.encode import encode_spans
 from sdk.export.otlp import Endpoint, Sender, SendResult, make_sender
-from sdk.export.spool import Spool
-from sdk.guard import internal_error, warn_once
+from sdk.export.spool import Spool, SpoolFile
+from sdk.guard import internal_error, warn_every, warn_once
 from sdk.stats import COUNTERS
 
 logger = logging.getLogger("sessiontrace")
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _MAX_BACKOFF = 30.0
+MAX_FRESH = 16
+"""Batches written moments ago kept in memory too, so the sender does not read them back; past it
+(the backend slower than the program) a batch is read from disk when its turn comes."""
 
 
 class Delivered(NamedTuple):
-    """What became of one batch: spans exported, spooled (to be sent later) and dropped."""
+    """What became of one batch at once: spans exported, spooled (to be sent later) and dropped.
+
+    With the spool on, a batch handed to the sender counts in none of them yet: the sender counts it
+    when its request ends."""
 
     exported: int = 0
     spooled: int = 0
@@ -50,10 +65,27 @@ class Delivered(NamedTuple):
     """True when a request failed (counted in export_errors)."""
 
 
-class SpoolingExporter(SpanExporter):
-    """OTLP spans over HTTP or gRPC with the on-disk spool (see the module docstring).
+def spool_full(spool: Spool, count: int, destination: str) -> None:
+    """Count spans the spool had no room for, and warn (at most once a minute, with the figure)."""
+    COUNTERS.spool_dropped.add_many(count)
+    COUNTERS.spans_dropped.add_many(count)
+    warn_every(
+        f"spool-full-{spool.folder}",
+        60.0,
+        count,
+        "sessiontrace: the spool %s is full (spool_max_bytes=%d) while %s cannot keep up; %d spans "
+        "were dropped since the last warning (counted in sdk.stats().spool_dropped)",
+        spool.folder,
+        spool.max_bytes,
+        destination,
+    )
 
-    Cheap to construct: the sender (requests or grpc) is built by `warm()` on the batch worker.
+
+class SpoolingExporter(SpanExporter):
+    """OTLP spans over HTTP or gRPC through the on-disk spool (see the module docstring).
+
+    Cheap to construct and to warm: the sender (requests or grpc, slow to import) is built by the
+    sender thread, so the batch worker can spool from its first moment.
     """
 
     def __init__(self, endpoint: Endpoint, spool: Spool | None, retry_interval: float = 2.0) -> None:
@@ -67,11 +99,17 @@ class SpoolingExporter(SpanExporter):
         self._down = False
         self._deadline: float | None = None
         self._closed = False
-        self._wake = threading.Event()
+        self._state = threading.Condition()  # guards _fresh, _down, _sending; wakes the sender and flushes
+        self._fresh: dict[str, tuple[bytes, int]] = {}  # written by this process, not tried yet
+        self._mine: set[str] = set()  # every batch this process spooled that is not settled yet
+        self._sending: SpoolFile | None = None  # the claimed batch whose request is in flight
+        self._held = False  # the sender holds a batch of this process's that is not counted yet
+        self._abandoned: SpoolFile | None = None  # put back at shutdown while its request was in flight
+        self._retry_after = 0.0
+        self._wake = threading.Event()  # a new batch for the sender
+        self._stop = threading.Event()  # set at shutdown: ends the sender's waits
         self._resender: threading.Thread | None = None
         self._resender_lock = threading.Lock()
-        # Batches shutdown() spooled while their request was still in flight: id(batch) -> file name.
-        self._salvaged: dict[int, str] = {}
         if hasattr(os, "register_at_fork"):
             me = weakref.ref(self)
 
@@ -93,20 +131,29 @@ class SpoolingExporter(SpanExporter):
             os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
 
     def _after_fork(self) -> None:
-        # The child opens its own connections and runs its own resender (the parent's is not here).
+        # The child opens its own connections and runs its own sender; the parent's batches (in
+        # memory and in flight) are the parent's to send.
         self._lock = threading.Lock()
         self._sender = None
         self._resender = None
         self._resender_lock = threading.Lock()
+        self._state = threading.Condition()
         self._wake = threading.Event()
-        self._salvaged = {}
+        self._stop = threading.Event()
+        self._fresh = {}
+        self._mine = set()
+        self._sending = None
+        self._held = False
+        self._abandoned = None
 
     # -- building --------------------------------------------------------------------------
 
     def warm(self) -> SpanExporter:
-        """Build the sender now (imports requests or grpc), and resend what an earlier process spooled."""
-        self._get_sender()
-        if self.spool is not None and self.spool.pending():
+        """Start sending what an earlier process spooled; with the spool off, build the sender now
+        (imports requests or grpc: the batch worker sends itself then)."""
+        if self.spool is None:
+            self._get_sender()
+        elif self.spool.pending():
             self._start_resender()
         return self
 
@@ -124,7 +171,7 @@ class SpoolingExporter(SpanExporter):
     # -- the batch worker's side -----------------------------------------------------------
 
     def begin_shutdown(self, deadline: float) -> None:
-        """From now on, no request may outlast `deadline` (a monotonic time); later batches are spooled."""
+        """From now on, no request may outlast `deadline` (a monotonic time)."""
         self._deadline = deadline
 
     def _timeout(self) -> float:
@@ -134,42 +181,56 @@ class SpoolingExporter(SpanExporter):
         return timeout
 
     def deliver(self, spans: Sequence[ReadableSpan]) -> Delivered:
-        """Send, spool or drop one batch; never raises for backend trouble."""
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
+        """Spool one batch and hand it to the sender (or, with the spool off, send it now); never
+        raises for backend trouble. Runs on the batch worker: never waits for the network when the
+        spool is on."""
         count = len(spans)
-        data = encode_spans(spans).SerializeToString()
+        data = encode_spans(spans)
+        spool = self.spool
+        if spool is None:
+            return self._send_now(data, count)
+        try:
+            name = spool.put(data)
+        except OSError as exc:
+            warn_once(
+                f"spool-write-{spool.folder}",
+                "sessiontrace: cannot write to the spool %s (%s); batches are sent without an on-disk "
+                "copy (a crash loses what is in flight)",
+                spool.folder,
+                exc,
+            )
+            return self._send_now(data, count)
+        if name is None:
+            spool_full(spool, count, self.name)
+            return Delivered()
+        with self._state:
+            waits = self._down or self._closed or len(self._fresh) >= MAX_FRESH
+            if not waits:
+                self._fresh[name] = (data, count)
+            self._mine.add(name)
+        if waits:
+            COUNTERS.spans_spooled.add_many(count)
+        else:
+            self._wake.set()
+        self._start_resender()
+        return Delivered()
+
+    def _send_now(self, data: bytes, count: int) -> Delivered:
+        """Without a spool: one request, retried in place within export_timeout when retryable."""
         if self._closed:
-            return self._spool_or_drop(data, count, failed=False)
-        if self._down and self.spool is not None:
-            return self._spool_or_drop(data, count, failed=False)
+            return Delivered(dropped=count)
         timeout = self._timeout()
-        if timeout <= 0:  # shutting down and out of time: keep it for later
-            return self._spool_or_drop(data, count, failed=False)
+        if timeout <= 0:
+            return Delivered(dropped=count)
         started = time.monotonic()
         result = self._get_sender().send(data, timeout)
-        if self.spool is None:
-            result = self._retry_in_place(data, result, started)
-        salvaged = self._salvaged.pop(id(spans), None)
-        if salvaged is not None and self.spool is not None:
-            # shutdown() gave up waiting and spooled this batch: keep exactly one copy.
-            if result.ok:
-                self.spool.discard(salvaged)
-            return Delivered(exported=count if result.ok else 0, spooled=0 if result.ok else count)
+        result = self._retry_in_place(data, result, started)
         if result.ok:
-            if self._down:
-                self._down = False
-            if self.spool is not None and self._resender is None and self.spool.pending():
-                self._start_resender()
-            return Delivered(exported=count - result.rejected, dropped=result.rejected, failed=False)
-        self._warn_failure(result)
-        if result.retryable:
-            self._down = True
-            return self._spool_or_drop(data, count, failed=True)
+            return Delivered(exported=count - result.rejected, dropped=result.rejected)
+        self._warn_failure(result, spooled=False)
         return Delivered(dropped=count, failed=True)
 
     def _retry_in_place(self, data: bytes, result: SendResult, started: float) -> SendResult:
-        """Without a spool: retry a retryable failure with backoff while export_timeout lasts."""
         deadline = started + self.endpoint.timeout
         if self._deadline is not None:
             deadline = min(deadline, self._deadline)
@@ -183,37 +244,8 @@ class SpoolingExporter(SpanExporter):
             result = self._get_sender().send(data, max(deadline - time.monotonic(), 0.001))
         return result
 
-    def _spool_or_drop(self, data: bytes, count: int, *, failed: bool) -> Delivered:
-        spool = self.spool
-        if spool is None:
-            return Delivered(dropped=count, failed=failed)
-        try:
-            stored = spool.put(data, count) is not None
-        except OSError as exc:
-            warn_once(
-                f"spool-write-{spool.folder}",
-                "sessiontrace: cannot write to the spool %s (%s); spans that cannot be sent are "
-                "dropped and counted in sdk.stats().spans_dropped",
-                spool.folder,
-                exc,
-            )
-            return Delivered(dropped=count, failed=failed)
-        if not stored:
-            COUNTERS.spool_dropped.add_many(count)
-            warn_once(
-                f"spool-full-{spool.folder}",
-                "sessiontrace: the spool %s is full (spool_max_bytes=%d) while %s is unreachable; "
-                "spans are dropped and counted in sdk.stats().spans_dropped and spool_dropped",
-                spool.folder,
-                spool.max_bytes,
-                self.name,
-            )
-            return Delivered(dropped=count, failed=failed)
-        self._start_resender()
-        return Delivered(spooled=count, failed=failed)
-
-    def _warn_failure(self, result: SendResult) -> None:
-        if result.retryable and self.spool is not None:
+    def _warn_failure(self, result: SendResult, *, spooled: bool) -> None:
+        if result.retryable and spooled and self.spool is not None:
             warn_once(
                 f"backend-down-{self.name}",
                 "sessiontrace: %s is unreachable (%s); batches are kept in %s and sent when it is back "
@@ -232,82 +264,95 @@ class SpoolingExporter(SpanExporter):
             )
 
     def salvage(self, in_flight: Sequence[ReadableSpan] | None, queued: Sequence[ReadableSpan]) -> Delivered:
-        """At shutdown, when time ran out: spool the queued spans and the batch still in flight.
-
-        The batch in flight is spooled too; if its request succeeds after all, `deliver` deletes
-        the spooled copy (so one copy is delivered).
-        """
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
+        """At shutdown, when the batch worker did not finish in time: spool what it still held."""
         total = Delivered()
-        parts: list[tuple[Sequence[ReadableSpan], bool]] = [(queued, False)]
-        if in_flight:
-            parts.insert(0, (in_flight, True))
-        for spans, flying in parts:
+        for spans in (in_flight or (), queued):
             if not spans:
                 continue
-            if self.spool is None:
-                total = total._replace(dropped=total.dropped + len(spans))
-                continue
-            data = encode_spans(spans).SerializeToString()
-            try:
-                name = self.spool.put(data, len(spans))
-            except OSError:
-                name = None
+            name = None
+            if self.spool is not None:
+                try:
+                    name = self.spool.put(encode_spans(spans))
+                except OSError:
+                    name = None
             if name is None:
-                if not flying:
-                    COUNTERS.spool_dropped.add_many(len(spans))
                 total = total._replace(dropped=total.dropped + len(spans))
-                continue
-            if flying:
-                self._salvaged[id(in_flight)] = name
-            total = total._replace(spooled=total.spooled + len(spans))
-        if total.spooled and self.spool is not None:
-            warn_once(
-                f"salvaged-{self.name}",
-                "sessiontrace: %s did not answer in time; %d spans are kept in the spool %s and sent "
-                "when it answers (also by the next process started here)",
-                self.name,
-                total.spooled,
-                self.spool.folder,
-            )
+            else:
+                total = total._replace(spooled=total.spooled + len(spans))
         return total
 
-    # -- the resender ----------------------------------------------------------------------
+    def finish(self, deadline: float) -> None:
+        """At shutdown, after the batch worker spooled everything: let the sender deliver this
+        process's batches until `deadline` (a monotonic time), then leave the rest in the spool for
+        the next process (counted in spans_spooled), the batch whose request is still in flight too."""
+        self._deadline = deadline
+        with self._state:
+            while (self._mine or self._held) and not self._down and self._resender_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._state.wait(left)
+            self._closed = True
+            self._stop.set()
+            self._wake.set()
+            waiting = sum(count for _, count in self._fresh.values())
+            self._fresh.clear()
+            item, self._sending = self._sending, None
+            if item is not None:
+                if self._held:
+                    waiting += item.count
+                    self._held = False
+                self._abandoned = item
+                if self.spool is not None:
+                    self.spool.release(item)  # the sender's late answer, if it comes, deletes it again
+            self._state.notify_all()
+        if waiting:
+            COUNTERS.spans_spooled.add_many(waiting)
+            if self.spool is not None:
+                warn_once(
+                    f"salvaged-{self.name}",
+                    "sessiontrace: %s did not take every batch in time; %d spans are kept in the spool %s "
+                    "and sent when it answers (also by the next process started here)",
+                    self.name,
+                    waiting,
+                    self.spool.folder,
+                )
+
+    def _resender_alive(self) -> bool:
+        thread = self._resender
+        return thread is not None and thread.is_alive()
+
+    # -- the sender thread -----------------------------------------------------------------
 
     def _start_resender(self) -> None:
         with self._resender_lock:
             if self._resender is not None and self._resender.is_alive():
-                self._wake.set()
                 return
             if self._closed:
                 return
-            self._resender = threading.Thread(
-                target=self._resend_loop, name="sessiontrace-spool", daemon=True
-            )
+            self._resender = threading.Thread(target=self._send_loop, name="sessiontrace-spool", daemon=True)
             try:
                 self._resender.start()
             except RuntimeError:  # interpreter shutting down: the next process sends the spool
                 self._resender = None
 
-    def _resend_loop(self) -> None:
+    def _send_loop(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
         backoff = self._retry_interval
-        wait = 0.0 if not self._down else backoff
-        while not self._closed:
+        wait = backoff if self._down else 0.0
+        while True:
             if wait > 0:
-                self._wake.wait(wait)
-                self._wake.clear()
-                if self.closed:
-                    return
+                self._stop.wait(wait)  # a backoff: new batches wait on disk meanwhile
+            if self._closed:
+                return
+            self._wake.clear()
             try:
-                outcome = self._resend_once()
+                outcome = self._send_pending()
             except Exception as exc:
-                internal_error("spool resender", exc)
+                internal_error("spool sender", exc)
                 outcome = "failed"
             if outcome == "empty":
-                self._wake.wait()  # until a batch is spooled
-                self._wake.clear()
+                self._wake.wait(30.0)  # a new batch; or, after a while, batches other processes left
                 wait = 0.0
             elif outcome == "sent":
                 backoff = self._retry_interval
@@ -316,48 +361,107 @@ class SpoolingExporter(SpanExporter):
                 wait = max(backoff, self._retry_after) * random.uniform(0.8, 1.2)
                 backoff = min(backoff * 2, self._max_backoff)
 
-    _retry_after = 0.0
-
-    def _resend_once(self) -> str:
+    def _send_pending(self) -> str:
         """Send the spooled batches oldest first until one fails: "sent", "failed" or "empty"."""
         spool = self.spool
         assert spool is not None
         names = spool.pending()
         if not names:
+            with self._state:
+                taken = sum(count for _, count in self._fresh.values())
+                self._fresh.clear()  # another process took them from the spool, and sends them
+                self._mine.clear()
+                self._state.notify_all()
+            COUNTERS.spans_spooled.add_many(taken)
             return "empty"
         sender = self._get_sender()
         for name in names:
             if self._closed:
                 return "failed"
-            item = spool.claim(name)
+            with self._state:
+                fresh = self._fresh.pop(name, None)
+                self._held = fresh is not None  # flush() waits for it from now on
+                mine = name in self._mine
+            if not mine and self._deadline is not None:
+                continue  # shutting down: only this process's batches; others wait for a later sender
+            item = spool.claim(name, *fresh) if fresh is not None else spool.claim(name)
             if item is None:
-                continue  # another process took it
-            try:
-                data = item.read()
-            except OSError:
-                spool.release(item)
+                if fresh is not None:  # another process took it from the spool and sends it
+                    COUNTERS.spans_spooled.add_many(fresh[1])
+                self._let_go(name)
                 continue
             timeout = self._timeout()
-            if timeout <= 0:
-                spool.release(item)
+            with self._state:
+                if self._closed or timeout <= 0:  # shutting down: leave it for the next process
+                    spool.release(item)
+                    first_try, self._held = self._held, False
+                    self._state.notify_all()
+                    if first_try:
+                        COUNTERS.spans_spooled.add_many(item.count)
+                    return "failed"
+                self._sending = item
+            result = sender.send(item.data, timeout)
+            with self._state:
+                abandoned = self._abandoned is item
+                if abandoned:
+                    self._abandoned = None
+                else:
+                    self._sending = None
+                first_try = self._held
+            if abandoned:  # shutdown put it back in the spool (and counted it) while we waited
+                if result.ok and spool.discard(item.name):
+                    rejected = min(result.rejected, item.count)
+                    COUNTERS.spans_exported.add_many(item.count - rejected)
+                    COUNTERS.spans_dropped.add_many(rejected)
                 return "failed"
-            result = sender.send(data, timeout)
-            if result.ok:
-                spool.done(item)
+            sent = self._settle(spool, item, result, first_try)
+            self._let_go(name if sent else None)
+            if not sent:
+                return "failed"
+        return "sent"
+
+    def _let_go(self, name: str | None) -> None:
+        """The batch in hand is counted; `name` (when not None) is settled for good: flush() and
+        finish() need not wait for them."""
+        with self._state:
+            self._held = False
+            if name is not None:
+                self._mine.discard(name)
+            self._state.notify_all()
+
+    def _settle(self, spool: Spool, item: SpoolFile, result: SendResult, first_try: bool) -> bool:
+        """Count one request's outcome and keep or delete its file; False when the backend is down."""
+        if result.ok:
+            spool.done(item)
+            rejected = min(result.rejected, item.count)
+            COUNTERS.spans_exported.add_many(item.count - rejected)
+            COUNTERS.spans_dropped.add_many(rejected)
+            with self._state:
                 self._down = False
-                COUNTERS.spans_exported.add_many(item.count - result.rejected)
-                COUNTERS.spans_dropped.add_many(result.rejected)
-                continue
-            COUNTERS.export_errors.add()
-            if result.retryable:
-                spool.release(item)
+                self._state.notify_all()
+            return True
+        COUNTERS.export_errors.add()
+        if result.retryable:
+            spool.release(item)
+            with self._state:
                 self._down = True
                 self._retry_after = result.retry_after or 0.0
-                return "failed"
-            spool.done(item)
-            COUNTERS.spans_dropped.add_many(item.count)
-            self._warn_failure(result)
-        return "sent"
+                waiting = sum(count for _, count in self._fresh.values())
+                self._fresh.clear()  # they wait on disk until the backend is back
+                # Counted before flush() waiters, woken now, read the counters.
+                COUNTERS.spans_spooled.add_many(waiting + (item.count if first_try else 0))
+                self._state.notify_all()
+            self._warn_failure(result, spooled=True)
+            return False
+        spool.done(item)
+        COUNTERS.spans_dropped.add_many(item.count)
+        self._warn_failure(result, spooled=False)
+        self._notify()
+        return True
+
+    def _notify(self) -> None:
+        with self._state:
+            self._state.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -372,9 +476,9 @@ class SpoolingExporter(SpanExporter):
         return SpanExportResult.FAILURE if outcome.dropped else SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        """Stop the resender (what it has not sent stays in the spool) and close connections."""
-        self._closed = True
-        self._wake.set()
+        """Stop the sender (what it has not sent stays in the spool) and close connections."""
+        if not self._closed:
+            self.finish(time.monotonic())
         sender = self._sender
         if sender is not None:
             try:
@@ -383,7 +487,15 @@ class SpoolingExporter(SpanExporter):
                 internal_error(f"exporter {self.name}.shutdown", exc)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing is buffered here (the spool is on disk)."""
+        """Wait until every batch this process spooled was sent (or the backend is known to be down:
+        they wait in the spool); False when `timeout_millis` ran out first."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._state:
+            while (self._mine or self._held) and not self._down and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._resender_alive():
+                    return False
+                self._state.wait(min(left, 0.5))
         return True
 
     def __repr__(self) -> str:

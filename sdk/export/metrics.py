@@ -2,10 +2,11 @@
 
 OpenTelemetry lets a process set its global MeterProvider once, and a MeterProvider's readers are
 fixed when it is built. So the SDK builds one MeterProvider with one reader, `_SwappableReader`,
-sets it globally when no other provider was set (instruments of other libraries, such as the
-GenAI metrics of the LLM instrumentation, then go through it too), and on every `init()` only
-changes where that reader sends (endpoint, protocol, headers, TLS) and how often
-(`metric_export_interval`). Instruments are created once and keep counting across re-init.
+behind the global provider it set at init() when no other provider was set (instruments of other
+libraries, such as the GenAI metrics of the LLM instrumentation, then go through it too; see
+`sdk/export/meters.py`, which also builds this module's pipeline off the program's thread), and on
+every `init()` only changes where that reader sends (endpoint, protocol, headers, TLS) and how
+often (`metric_export_interval`). Instruments are created once and keep counting across re-init.
 
 Metric names and units (OpenTelemetry conventions; `{session}`-style units are annotations):
 
@@ -29,21 +30,20 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, ResourceMetrics
 from opentelemetry.sdk.resources import Resource
 
+from sdk.export.meters import SessionRecorder
 from sdk.guard import internal_error, warn_once
-from sdk.stats import COUNTERS, Counter
+from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 if TYPE_CHECKING:
     from sdk.export.otlp import Endpoint, Sender
 
 METER_NAME = "sessiontrace"
-STATES = ("success", "fail", "indeterminate")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 
@@ -164,76 +164,19 @@ class _SwappableReader(MetricReader):
         """The SDK's provider lives as long as the process; the SDK flushes it at its own shutdown."""
 
 
-class _SessionMetrics:
-    """A session listener recording the session metrics (cheap: counters and one histogram record)."""
-
-    def __init__(self, pipeline: MetricsPipeline) -> None:
-        self._pipeline = pipeline
-        self._open = pipeline.open_sessions
-        self._ended = pipeline.ended
-        self._record = pipeline.duration.record
-        self._attributes = pipeline.state_attributes
-
-    def on_session_start(self, session: Any, *, stored: bool) -> None:
-        if self._pipeline.forked:
-            return
-        self._open[id(session)] = None
-
-    def on_session_end(self, session: Any) -> None:
-        if self._pipeline.forked:
-            return
-        self._open.pop(id(session), None)
-        state = session.state.value
-        counter = self._ended.get(state)
-        if counter is not None:
-            counter.add()
-        self._record(session.duration, self._attributes.get(state))
-
-
-class MetricsCompanion:
-    """Rides on a batch processor: flushes metrics with it, and sends a last time when it closes."""
-
-    def __init__(self, pipeline: MetricsPipeline, generation: int) -> None:
-        self._pipeline = pipeline
-        self._generation = generation
-
-    def force_flush(self, timeout: float) -> bool:
-        """Collect and send the metrics now."""
-        if self._pipeline.generation != self._generation or self._pipeline.forked:
-            return True
-        return self._pipeline.reader.export_now(timeout)
-
-    def shutdown(self, timeout: float) -> None:
-        """Send a last time and stop exporting (unless a newer pipeline took over)."""
-        if self._pipeline.generation != self._generation or self._pipeline.forked:
-            return
-        self._pipeline.reader.export_now(timeout)
-        if self._pipeline.generation == self._generation:
-            self._pipeline.reader.configure(None, None, self._pipeline.reader.interval)
-
-
 class MetricsPipeline:
-    """The process's metrics: provider, reader, the SDK's instruments and their counters."""
+    """The metrics SDK side, built off the program's thread by `sdk.export.meters.MetricsHandle`:
+    provider, reader, and the SDK's instruments (reading the SDK's counters and `recorder`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: SessionRecorder) -> None:
         self.reader = _SwappableReader()
-        self.generation = 0
-        # In a forked child the metrics are copies of the parent's (and the metrics SDK's locks may
-        # have been held at fork time): a child records and exports no metrics.
-        self.forked = False
-        self.open_sessions: dict[int, None] = {}
-        self.ended = {state: Counter() for state in STATES}
-        self.state_attributes = {state: {"session.state": state} for state in STATES}
-        provider = metrics.get_meter_provider()
+        self.recorder = recorder
         # The reader exports with the current pipeline's resource; an empty one here spares the
-        # resource detectors OpenTelemetry would otherwise run (in a thread pool) at init().
-        own = MeterProvider(
+        # resource detectors OpenTelemetry would otherwise run (in a thread pool).
+        self.provider = MeterProvider(
             metric_readers=[self.reader], resource=Resource.get_empty(), shutdown_on_exit=False
         )
-        if type(provider).__name__ == "_ProxyMeterProvider":
-            metrics.set_meter_provider(own)
-        self.provider = own
-        meter = own.get_meter(METER_NAME, __version__)
+        meter = self.provider.get_meter(METER_NAME, __version__)
         self.duration = meter.create_histogram(
             "sessiontrace.session.duration",
             unit="s",
@@ -261,86 +204,28 @@ class MetricsPipeline:
         )
         meter.create_observable_up_down_counter(
             "sessiontrace.sessions.open",
-            observe(lambda: len(self.open_sessions)),
+            observe(lambda: len(recorder.open)),
             unit="{session}",
             description="Sessions running now.",
         )
-        for name, counter, unit, description in (
-            ("sessiontrace.spans.exported", COUNTERS.spans_exported, "{span}", "Spans the backend accepted."),
-            (
-                "sessiontrace.spans.dropped",
-                COUNTERS.spans_dropped,
-                "{span}",
-                "Spans not delivered (counted drops).",
-            ),
-            (
-                "sessiontrace.spans.spooled",
-                COUNTERS.spans_spooled,
-                "{span}",
-                "Spans written to the on-disk spool.",
-            ),
-            ("sessiontrace.export.errors", COUNTERS.export_errors, "{error}", "Failed export requests."),
+        for name, attribute, unit, description in (
+            ("sessiontrace.spans.exported", "spans_exported", "{span}", "Spans the backend accepted."),
+            ("sessiontrace.spans.dropped", "spans_dropped", "{span}", "Spans not delivered (counted drops)."),
+            ("sessiontrace.spans.spooled", "spans_spooled", "{span}", "Spans written to the on-disk spool."),
+            ("sessiontrace.export.errors", "export_errors", "{error}", "Failed export requests."),
         ):
             meter.create_observable_counter(
-                name, observe(self._reader_of(name, counter)), unit=unit, description=description
+                name, observe(self._reader_of(attribute)), unit=unit, description=description
             )
 
     @staticmethod
-    def _reader_of(name: str, counter: Counter) -> Any:
-        attribute = {
-            "sessiontrace.spans.exported": "spans_exported",
-            "sessiontrace.spans.dropped": "spans_dropped",
-            "sessiontrace.spans.spooled": "spans_spooled",
-            "sessiontrace.export.errors": "export_errors",
-        }[name]
+    def _reader_of(attribute: str) -> Any:
         # Read through COUNTERS each time: sdk.testing.reset() replaces the counter objects.
         return lambda: getattr(COUNTERS, attribute).value
 
     def _observe_ended(self, _options: CallbackOptions) -> Iterable[Observation]:
+        recorder = self.recorder
         return [
-            Observation(counter.value, self.state_attributes[state]) for state, counter in self.ended.items()
+            Observation(counter.value, recorder.state_attributes[state])
+            for state, counter in recorder.ended.items()
         ]
-
-    def listener(self) -> _SessionMetrics:
-        """The session listener that records session metrics."""
-        return _SessionMetrics(self)
-
-    def attach(self, endpoint: Endpoint, resource: Resource, interval: float) -> MetricsCompanion:
-        """Export to `endpoint` from now on; returns the companion for the new pipeline's batch processor."""
-        self.generation += 1
-        self.reader.configure(endpoint, resource, interval)
-        return MetricsCompanion(self, self.generation)
-
-    def detach(self) -> None:
-        """Stop exporting (init() with metrics off); instruments keep counting."""
-        self.generation += 1
-        self.reader.configure(None, None, self.reader.interval)
-
-
-_pipeline: list[MetricsPipeline] = []
-_lock = threading.Lock()
-
-
-def pipeline() -> MetricsPipeline:
-    """The process's metrics pipeline, built (and its provider set globally, if none was) on first use."""
-    with _lock:
-        if not _pipeline:
-            _pipeline.append(MetricsPipeline())
-        return _pipeline[0]
-
-
-def existing_pipeline() -> MetricsPipeline | None:
-    """The metrics pipeline if one was built (a config with metrics off does not build one)."""
-    return _pipeline[0] if _pipeline else None
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    if _pipeline:
-        _pipeline[0].open_sessions.clear()  # the parent's sessions are the parent's
-        _pipeline[0].forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from typing import NamedTuple
 
 from sdk.display import printable
+
+_write_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _write_lock
+    _write_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SessionSummary(NamedTuple):
@@ -43,7 +56,14 @@ def format_summary(summary: SessionSummary) -> str:
 
 
 def print_summary(summary: SessionSummary) -> None:
-    """Write the summary line to stderr (where it does not mix with the program's output)."""
+    """Write the summary line to stderr (where it does not mix with the program's output).
+
+    The line and its newline go in one write, under a lock, then the stream is flushed: lines of
+    sessions ending in many threads at once never mix or leave blank lines.
+    """
     stream = sys.stderr
     if stream is not None:
-        print(format_summary(summary), file=stream, flush=True)
+        line = format_summary(summary) + "\n"
+        with _write_lock:
+            stream.write(line)
+            stream.flush()

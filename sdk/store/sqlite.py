@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from sdk.datadir import ensure_data_dir
+from sdk.datadir import ensure_data_dir, make_private_file
 from sdk.store import (
     SegmentUpdate,
     SessionRecord,
@@ -112,6 +112,9 @@ class SQLiteStore(SessionStore):
                 ensure_data_dir(self._data_dir)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: SQLite gives its -journal and -wal files the
+            # database file's mode.
+            make_private_file(self.path, follow_symlinks=self._data_dir is None)
         conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
