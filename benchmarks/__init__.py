@@ -10,6 +10,7 @@ from __future__ import annotations
 BENCHMARKS = (
     "span_in_session",
     "decorated_call",
+    "scrub",
     "session_start_end",
     "throughput",
     "llm_call",

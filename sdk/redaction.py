@@ -122,6 +122,7 @@ _KV_DELIMITER = re.compile(r"[\"']?\s*[:=]\s*[\"']?")
 _KV_VALUE = re.compile(r"[^\s\"',;&}]{4,}")
 # Of the built-ins, only AWS key ids and Google API keys can be all letters and digits.
 _ALNUM_MARKERS = ("AKIA", "ASIA", "AIza")
+_NUMBERS = (int, float, bool)
 _CLEAN_CACHE_SIZE = 4096
 _CLEAN_CACHE_MAX_LENGTH = 256
 
@@ -328,7 +329,15 @@ class Scrubber:
         if not self.enabled or not attributes:
             return None
         changed: dict[str, Any] | None = None
+        known_keys = self._key_cache
+        clean_texts = self._clean
         for key, value in attributes.items():
+            # Inline fast path (this runs for every attribute of every exported span): a key known
+            # not to name a secret, with a number or a text already found clean.
+            if known_keys.get(key) is False and (
+                value in clean_texts if type(value) is str else type(value) in _NUMBERS
+            ):
+                continue
             clean = self.attribute(key, value)
             if clean is not value:
                 if changed is None:

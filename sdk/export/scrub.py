@@ -28,8 +28,10 @@ def scrub_span(span: ReadableSpan, scrubber: Scrubber) -> ReadableSpan:
     """One span with its secrets removed (a copy), or the span itself when it has none."""
     name = scrubber.text(span.name)
     attributes = scrubber.attributes(span.attributes)
-    events = _events(span.events, scrubber)
-    links = _links(span.links, scrubber)
+    raw_events = span.events
+    events = _events(raw_events, scrubber) if raw_events else None
+    raw_links = span.links
+    links = _links(raw_links, scrubber) if raw_links else None
     status = span.status
     description = status.description
     if description:
@@ -50,8 +52,8 @@ def scrub_span(span: ReadableSpan, scrubber: Scrubber) -> ReadableSpan:
         parent=span.parent,
         resource=span.resource,
         attributes=attributes if attributes is not None else span.attributes,
-        events=events if events is not None else span.events,
-        links=links if links is not None else span.links,
+        events=events if events is not None else raw_events,
+        links=links if links is not None else raw_links,
         kind=span.kind,
         status=status,
         start_time=span.start_time,
