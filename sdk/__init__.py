@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from sdk import context
 from sdk.budget import Budget, BudgetExceeded
-from sdk.config import Config, ConfigError
+from sdk.counters import Stats
 from sdk.decorators import agent, event, task, tool, workflow
 from sdk.instrumentation import instrument, uninstrument
 from sdk.lifecycle import config, flush, init, shutdown, stats
-from sdk.session import (
+from sdk.session_core import (
     Session,
     SessionInfo,
     SessionScope,
@@ -29,7 +29,7 @@ from sdk.session import (
     sessions,
     start_session,
 )
-from sdk.stats import Stats
+from sdk.settings import Config, ConfigError
 from sdk.version import __version__
 
 if TYPE_CHECKING:

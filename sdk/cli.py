@@ -39,8 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from sdk.config import Config, ConfigError, load_config, mask_url
 from sdk.display import printable
+from sdk.settings import Config, ConfigError, load_config, mask_url
 from sdk.version import __version__
 
 if TYPE_CHECKING:
@@ -820,7 +820,7 @@ def sessions_command(options: argparse.Namespace, *, prog: str = "sessiontrace s
 
 
 def _open_sessions(spec_text: str | None) -> _Sessions:
-    from sdk.config import SETTINGS
+    from sdk.settings import SETTINGS
     from sdk.store import open_store
     from sdk.store.sqlite import SQLiteStore
 

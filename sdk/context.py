@@ -29,7 +29,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sdk import runtime
-from sdk.session import (
+from sdk.session_core import (
     REMOTE_SESSION_KEY,
     SESSION_ID,
     Session,

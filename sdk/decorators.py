@@ -21,10 +21,10 @@ from sdk import runtime
 from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import redactor_for
-from sdk.session import SPAN_KIND, Session, _Activation, current_session, detach_quietly, end_span
+from sdk.session_core import SPAN_KIND, Session, _Activation, current_session, detach_quietly, end_span
 
 if TYPE_CHECKING:
-    from sdk.session import SessionScope
+    from sdk.session_core import SessionScope
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sdk.stats import COUNTERS
+from sdk.counters import COUNTERS
 
 logger = logging.getLogger("sessiontrace")
 

@@ -18,10 +18,10 @@ from typing import Any
 from opentelemetry.sdk.trace import _TracerConfig
 
 from sdk import runtime, tracing
-from sdk.config import Config, load_config
+from sdk.counters import COUNTERS, Stats
 from sdk.guard import internal_error
 from sdk.reaper import REAPER
-from sdk.session import (
+from sdk.session_core import (
     SessionState,
     auto_session,
     end_open_sessions,
@@ -29,7 +29,7 @@ from sdk.session import (
     set_ended_session_grace,
     start_auto_session,
 )
-from sdk.stats import COUNTERS, Stats
+from sdk.settings import Config, load_config
 
 _lock = threading.RLock()
 

@@ -32,10 +32,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from sdk import runtime
-from sdk.config import Config, Source
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
-from sdk.session import SESSION_ID, Session, SessionState, _current_session, _registry
+from sdk.session_core import SESSION_ID, Session, SessionState, _current_session, _registry
+from sdk.settings import Config, Source
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider

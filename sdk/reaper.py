@@ -6,7 +6,7 @@ import os
 import threading
 
 from sdk.guard import internal_error
-from sdk.session import end_idle_sessions
+from sdk.session_core import end_idle_sessions
 
 
 class Reaper:

@@ -22,9 +22,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
-from sdk.config import Config
+from sdk.counters import COUNTERS
 from sdk.guard import internal_error, warn_once
-from sdk.stats import COUNTERS
+from sdk.settings import Config
 from sdk.version import __version__
 
 if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by `import sdk`
@@ -42,7 +42,7 @@ T = TypeVar("T")
 class SessionListener(Protocol):
     """Told when a session starts and ends (the store writer, metrics, the user's callbacks).
 
-    `session` is an `sdk.session.Session` (this module sits below it and does not import it).
+    `session` is an `sdk.session_core.Session` (this module sits below it and does not import it).
     Called in the thread that started or ended the session; must be quick and must not raise.
     """
 

@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sdk import lifecycle
+from sdk.counters import COUNTERS
 from sdk.guard import forget_logged
-from sdk.session import _registry
-from sdk.stats import COUNTERS
+from sdk.session_core import _registry
 
 
 class CapturedSpans:

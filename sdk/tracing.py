@@ -29,8 +29,9 @@ from opentelemetry.util.types import Attributes
 
 from sdk import runtime
 from sdk.attributes import write_attributes
+from sdk.counters import COUNTERS
 from sdk.guard import internal_error, warn_once
-from sdk.session import (
+from sdk.session_core import (
     REMOTE_SESSION_KEY,
     ROOT_KEY,
     SESSION_ID,
@@ -38,7 +39,6 @@ from sdk.session import (
     _current_session,
     _registry,
 )
-from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 TRACER_NAME = "sessiontrace"

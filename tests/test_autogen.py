@@ -241,7 +241,7 @@ async def test_topic_session_joins_an_open_session_with_that_id_and_leaves_it_op
 async def _publish_outside_sessions(
     runtime: SingleThreadedAgentRuntime, message: Ping, topic: TopicId
 ) -> None:
-    from sdk.session import _current_session
+    from sdk.session_core import _current_session
 
     _current_session.set(None)  # this task's copy of the context: no session, no span
     from opentelemetry import context as otel_context

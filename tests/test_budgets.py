@@ -20,7 +20,7 @@ import pytest
 from llm_server import INPUT_TOKENS, OUTPUT_TOKENS, LLMServer
 
 import sdk
-from sdk.config import ConfigError, load_config
+from sdk.settings import ConfigError, load_config
 from sdk.testing import capture
 
 PROMPT = [{"role": "user", "content": "hi"}]

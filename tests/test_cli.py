@@ -21,8 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from sdk.config import SETTINGS
 from sdk.export.jsonl import read_otlp_json_spans
+from sdk.settings import SETTINGS
 
 pytestmark = pytest.mark.subprocess
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sdk
-from sdk.config import (
+from sdk.settings import (
     DEFAULT_OTLP_GRPC_ENDPOINT,
     DEFAULT_OTLP_HTTP_ENDPOINT,
     SETTINGS,

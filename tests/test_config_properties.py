@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sdk.config import SETTINGS, Config, ConfigError, load_config
+from sdk.settings import SETTINGS, Config, ConfigError, load_config
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,8 +13,8 @@ from opentelemetry import trace
 from otlp_receiver import GRPC_TRACES, OTLPReceiver
 
 import sdk
-from sdk.config import load_config
 from sdk.export.otlp import metrics_endpoint, traces_endpoint
+from sdk.settings import load_config
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 import sdk
 from sdk.cli import main
-from sdk.config import MAX_CONFIG_FILE_BYTES, ConfigError, load_config
 from sdk.display import printable
 from sdk.export.summary import SessionSummary, format_summary
+from sdk.settings import MAX_CONFIG_FILE_BYTES, ConfigError, load_config
 from sdk.store import Segment, SessionRecord, Usage, open_store
 
 EVIL = "evil\x1b]0;pwned\x07\x1b[2J\r\nsessiontrace: session 'admin' forged success\u202e"

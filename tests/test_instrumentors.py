@@ -10,9 +10,9 @@ import openai
 import pytest
 
 import sdk
-from sdk.config import INSTRUMENTABLE
 from sdk.instrumentation import LIBRARIES, LLM_LIBRARIES, instrumentor
 from sdk.instrumentation.base import Instrumentor, Patch, applied, in_range, release
+from sdk.settings import INSTRUMENTABLE
 
 
 def passthrough(wrapped, instance, args, kwargs):

@@ -20,9 +20,9 @@ from otlp_receiver import OTLPReceiver
 from test_export_spool import encoded_batch
 
 import sdk
-from sdk.config import load_config
 from sdk.export.otlp import traces_endpoint
 from sdk.export.spool import Spool
+from sdk.settings import load_config
 
 DATA = Path(".sessiontrace")
 FAST = {"export_interval": 0.02, "export_timeout": 1.0, "spool_retry_interval": 0.05, "metrics": False}

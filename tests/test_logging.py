@@ -13,8 +13,8 @@ from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk import logs
-from sdk.config import load_config
 from sdk.logs import SessionLogFilter
+from sdk.settings import load_config
 
 RECORDS = 50
 FORMAT = "%(session_id)s|%(trace_id)s|%(span_id)s|%(message)s"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sdk.config import ConfigError, load_config
 from sdk.pricing import PricingError, load_overrides, shipped_table, table_for
+from sdk.settings import ConfigError, load_config
 
 
 def test_shipped_table_has_a_date_and_known_models():

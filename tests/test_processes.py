@@ -533,7 +533,7 @@ def _sdk_locks() -> list[tuple[str, threading.Lock | threading.RLock]]:
     """Every lock of the SDK's own that a forked child may need (the exporter's aside, see below)."""
     from sdk import guard, lifecycle, reaper
     from sdk.instrumentation import base as instrumentation
-    from sdk.session import _registry
+    from sdk.session_core import _registry
 
     batch = runtime.current().batches[0]
     return [

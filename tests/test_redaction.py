@@ -11,8 +11,8 @@ import pytest
 from llm_server import LLMServer
 
 import sdk
-from sdk.config import ConfigError, load_config
 from sdk.redaction import REDACTED, Redactor
+from sdk.settings import ConfigError, load_config
 from sdk.testing import capture
 
 OPENAI_KEY = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from redis_server import RedisServer, free_port, requires_redis_server
 
-from sdk.stats import COUNTERS
+from sdk.counters import COUNTERS
 from sdk.store import Segment, SegmentUpdate, SessionRecord, StoreError, Usage
 from sdk.store.redis import RedisStore
 from sdk.store.writer import StoreWriter

@@ -359,7 +359,7 @@ def test_accept_session_from_a_callable_decides_with_the_id_and_the_peer():
 )
 def test_accept_session_from_rejects_what_it_cannot_understand(value, error):
     """A network rule that does not parse (host names are not peers) is a ConfigError naming the setting."""
-    from sdk.config import ConfigError, load_config
+    from sdk.settings import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=f"accept_session_from.*{error}"):
         load_config({"accept_session_from": value})

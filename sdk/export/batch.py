@@ -39,10 +39,10 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from sdk.counters import COUNTERS
 from sdk.export.deferred import DeferredExporter
 from sdk.export.spool import Spool
 from sdk.guard import internal_error, report_due_warnings, warn_every, warn_once
-from sdk.stats import COUNTERS
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _THREAD_PREFIX = "sessiontrace-"

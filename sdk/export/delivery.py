@@ -38,11 +38,11 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from sdk.counters import COUNTERS
 from sdk.export.encode import encode_spans
 from sdk.export.otlp import Endpoint, Sender, SendResult, make_sender
 from sdk.export.spool import Spool, SpoolFile
 from sdk.guard import internal_error, warn_every, warn_once
-from sdk.stats import COUNTERS
 
 logger = logging.getLogger("sessiontrace")
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY

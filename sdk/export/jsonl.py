@@ -31,10 +31,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from sdk.counters import COUNTERS
 from sdk.datadir import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, forget_ready, open_private
 from sdk.export.encode import encode_spans
 from sdk.guard import warn_once
-from sdk.stats import COUNTERS
 
 fcntl: Any
 try:

@@ -28,8 +28,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Meter, MeterProvider
 from opentelemetry.util.types import Attributes
 
+from sdk.counters import Counter
 from sdk.guard import internal_error
-from sdk.stats import Counter
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

@@ -35,9 +35,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, ResourceMetrics
 from opentelemetry.sdk.resources import Resource
 
+from sdk.counters import COUNTERS
 from sdk.export.meters import SessionRecorder
 from sdk.guard import internal_error, warn_once
-from sdk.stats import COUNTERS
 from sdk.version import __version__
 
 if TYPE_CHECKING:

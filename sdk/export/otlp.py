@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from sdk.config import DEFAULT_OTLP_GRPC_ENDPOINT, Config, Source
+from sdk.settings import DEFAULT_OTLP_GRPC_ENDPOINT, Config, Source
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -87,7 +87,7 @@ class Endpoint(NamedTuple):
 
     def describe(self) -> str:
         """``otlp grpc http://host:4317`` (no credentials: a password in the URL is masked)."""
-        from sdk.config import mask_url
+        from sdk.settings import mask_url
 
         return f"otlp {self.protocol} {mask_url(self.url)}"
 

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdk.counters import COUNTERS
 from sdk.datadir import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, forget_ready, open_private
-from sdk.stats import COUNTERS
 
 fcntl: Any
 try:

@@ -39,7 +39,7 @@ from opentelemetry.context import Context
 from sdk import runtime
 from sdk.guard import internal_error, warn_once
 from sdk.instrumentation.base import Instrumentor, Patch
-from sdk.session import (
+from sdk.session_core import (
     MAX_ID_LENGTH,
     Session,
     SessionState,

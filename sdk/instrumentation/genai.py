@@ -29,11 +29,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, write_attributes
+from sdk.counters import COUNTERS
 from sdk.guard import internal_error
 from sdk.pricing import PricingTable, table_for
 from sdk.redaction import Redactor, redactor_for
-from sdk.session import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
-from sdk.stats import COUNTERS
+from sdk.session_core import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"

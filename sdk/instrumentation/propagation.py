@@ -40,7 +40,7 @@ from opentelemetry.propagators.textmap import (
 
 from sdk import runtime
 from sdk.guard import internal_error
-from sdk.session import SessionState, _current_session, inbound_session
+from sdk.session_core import SessionState, _current_session, inbound_session
 
 _lock = threading.Lock()
 _DESTINATION_KEYS = ("server.address", "net.peer.name", "url.full", "http.url")

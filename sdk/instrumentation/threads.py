@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from sdk.context import Wrapped
 from sdk.instrumentation import base
-from sdk.session import _current_session
+from sdk.session_core import _current_session
 
 EXECUTOR_PATCH = "concurrent.futures.ThreadPoolExecutor.submit"
 PROCESS_POOL_PATCH = "concurrent.futures.ProcessPoolExecutor.submit"

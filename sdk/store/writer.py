@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from sdk.counters import COUNTERS
 from sdk.datadir import O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, open_private
 from sdk.guard import internal_error, warn_every, warn_once
-from sdk.stats import COUNTERS
 from sdk.store import SegmentUpdate, SessionRecord, SessionStore, Usage, apply_update, dumps, loads
 
 fcntl: Any
@@ -50,7 +50,7 @@ RETRY_AFTER = 5.0
 
 
 class Stored(Protocol):
-    """What the writer needs of a session (`sdk.session.Session` provides it)."""
+    """What the writer needs of a session (`sdk.session_core.Session` provides it)."""
 
     id: str
     last_active_ns: int

@@ -27,11 +27,11 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent
-from sdk.config import Config
+from sdk.counters import COUNTERS, Counter
 from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
-from sdk.stats import COUNTERS, Counter
+from sdk.settings import Config
 from sdk.trust import TrustRules
 
 if TYPE_CHECKING:  # imported when a session is stored or resumed, not by `import sdk`
