@@ -444,10 +444,12 @@ class SpanRecorder(SpanProcessor):
     def __len__(self) -> int:
         return len(self._spans)
 
-    def rows(self) -> list[SpanRow]:
-        """The kept spans as rows, scrubbed as the configured exporters would scrub them."""
+    def rows(self, session_id: str | None = None) -> list[SpanRow]:
+        """The kept spans (of one session, if given) as rows, scrubbed as the configured exporters would."""
         with self._lock:
             spans = list(self._spans)
+        if session_id is not None:
+            spans = [s for s in spans if (s.attributes or {}).get("session.id") == session_id]
         if not spans:
             return []
         from sdk.export.jsonl import spans_to_otlp_json
