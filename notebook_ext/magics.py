@@ -44,12 +44,13 @@ from notebook_ext.summary import (
     Row,
     SessionsView,
     error_counter,
+    format_cost,
     format_duration,
     session_rows,
     span_recorder,
     trace_link,
 )
-from notebook_ext.timeline import MAX_ROWS, SessionList, SessionTimeline, format_clock, format_cost
+from notebook_ext.timeline import MAX_ROWS, SessionList, SessionTimeline, format_clock
 
 SESSION_CELLS = "session-cells"
 """The participant the extension adds to the shell's `NotebookHooks`."""

@@ -122,8 +122,15 @@ def llm_rows(session: sdk.Session) -> list[Row]:
         Row("LLM calls", str(usage.llm_calls)),
         Row("LLM input tokens", str(usage.input_tokens)),
         Row("LLM output tokens", str(usage.output_tokens)),
-        Row("LLM cost", f"${usage.cost_usd:.6g}"),
+        Row("LLM cost", format_cost(usage.cost_usd)),
     ]
+
+
+def format_cost(cost: float | None) -> str:
+    """``$0.00042``, ``$0.0000048`` (never in exponent notation), ``-`` for none."""
+    if cost is None:
+        return "-"
+    return "$" + (f"{cost:.8f}".rstrip("0").rstrip(".") or "0")
 
 
 def format_duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import sdk
-from notebook_ext.summary import Row, format_duration, rows_text, trace_link
+from notebook_ext.summary import Row, format_cost, format_duration, rows_text, trace_link
 
 MAX_ROWS = 300
 """Spans shown at most; past this the rest are counted, not drawn (the notebook file stays small)."""
@@ -77,7 +77,9 @@ background:var(--st-track);padding:2px 4px;border-radius:2px;color:inherit}
 .st-tl table.st-list{border-collapse:collapse;min-width:760px}
 .st-tl table.st-list th{text-align:left;border-bottom:1px solid var(--st-border);padding:2px 8px 2px 0;font-weight:600}
 .st-tl table.st-list td{border-bottom:1px solid var(--st-border);padding:2px 8px 2px 0;white-space:nowrap}
-.st-tl table.st-list td.st-num{text-align:right}
+.st-tl table.st-list td,.st-tl .st-head td,.st-tl .st-head th{text-align:left}
+.st-tl table.st-list td.st-num,.st-tl table.st-list th.st-num{text-align:right}
+.st-tl .st-io>summary::before{content:"\\25B8  "}.st-tl .st-io[open]>summary::before{content:"\\25BE  "}
 .st-tl .st-state-fail{color:var(--st-error);font-weight:600}
 .st-tl .st-state-running{color:var(--st-other)}
 .st-tl code{font-family:var(--jp-code-font-family,var(--vscode-editor-font-family,monospace))}
@@ -87,11 +89,6 @@ background:var(--st-track);padding:2px 4px;border-radius:2px;color:inherit}
 def esc(value: object) -> str:
     """Text from a program or its users, safe inside HTML text and attribute values."""
     return html.escape(str(value), quote=True)
-
-
-def format_cost(cost: float | None) -> str:
-    """``$0.00042`` (six significant digits), ``-`` for none."""
-    return "-" if cost is None else f"${cost:.6g}"
 
 
 def format_tokens(input_tokens: int | None, output_tokens: int | None) -> str:
@@ -380,7 +377,8 @@ class SessionList:
         ]
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{esc(c)}</th>" for c in self.COLUMNS)
+        numeric = ' class="st-num"'
+        head = "".join(f"<th{numeric if i >= 5 else ''}>{esc(c)}</th>" for i, c in enumerate(self.COLUMNS))
         if self.link_template:
             head += "<th>trace</th>"
         body = []

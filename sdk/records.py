@@ -45,7 +45,7 @@ import sdk
 if TYPE_CHECKING:
     from sdk.store import SessionRecord, SessionStore
 
-DEFAULT_RECORDED_SPANS = 10_000
+DEFAULT_RECORDED_SPANS = 5_000
 """How many ended spans a `SpanRecorder` keeps by default (the oldest are forgotten first)."""
 
 SESSION_KIND = "session"
