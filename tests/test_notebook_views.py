@@ -217,11 +217,6 @@ def test_after_the_auto_session_ends_the_next_cell_starts_a_new_one_or_says_why_
         assert "auto_start_session is off" not in stream_text(nb, index)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18: init() still returns a Config whose repr is ~1,500 characters; the short repr (or None) "
-    "is the lead's change in sdk/config.py / sdk/lifecycle.py. Remove this mark when it lands.",
-)
 def test_init_as_the_last_line_of_a_cell_displays_little(views):
     """``sdk.init(auto_start_session=True)`` as a cell's last line, as the docs write it, shows at most one short line."""
     nb, _ = views
