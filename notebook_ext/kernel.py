@@ -32,6 +32,7 @@ from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 
 import sdk
+from notebook_ext.summary import span_recorder
 
 logger = logging.getLogger("sessiontrace.notebook")
 
@@ -88,6 +89,16 @@ class CellParticipant(Protocol):
         """Called when attached while `cell` is already running (``sdk.init()`` in that cell)."""
 
 
+def init_settings(config: sdk.Config) -> dict[str, Any]:
+    """The settings `config` got from ``sdk.init()`` keywords: what to give ``init()`` to get it again."""
+    return {key: getattr(config, key) for key, source in config.sources.items() if source.layer == "init"}
+
+
+def say(message: str) -> None:
+    """A line for the user in the running cell's output, as normal output (not stderr, which notebooks paint red)."""
+    print(message, flush=True)
+
+
 def auto_session() -> sdk.Session | None:
     """The process's auto session, if one is running."""
     for info in sdk.sessions():
@@ -104,10 +115,21 @@ def _current_task() -> object | None:
 
 
 class CellSpans:
-    """Each outermost cell is a step of the auto session: a ``cell[N]`` span, parent of the cell's orphans."""
+    """Each outermost cell is a step of the auto session: a ``cell[N]`` span, parent of the cell's orphans.
+
+    When the auto session has ended (``sdk.end_session()``, ``%session end``, the idle timeout)
+    while ``auto_start_session`` is still on, the next cell starts a new one, with the settings of
+    the last ``sdk.init()``, and says so in its output: the kernel's work never becomes traces
+    without a session. When the setting was turned off since, the next cell says once that cells
+    no longer belong to a session. After ``sdk.shutdown()`` nothing is recorded and nothing is said.
+    """
 
     def __init__(self) -> None:
         self._session: sdk.Session | None = None
+        self._last_auto: sdk.Session | None = None
+        self._config: sdk.Config | None = None
+        self._restarting = False
+        self._said_off = False
 
     def before_cell(self, cell: Cell) -> None:
         if cell.depth == 1:
@@ -116,6 +138,10 @@ class CellSpans:
     def adopt_cell(self, cell: Cell) -> None:
         # After each init(): the init() cell itself gets its span, or the cell in which the auto
         # session started; a cell that has a span already (in a session ended since) gets no other.
+        self._config = sdk.config()
+        if self._restarting:
+            return  # the init() _restart_auto runs: _begin goes on with the new auto session
+        self._said_off = False
         if cell.depth == 1 and self._session is None:
             self._begin(cell)
 
@@ -123,7 +149,10 @@ class CellSpans:
         self._session = None
         auto = auto_session()
         if auto is None:
+            auto = self._restart_auto()
+        if auto is None:
             return
+        self._last_auto = auto
         attributes: dict[str, Any] = {
             CELL_EXECUTION_COUNT: cell.execution_count,
             CELL_SOURCE_SHA256: hashlib.sha256(cell.source.encode("utf-8", "surrogatepass")).hexdigest(),
@@ -139,6 +168,41 @@ class CellSpans:
         session, self._session = self._session, None
         if session is not None:
             session.end_step(error)  # already ended (and its step with it) if the cell ended the session
+
+    def _restart_auto(self) -> sdk.Session | None:
+        """A new auto session when the last one ended and the settings still ask for one."""
+        previous = self._last_auto
+        if previous is None or not previous.ended:
+            return None  # there never was one here
+        config = sdk.config()
+        if config is not self._config or not config.enabled:
+            return None  # sdk.shutdown() ran (or the SDK is off): nothing is recorded
+        if not config.auto_start_session:
+            if not self._said_off:
+                self._said_off = True
+                say(
+                    "sessiontrace: the kernel's auto session has ended and auto_start_session is off, so "
+                    "cells outside a %%session or sdk.session() now belong to no session; "
+                    "sdk.init(auto_start_session=True) starts a new one."
+                )
+            return None
+        self._restarting = True
+        try:
+            sdk.init(**init_settings(config))
+        except Exception as exc:  # the config file or environment changed into something invalid
+            if not self._said_off:
+                self._said_off = True
+                say(f"sessiontrace: the auto session has ended and a new one could not start: {exc}")
+            return None
+        finally:
+            self._restarting = False
+        auto = auto_session()
+        if auto is not None:
+            say(
+                f"sessiontrace: the auto session {previous.name!r} had ended; "
+                f"this cell starts a new one ({auto.id})."
+            )
+        return auto
 
 
 class CarriedSessions:
@@ -288,6 +352,7 @@ def attach_to_kernel() -> None:
         shell = get_ipython()
         if not isinstance(shell, InteractiveShell):
             return
+        span_recorder()  # the kernel's recent spans, for the notebook's timelines
         hooks = NotebookHooks.attach(shell)
         hooks.add(CELLS, _CellsParticipant(), order=0)
         hooks.adopt_running_cell()

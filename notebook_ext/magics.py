@@ -9,7 +9,11 @@ How ``%%session`` runs its cell: IPython cannot run a cell magic's body with top
    frames) are exactly those of the same code without the magic.
 2. The ``pre_run_cell`` hook, which runs in the context the cell's code runs in, starts the
    session there (`sdk.start_session`): it is current for the whole cell.
-3. The ``post_run_cell`` hook ends it with the cell's outcome and displays the summary.
+3. The ``post_run_cell`` hook ends it with the cell's outcome and displays its timeline
+   (`notebook_ext.timeline.SessionTimeline`: a summary, then one row per span).
+
+The cell's session and the cell's span in the auto session link to each other (span links), so a
+backend can go from one to the other.
 
 A cell whose arguments do not parse is left to IPython, which calls the ``%%session`` cell magic,
 which raises `UsageError` (one line, no traceback). A session that cannot start (say, its id is
@@ -30,13 +34,23 @@ from typing import Any, NamedTuple, NoReturn, cast
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display as _untyped_display
-from traitlets import Unicode
+from traitlets import Int, Unicode
 
 import sdk
-from notebook_ext.kernel import Cell, NotebookHooks, auto_session, guarded
-from notebook_ext.summary import SessionsView, SessionView, error_counter, trace_link
+from notebook_ext.kernel import Cell, NotebookHooks, auto_session, guarded, init_settings
+from notebook_ext.summary import (
+    Row,
+    SessionsView,
+    error_counter,
+    format_cost,
+    format_duration,
+    session_rows,
+    span_recorder,
+    trace_link,
+)
+from notebook_ext.timeline import MAX_ROWS, SessionList, SessionTimeline, format_clock
 
 SESSION_CELLS = "session-cells"
 """The participant the extension adds to the shell's `NotebookHooks`."""
@@ -44,6 +58,13 @@ SESSION_CELLS = "session-cells"
 _MAGIC_LINE = re.compile(r"%%session(?=\s|$)(?P<args>.*)\Z", re.DOTALL)
 
 END_STATES = ("success", "fail", "indeterminate")
+DEFAULT_LISTED = 20
+
+CELL_LINK = "notebook.cell"
+"""`sessiontrace.link` of the link from a ``%%session`` cell's session to the cell's span."""
+SESSION_LINK = "session"
+"""`sessiontrace.link` of the link from the cell's span to the session the cell ran."""
+CELL_SESSION_ID = "notebook.cell.session_id"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +80,14 @@ _CELL_PARSER.add_argument("--id", dest="session_id", default=None)
 _CELL_PARSER.add_argument("--user", dest="user_id", default=None)
 _CELL_PARSER.add_argument("--tag", dest="tags", action="append", default=[])
 _CELL_PARSER.add_argument("--resume", action="store_true")
+
+
+_LIST_PARSER = _Parser(prog="%sessions", add_help=False)
+_LIST_PARSER.add_argument("--limit", type=int, default=DEFAULT_LISTED)
+_LIST_PARSER.add_argument("--user", default=None)
+_LIST_PARSER.add_argument("--state", choices=("running", *END_STATES), default=None)
+_LIST_PARSER.add_argument("--tag", default=None)
+_LIST_PARSER.add_argument("--since", default=None)
 
 
 class SessionArgs(NamedTuple):
@@ -168,7 +197,23 @@ def start_cell_session(args: SessionArgs) -> sdk.Session:
     counter = error_counter()
     if counter is not None:
         counter.watch(session.id)
+    with guarded("%%session cell link"):
+        link_to_cell(session)
     return session
+
+
+def link_to_cell(session: sdk.Session) -> None:
+    """Link a ``%%session`` cell's session and the cell's span in the auto session, both ways."""
+    auto = auto_session()
+    step = auto.step if auto is not None and auto is not session else None
+    if step is None:
+        return
+    cell, own = step.get_span_context(), session.span.get_span_context()
+    if not (cell.is_valid and own.is_valid):
+        return
+    session.span.add_link(cell, {"sessiontrace.link": CELL_LINK})
+    step.add_link(own, {"sessiontrace.link": SESSION_LINK})
+    step.set_attribute(CELL_SESSION_ID, session.id)
 
 
 class SessionCells:
@@ -218,6 +263,10 @@ class SessionMagics(Magics):
         help="Address of a trace in your backend's UI, with {trace_id} and/or {session_id}; when set, "
         "summaries link to it (e.g. http://localhost:16686/trace/{trace_id} for Jaeger).",
     ).tag(config=True)
+    max_rows = Int(
+        MAX_ROWS,
+        help="Spans a session's timeline draws at most; the rest are counted (sdk.read_spans has them all).",
+    ).tag(config=True)
 
     def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell=shell)
@@ -231,6 +280,7 @@ class SessionMagics(Magics):
     def install(self) -> None:
         """Register the magics, the transformers and the cell hooks (each once)."""
         shell = self.ipython
+        span_recorder()  # from now on (or from sdk.init(), if later) spans are kept for the timelines
         shell.register_magics(self)
         if self.transformer not in shell.input_transformers_cleanup:
             shell.input_transformers_cleanup.append(self.transformer)
@@ -298,12 +348,14 @@ class SessionMagics(Magics):
         store, also after a kernel restart: same session id, same trace, a new segment. Top-level
         ``await`` works as in any cell. An exception ends the session as ``fail`` and is shown
         as it would be without the magic; interrupting the kernel ends it as ``indeterminate``
-        (reason ``interrupted``). After the cell a summary is shown: session id, state,
+        (reason ``interrupted``). After the cell its timeline is shown: session id, state,
         duration, spans, errors (and LLM calls, tokens and cost when the session made LLM calls;
-        a link when ``%config SessionMagics.ui_url`` is set).
-        ``%%session`` must be the cell's first line; other cell magics may follow it.
+        a link when ``%config SessionMagics.ui_url`` is set), then one row per span on a shared
+        time axis. ``%%session`` must be the cell's first line; other cell magics may follow it.
 
         %session               show the current session and the auto session
+        %session show [ID]     the timeline of session ID (an id or a unique prefix; default:
+                               the current session, else the most recent one)
         %session end [STATE]   end the current session (else the auto session) as STATE:
                                success (default), fail or indeterminate
         %session new NAME      end the auto session and start a new one named NAME
@@ -345,19 +397,110 @@ class SessionMagics(Magics):
             if len(words) != 2 or not words[1].strip():
                 raise UsageError("%session new NAME: give the new auto session's name")
             new_auto_session(words[1])
+        elif words[0] == "show":
+            if len(words) > 2:
+                raise UsageError("%session show [ID]: one session id (or prefix) at most")
+            display(self.timeline_of(words[1] if len(words) == 2 else None))
         else:
-            raise UsageError(f"%session: unknown command {words[0]!r} (use: end [STATE], new NAME)")
+            raise UsageError(
+                f"%session: unknown command {words[0]!r} (use: show [ID], end [STATE], new NAME)"
+            )
+
+    @line_magic
+    def sessions(self, line: str) -> None:
+        """List recent sessions: from the session store, the local traces and this kernel.
+
+        %sessions [--limit N] [--user U] [--state STATE] [--tag T] [--since WHEN]
+
+        Newest first, at most N (default 20): id (the shortest unique prefix, for ``%session show
+        ID``), name, user, state, start, duration, spans, LLM calls, tokens and cost, and a link to
+        each session's trace when ``%config SessionMagics.ui_url`` is set. WHEN: ``30m``, ``2h``,
+        ``1d`` ago, or an ISO date. The same rows as data: ``sdk.read_sessions()``.
+        """
+        try:
+            args = _LIST_PARSER.parse_args(shlex.split(line))
+        except ValueError as exc:
+            raise UsageError(f"%sessions: {exc}") from None
+        if args.limit < 1:
+            raise UsageError("%sessions: --limit must be at least 1")
+        try:
+            rows = sdk.read_sessions(
+                user=args.user,
+                state=args.state,
+                tag=args.tag,
+                since=args.since,
+                limit=args.limit + 1,
+                recorder=span_recorder(),
+            )
+        except ValueError as exc:
+            raise UsageError(f"%sessions: {exc}") from None
+        note = None
+        if len(rows) > args.limit:
+            note = f"the {args.limit} most recent shown; more match (%sessions --limit N)"
+        display(SessionList(rows[: args.limit], link_template=self.ui_url, note=note))
+
+    def timeline_of(self, prefix: str | None) -> SessionTimeline:
+        """The timeline of the session `prefix` names (default: the current session, else the latest one)."""
+        recorder = span_recorder()
+        if prefix is None:
+            current = sdk.current_session()
+            if current is not None:
+                prefix = current.id
+        try:
+            found = sdk.read_sessions(prefix, limit=1, recorder=recorder)
+            if not found:
+                raise UsageError(
+                    "%session show: no sessions recorded yet (none in this kernel, the store or the local traces)"
+                )
+            row = found[0]
+            spans = sdk.read_spans(row.id, recorder=recorder)
+        except LookupError as exc:
+            raise UsageError(f"%session show: {exc}") from None
+        return SessionTimeline(
+            "sessiontrace",
+            record_rows(row, link=trace_link(self.ui_url, row)),
+            spans,
+            running=row.state == "running",
+            max_rows=self.max_rows,
+        )
 
     # --- shared -------------------------------------------------------------------------------
 
     def finish(self, session: sdk.Session, error: BaseException | None) -> None:
-        """End a cell's session with the cell's outcome and display its summary."""
+        """End a cell's session with the cell's outcome and display its timeline."""
         with guarded("%%session end"):
             end_for(session, error)
         counter = error_counter()
         errors = counter.take(session.id) if counter is not None else None
         with guarded("%%session summary"):
-            display(SessionView(session, errors=errors, link=trace_link(self.ui_url, session)))
+            recorder = span_recorder()
+            spans = recorder.rows(session.id) if recorder is not None else []
+            header = session_rows(session, errors=errors, link=trace_link(self.ui_url, session))
+            display(SessionTimeline("sessiontrace", header, spans, max_rows=self.max_rows))
+
+
+def record_rows(row: sdk.SessionRow, *, link: str | None = None) -> list[Row]:
+    """The header rows of a session read back as data (`sdk.SessionRow`)."""
+    state = f"{row.state} ({row.reason})" if row.reason else row.state
+    rows = [
+        Row("session", f"{row.name} · {row.id}"),
+        Row("state", state),
+        Row("user", row.user_id or "-"),
+        Row("started", format_clock(row.started) if row.started else "-"),
+        Row("duration", format_duration(row.duration)),
+        Row("spans", str(row.spans)),
+        Row("errors", str(row.errors)),
+    ]
+    if row.llm_calls:
+        rows += [
+            Row("LLM calls", str(row.llm_calls)),
+            Row("LLM input tokens", str(row.input_tokens)),
+            Row("LLM output tokens", str(row.output_tokens)),
+            Row("LLM cost", format_cost(row.cost_usd)),
+        ]
+    if link:
+        rows.append(Row("trace", row.trace_id, link))
+    return rows
 
 
 def new_auto_session(name: str) -> sdk.Session | None:
@@ -369,8 +512,7 @@ def new_auto_session(name: str) -> sdk.Session | None:
     current = auto_session()
     if current is not None:
         current.end("success", "replaced by %session new")
-    config = sdk.config()
-    settings = {key: getattr(config, key) for key, source in config.sources.items() if source.layer == "init"}
+    settings = init_settings(sdk.config())
     settings.update(auto_start_session=True, auto_session_name=name)
     try:
         sdk.init(**settings)

@@ -1,17 +1,18 @@
 """A session's summary in a cell's output: a rich HTML table in Jupyter, plain text in a terminal.
 
-`SessionView` is what ``%%session`` displays after its cell and `SessionsView` what ``%session``
-shows. Both are display objects (``_repr_html_`` and ``_repr_pretty_``): the front end picks the
-richest form it can show. `ErrorCounter` counts the spans of watched sessions that ended with an
-error status, for the summary's ``errors`` row.
+`session_rows` are the summary rows a ``%%session`` timeline starts with (see timeline.py), and
+`SessionsView` is what ``%session`` shows: a display object (``_repr_html_`` and
+``_repr_pretty_``), so the front end picks the richest form it can show. `ErrorCounter` counts the
+spans of watched sessions that ended with an error status, for the summary's ``errors`` row;
+`span_recorder` keeps the kernel's recent spans for the timelines.
 """
 
 from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -22,6 +23,7 @@ from opentelemetry.trace import StatusCode
 import sdk
 
 _COUNTER_ATTRIBUTE = "_sessiontrace_notebook_error_counter"
+_RECORDER_ATTRIBUTE = "_sessiontrace_notebook_span_recorder"
 
 
 class ErrorCounter(SpanProcessor):
@@ -69,24 +71,44 @@ class ErrorCounter(SpanProcessor):
         return True
 
 
-def error_counter() -> ErrorCounter | None:
-    """The error counter of the global tracer provider, added on first use (None before ``sdk.init()``)."""
+P = TypeVar("P", bound=SpanProcessor)
+
+
+def _provider_processor(attribute: str, kind: type[P], make: Callable[[], P]) -> P | None:
+    """The processor of type `kind` kept on the global tracer provider under `attribute`, added on first
+    use (None before ``sdk.init()``). The SDK's provider lives as long as the process and keeps the
+    processors added to it across re-init, so each is added once."""
     provider = trace.get_tracer_provider()
-    existing = getattr(provider, _COUNTER_ATTRIBUTE, None)
-    if isinstance(existing, ErrorCounter):
+    existing = getattr(provider, attribute, None)
+    if isinstance(existing, kind):
         return existing
     add = getattr(provider, "add_span_processor", None)
     if add is None:  # OpenTelemetry's placeholder provider: the SDK has not started
         return None
-    counter = ErrorCounter()
-    add(counter)
-    setattr(provider, _COUNTER_ATTRIBUTE, counter)
-    return counter
+    processor = make()
+    add(processor)
+    setattr(provider, attribute, processor)
+    return processor
 
 
-def trace_link(template: str, session: sdk.Session) -> str | None:
+def error_counter() -> ErrorCounter | None:
+    """The error counter of the global tracer provider, added on first use (None before ``sdk.init()``)."""
+    return _provider_processor(_COUNTER_ATTRIBUTE, ErrorCounter, ErrorCounter)
+
+
+def span_recorder() -> sdk.SpanRecorder | None:
+    """The kernel's in-memory `sdk.SpanRecorder` (its last `sdk.records.DEFAULT_RECORDED_SPANS` ended
+    spans of sessions), added to the global tracer provider on first use (None before ``sdk.init()``).
+
+    It lets the notebook show a session whose spans went only to an OTLP backend, and the session a
+    ``%%session`` cell just ended before the batch exporter has written it anywhere.
+    """
+    return _provider_processor(_RECORDER_ATTRIBUTE, sdk.SpanRecorder, sdk.SpanRecorder)
+
+
+def trace_link(template: str, session: sdk.Session | sdk.SessionRow) -> str | None:
     """The backend UI's address for a session: `template` with ``{trace_id}`` and ``{session_id}`` filled in."""
-    if not template:
+    if not template or not session.trace_id:
         return None
     return template.replace("{trace_id}", session.trace_id).replace("{session_id}", session.id)
 
@@ -100,8 +122,15 @@ def llm_rows(session: sdk.Session) -> list[Row]:
         Row("LLM calls", str(usage.llm_calls)),
         Row("LLM input tokens", str(usage.input_tokens)),
         Row("LLM output tokens", str(usage.output_tokens)),
-        Row("LLM cost", f"${usage.cost_usd:.6g}"),
+        Row("LLM cost", format_cost(usage.cost_usd)),
     ]
+
+
+def format_cost(cost: float | None) -> str:
+    """``$0.00042``, ``$0.0000048`` (never in exponent notation), ``-`` for none."""
+    if cost is None:
+        return "-"
+    return "$" + (f"{cost:.8f}".rstrip("0").rstrip(".") or "0")
 
 
 def format_duration(seconds: float) -> str:
@@ -189,14 +218,6 @@ class _View:
 
     def __repr__(self) -> str:
         return self.text()
-
-
-class SessionView(_View):
-    """The summary of one session (what ``%%session`` shows after its cell), taken when made."""
-
-    def __init__(self, session: sdk.Session, *, errors: int | None = None, link: str | None = None) -> None:
-        self.session = session
-        super().__init__([("sessiontrace", session_rows(session, errors=errors, link=link))])
 
 
 class SessionsView(_View):

@@ -33,6 +33,7 @@ from sdk.settings import Config, ConfigError
 from sdk.version import __version__
 
 if TYPE_CHECKING:
+    from sdk.records import SessionRow, SpanRecorder, SpanRow, read_sessions, read_spans
     from sdk.store import Score, SessionRecord, SessionStore, Usage
 
 __all__ = [
@@ -44,10 +45,13 @@ __all__ = [
     "Session",
     "SessionInfo",
     "SessionRecord",
+    "SessionRow",
     "SessionScope",
     "SessionState",
     "SessionStore",
     "SessionWarning",
+    "SpanRecorder",
+    "SpanRow",
     "Stats",
     "Usage",
     "__version__",
@@ -60,6 +64,8 @@ __all__ = [
     "flush",
     "init",
     "instrument",
+    "read_sessions",
+    "read_spans",
     "score",
     "session",
     "sessions",
@@ -78,6 +84,7 @@ _LAZY = {
     "SessionStore",
     "Usage",
 }  # sdk.store costs import time; load it on first use
+_LAZY_RECORDS = {"SessionRow", "SpanRecorder", "SpanRow", "read_sessions", "read_spans"}  # and sdk.records
 
 
 def __getattr__(name: str) -> Any:
@@ -85,4 +92,8 @@ def __getattr__(name: str) -> Any:
         import sdk.store
 
         return getattr(sdk.store, name)
+    if name in _LAZY_RECORDS:
+        import sdk.records
+
+        return getattr(sdk.records, name)
     raise AttributeError(f"module 'sdk' has no attribute {name!r}")

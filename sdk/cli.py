@@ -10,7 +10,11 @@ session. Its output, exit code and uncaught-exception traceback are the program'
 
 ``sessions list|show|end`` reads the session store (the ``session_store`` setting, or
 ``--store``): a table of sessions, one session with its segments and its span tree from the
-local traces, or ending sessions whose process is gone.
+local traces, or ending sessions whose process is gone. Session ids may be shortened to a unique
+prefix, as git commit ids are.
+
+``export --to URL`` sends the local OTLP-JSON traces (recorded offline) to an OTLP backend, each
+span once (see sdk/upload.py).
 
 See docs/cli.md.
 """
@@ -70,6 +74,7 @@ examples:
   %(prog)s sessions list          the stored sessions, most recently active first
   %(prog)s sessions show ID       one session: its segments and its span tree
   %(prog)s sessions end --stale   end the sessions whose process is gone
+  %(prog)s export --to http://localhost:4318   send the local traces to an OTLP backend
 
 Run '%(prog)s COMMAND --help' for a command's options."""
 
@@ -121,6 +126,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sessiontrace") -> in
         return doctor_command(as_json=options.json, prog=prog)
     if options.command == "sessions":
         return sessions_command(options, prog=f"{prog} sessions")
+    if options.command == "export":
+        return export_command(options, prog=f"{prog} export")
     parser.print_help(sys.stderr)
     return 2
 
@@ -154,6 +161,7 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentP
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module (as python -m does)")
     run.add_argument("args", metavar="ARGS", nargs="*", help="arguments passed to the program (sys.argv[1:])")
     add_sessions_parser(commands)
+    add_export_parser(commands)
     return parser, run
 
 
@@ -607,7 +615,7 @@ examples:
   %(prog)s list --store redis://localhost:6379/0"""
 
 _LIST_DESCRIPTION = """\
-A table of stored sessions, most recently active first: id, name, state, started, duration
+A table of stored sessions, most recently active first: id, name, user, state, started, duration
 (start to end; for a running session, start to its last recorded activity), spans, tokens and
 cost, each summed over the session's segments. Filters combine."""
 
@@ -625,28 +633,15 @@ END_STATES = ("success", "fail", "indeterminate")
 STATES = ("running", *END_STATES)
 DEFAULT_LIMIT = 50
 
-_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_since(text: str, now: float | None = None) -> float:
     """``30s``, ``15m``, ``1h``, ``2d``, ``1w`` ago, or an ISO date or date-time (local time unless it says), as epoch seconds."""
-    import datetime
-    import re
+    from sdk.records import parse_time
 
-    now = time_now() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if match:
-        return now - float(match.group(1)) * _SINCE_UNITS[match.group(2)]
-    iso = text.strip()
-    if iso.endswith(("Z", "z")):
-        iso = iso[:-1] + "+00:00"
     try:
-        when = datetime.datetime.fromisoformat(iso)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration like 30m, 1h, 2d or an ISO date like 2025-01-31 or 2025-01-31T14:00, not {text!r}"
-        ) from None
-    return when.timestamp()  # a naive date-time is local time
+        return parse_time(text, time_now() if now is None else now)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def time_now() -> float:
@@ -728,7 +723,7 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
         description=_SHOW_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    show.add_argument("session_id", metavar="ID", help="the session id")
+    show.add_argument("session_id", metavar="ID", help="the session id, or a prefix of exactly one")
 
     end = actions.add_parser(
         "end",
@@ -737,7 +732,7 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
         description=_END_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    end.add_argument("session_id", metavar="ID", nargs="?", help="the session id")
+    end.add_argument("session_id", metavar="ID", nargs="?", help="the session id, or a prefix of exactly one")
     end.add_argument("--stale", action="store_true", help="end every stale session instead of one id")
     end.add_argument(
         "--state",
@@ -751,11 +746,12 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 class _SessionsError(Exception):
-    """A sessions command failed in a way reported in one line, with an exit status."""
+    """A sessions command failed in a way reported in one line (and `details`), with an exit status."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, details: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.details = details
 
 
 @dataclass
@@ -771,9 +767,32 @@ class _Sessions:
         return [] if self.store is None else self.store.list(**filters)
 
     def get(self, session_id: str) -> SessionRecord:
+        """The record of `session_id`, or of the one session whose id starts with it."""
+        from sdk.records import AmbiguousSessionId, SessionNotFound, resolve_session_id
+
         record = None if self.store is None else self.store.get(session_id)
-        if record is None:
-            raise _SessionsError(f"no session {session_id!r} in the session store ({self.description})", 1)
+        if record is not None:
+            return record
+        candidates = {r.id: r for r in self.find() if r.id.startswith(session_id)}
+        try:
+            record = candidates[resolve_session_id(session_id, candidates)]
+        except SessionNotFound:
+            raise _SessionsError(
+                f"no session {session_id!r} (nor one whose id starts with it) in the session store "
+                f"({self.description})",
+                1,
+            ) from None
+        except AmbiguousSessionId as exc:
+            matching = sorted(candidates.values(), key=lambda r: r.id)
+            rows = [
+                (r.id, _short(r.name), r.user_id or "-", r.state, format_time(r.started)) for r in matching
+            ]
+            raise _SessionsError(
+                f"session id prefix {session_id!r} is ambiguous: {len(exc.candidates)} sessions match; "
+                "give more characters:",
+                1,
+                _table(("ID", "NAME", "USER", "STATE", "STARTED"), rows),
+            ) from None
         return record
 
     def stale(self, now: float) -> list[SessionRecord]:
@@ -808,6 +827,8 @@ def sessions_command(options: argparse.Namespace, *, prog: str = "sessiontrace s
         return 1
     except _SessionsError as exc:
         _print_error(f"{prog}: {exc}")
+        for line in exc.details:
+            print(f"  {line}", file=sys.stderr)
         return exc.status
     except BrokenPipeError:
         # The reader went away (`... | head`): stop quietly, as other command-line tools do.
@@ -983,6 +1004,7 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
             (
                 r.id,
                 _short(r.name),
+                _short(r.user_id or "-", 20),
                 f"{r.state} (stale)" if r.id in stale else r.state,
                 format_time(r.started),
                 format_duration(session_duration(r)),
@@ -992,8 +1014,8 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
             )
             for r in records
         ]
-        header = ("ID", "NAME", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST")
-        print("\n".join(_table(header, rows, right=frozenset({4, 5, 6, 7}))))
+        header = ("ID", "NAME", "USER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST")
+        print("\n".join(_table(header, rows, right=frozenset({5, 6, 7, 8}))))
     if more:
         print(
             f"(the {limit} most recently active shown; more match: --limit N, or --limit 0 for all)",
@@ -1088,28 +1110,25 @@ def span_tree(folder: Path, trace_id: str) -> list[dict[str, Any]]:
     (``unset``, ``ok``, ``error``), session.id and children. A span written more than once (a
     start marker, then the span itself) appears once, as last ended.
     """
-    from sdk.export.jsonl import read_otlp_json_spans
+    from sdk.records import local_span_rows
 
-    latest: dict[str, dict[str, Any]] = {}
-    for span in read_otlp_json_spans(folder):
-        if span.get("traceId") != trace_id:
+    latest: dict[str, Any] = {}
+    for span in local_span_rows(folder):
+        if span.trace_id != trace_id:
             continue
-        known = latest.get(span["spanId"])
-        if known is None or int(span.get("endTimeUnixNano", 0)) >= int(known.get("endTimeUnixNano", 0)):
-            latest[span["spanId"]] = span
+        known = latest.get(span.span_id)
+        if known is None or span.end >= known.end:
+            latest[span.span_id] = span
     nodes: dict[str, dict[str, Any]] = {}
     for span_id, span in latest.items():
-        start = int(span.get("startTimeUnixNano", 0)) / 1e9
-        end = int(span.get("endTimeUnixNano", 0)) / 1e9
-        code = int(span.get("status", {}).get("code", 0))
         nodes[span_id] = {
-            "name": span.get("name", ""),
+            "name": span.name,
             "span_id": span_id,
-            "parent_span_id": span.get("parentSpanId") or None,
-            "start": start,
-            "end": end,
-            "duration": max(end - start, 0.0),
-            "status": {0: "unset", 1: "ok", 2: "error"}.get(code, str(code)),
+            "parent_span_id": span.parent_span_id,
+            "start": span.start,
+            "end": span.end,
+            "duration": span.duration,
+            "status": span.status,
             "children": [],
         }
     roots: list[dict[str, Any]] = []
@@ -1157,4 +1176,124 @@ def _sessions_end(options: argparse.Namespace, sessions: _Sessions) -> int:
             verb = "ended" if changed else "already ended"
             reason = f" ({r.reason})" if r.reason else ""
             print(printable(f"{verb}: {r.id} {r.state}{reason}"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+_EXPORT_DESCRIPTION = """\
+Send the local traces (the OTLP-JSON files the default exporter writes under <data_dir>/traces,
+e.g. recorded offline) to an OTLP backend: OTLP/HTTP (protobuf) or OTLP/gRPC, with the headers,
+TLS and compression settings of the config (OTEL_EXPORTER_OTLP_HEADERS, ...) plus any --header.
+
+Each span is sent once: what was delivered to a destination (protocol and URL) is remembered in
+<data_dir>/export-state.json (readable by you only), so running the command again sends only
+spans written since. A run stopped half-way (the backend down, Ctrl-C) goes on from the last
+delivered request. Progress goes to stderr: a bar on a terminal, else a line every 10%.
+
+exit status: 0 ok (also when there was nothing new), 1 the backend refused a request or stayed
+unreachable, 2 usage or configuration error."""
+
+_EXPORT_EPILOG = """\
+examples:
+  %(prog)s --to http://localhost:4318                      OTLP/HTTP (/v1/traces is added)
+  %(prog)s --to http://localhost:4317 --protocol grpc      OTLP/gRPC
+  %(prog)s --to https://otlp.example.com --header "authorization=Bearer $TOKEN"
+  %(prog)s --to http://localhost:4318 --data-dir ~/runs/.sessiontrace"""
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected a header as KEY=VALUE, not {text!r}")
+    return key.strip(), value.strip()
+
+
+def add_export_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``export --to URL`` to the top-level subparsers; return its parser."""
+    export: argparse.ArgumentParser = commands.add_parser(
+        "export",
+        help="send the local traces (recorded offline) to an OTLP backend, each span once",
+        description=_EXPORT_DESCRIPTION,
+        epilog=_EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument(
+        "--to",
+        metavar="URL",
+        required=True,
+        help="the OTLP endpoint: for HTTP a base URL gets /v1/traces appended; for gRPC host and port",
+    )
+    export.add_argument(
+        "--protocol",
+        choices=("http/protobuf", "grpc"),
+        help="the OTLP protocol (default: the protocol setting, http/protobuf unless configured)",
+    )
+    export.add_argument(
+        "--header",
+        metavar="KEY=VALUE",
+        type=_header,
+        action="append",
+        default=[],
+        help="a header (gRPC: metadata) to send, beside the configured headers (repeat for several)",
+    )
+    export.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the data folder whose traces to send (default: the data_dir setting, ./.sessiontrace)",
+    )
+    return export
+
+
+def export_command(options: argparse.Namespace, *, prog: str = "sessiontrace export") -> int:
+    """`export --to URL`: send the local traces the destination has not received yet."""
+    from sdk.export.otlp import traces_endpoint
+    from sdk.upload import UploadError, upload
+
+    try:
+        base = load_config()
+        settings: dict[str, Any] = {
+            "endpoint": options.to,
+            "headers": {**base.headers, **dict(options.header)},
+            "exporter": "otlp",
+        }
+        if options.protocol is not None:
+            settings["protocol"] = options.protocol
+        if options.data_dir is not None:
+            settings["data_dir"] = options.data_dir
+        config = load_config(settings)
+    except ConfigError as exc:
+        _print_error(f"{prog}: {exc}")
+        return 2
+    endpoint = traces_endpoint(config)
+    data_dir = Path(config.data_dir)
+    folder = data_dir / "traces"
+    if not folder.is_dir():
+        print(f"nothing to export: {folder} does not exist (no local traces were written there)")
+        return 0
+    if endpoint.protocol == "grpc" and importlib.util.find_spec("grpc") is None:
+        _print_error(f"{prog}: OTLP/gRPC needs grpcio: pip install 'sessiontrace[grpc]'")
+        return 2
+    try:
+        result = upload(folder, endpoint, state_dir=data_dir, progress=sys.stderr)
+    except UploadError as exc:
+        _print_error(f"{prog}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _print_error(f"{prog}: interrupted; what was delivered is remembered: run it again to go on")
+        return 130
+    where = endpoint.describe()
+    if result.spans_sent:
+        plural = "" if result.requests == 1 else "s"
+        print(f"exported {result.spans_sent:,} spans in {result.requests} request{plural} to {where}")
+    else:
+        print(f"nothing new to export to {where}: every local span was sent already")
+    if result.skipped_lines:
+        print(
+            f"{result.skipped_lines} line(s) in {folder} were not OTLP-JSON and were left out",
+            file=sys.stderr,
+        )
+    if result.rejected:
+        print(f"the backend rejected {result.rejected} span(s) (an OTLP partial success)", file=sys.stderr)
     return 0

@@ -157,16 +157,17 @@ def stored(tmp_path: Path, session_id: str) -> SessionRecord:
 
 
 def test_list_table(capsys, records):
-    """`list` prints a table of every session, most recently active first, with duration, spans, tokens and cost summed over segments."""
+    """`list` prints a table of every session, most recently active first, with its user, and duration, spans, tokens and cost summed over segments."""
     code, out, err = cli(capsys, "list")
     assert code == 0, err
     header, *body = rows(out)
-    assert header == ["ID", "NAME", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST"]
+    assert header == ["ID", "NAME", "USER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST"]
     assert [r[0] for r in body] == ["orphan-1", "chat-7f3a", "job-1", "old-1"]
     by_id = {r[0]: r for r in body}
     assert by_id["chat-7f3a"] == [
         "chat-7f3a",
         "refund-flow",
+        "u-42",
         "running",
         format_time(records["chat-7f3a"].started),
         "9m 00s",  # first start to the last activity of the running segment
@@ -174,7 +175,7 @@ def test_list_table(capsys, records):
         "1,234",
         "$0.0123",
     ]
-    assert by_id["job-1"][2:] == [
+    assert by_id["job-1"][3:] == [
         "fail",
         format_time(records["job-1"].started),
         "2m 00s",
@@ -182,8 +183,8 @@ def test_list_table(capsys, records):
         "0",
         "$0.0000",
     ]
-    assert by_id["old-1"][2] == "success"
-    assert by_id["orphan-1"][2] == "running (stale)", "its process on this host is gone"
+    assert by_id["old-1"][3] == "success"
+    assert by_id["orphan-1"][3] == "running (stale)", "its process on this host is gone"
     assert err == ""
 
 
@@ -325,8 +326,42 @@ def test_show_unknown_id(capsys, records):
         assert code == 1
         assert out == ""
         assert err.strip().splitlines() == [
-            f"sessiontrace sessions: no session 'nope' in the session store (sqlite:{Path('.sessiontrace') / 'sessions.db'})"
+            f"sessiontrace sessions: no session 'nope' (nor one whose id starts with it) in the session store "
+            f"(sqlite:{Path('.sessiontrace') / 'sessions.db'})"
         ]
+
+
+def test_show_and_end_accept_a_unique_id_prefix(capsys, tmp_path, records):
+    """`show` and `end` take a unique prefix of a session id, as git takes commit ids; an exact id wins over longer ones."""
+    code, out, err = cli(capsys, "show", "chat-7")
+    assert code == 0, err
+    assert out.startswith("session chat-7f3a\n")
+    code, out, err = cli(capsys, "end", "job", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["id"] == "job-1"
+    store = open_store("sqlite", tmp_path / ".sessiontrace", None)
+    assert store is not None
+    store.begin_segment(known_records(time.time())[2]._replace(id="old"), resume=False)
+    store.close()
+    code, out, err = cli(capsys, "show", "old", "--json")
+    assert code == 0, err
+    assert json.loads(out)["session"]["id"] == "old"  # not ambiguous with old-1: the exact id
+
+
+def test_ambiguous_id_prefix_lists_the_candidates(capsys, records):
+    """An id prefix that several sessions share exits 1 with a message and a table of the candidates on stderr."""
+    code, out, err = cli(capsys, "show", "o")
+    assert code == 1
+    assert out == ""
+    first, *table = err.strip().splitlines()
+    assert first == (
+        "sessiontrace sessions: session id prefix 'o' is ambiguous: 2 sessions match; give more characters:"
+    )
+    assert rows("\n".join(table))[0] == ["ID", "NAME", "USER", "STATE", "STARTED"]
+    assert [r[:4] for r in rows("\n".join(table))[1:]] == [
+        ["old-1", "report", "u-42", "success"],
+        ["orphan-1", "agent", "-", "running"],
+    ]
 
 
 def test_show_span_tree_from_local_traces(capsys, tmp_path):

@@ -174,7 +174,7 @@ def work(arg):
 
 
 def test_reinit_regression_one_session_one_span_per_cell(tmp_path, kernel_dirs):
-    """init, work, the same init again, work, end_session twice: one auto session ended `success`, one span per cell."""
+    """init, work, the same init again, work, end_session twice: one auto session for that work ended `success`, one span per cell."""
     nb = execute(
         [
             "import sdk\nsdk.init(auto_start_session=True)",
@@ -189,27 +189,33 @@ def test_reinit_regression_one_session_one_span_per_cell(tmp_path, kernel_dirs):
     )
     no_hook_errors(nb)
     assert not [o for cell in nb.cells for o in cell.outputs if o.output_type == "error"]
-    assert stream_text(nb, 5) == ""  # ending twice is silent
+    assert "Warning" not in stream_text(nb, 5)  # ending again is no error and no warning
     spans = Spans(tmp_path)
     assert len(list(spans.folder.glob("*.jsonl"))) == 1  # one exporter: the second init changed nothing
     assert len({s["spanId"] for s in spans.all}) == len(spans.all)  # nothing exported twice
 
-    (session,) = spans.sessions()
-    assert attrs(session)["session.auto"] is True
-    assert attrs(session)["session.state"] == "success"
-    # Cells 1-5 ran while the auto session was open: one cell[N] span each, children of the session.
-    # Cell 6 ran after it ended: there is no session for it to join, so it has none.
+    # Cells 1-5 ran while the first auto session was open: one cell[N] span each, children of the
+    # session. Cell 6 ran after it ended: the kernel's auto session is on, so that cell started a
+    # new one (and said so), which its end_session() ended.
+    session, again = sorted(spans.sessions(), key=lambda s: int(s["startTimeUnixNano"]))
+    for auto in (session, again):
+        assert attrs(auto)["session.auto"] is True
+        assert attrs(auto)["session.state"] == "success"
+    assert stream_text(nb, 5, "stdout").startswith(
+        "sessiontrace: the auto session 'auto' had ended; this cell starts"
+    )
     cells = sorted(spans.cells(), key=lambda s: int(attrs(s)["notebook.cell.execution_count"]))
-    assert [c["name"] for c in cells] == ["cell[1]", "cell[2]", "cell[3]", "cell[4]", "cell[5]"]
-    for cell in cells:
+    assert [c["name"] for c in cells] == ["cell[1]", "cell[2]", "cell[3]", "cell[4]", "cell[5]", "cell[6]"]
+    for cell in cells[:5]:
         assert cell["parentSpanId"] == session["spanId"]
         assert spans.in_session(cell, session)
         assert len(attrs(cell)["notebook.cell.source_sha256"]) == 64
+    assert spans.in_session(cells[5], again)
     tools = spans.named("execute_tool double")
     assert len(tools) == 2
     assert [t["parentSpanId"] for t in tools] == [cells[1]["spanId"], cells[3]["spanId"]]
     assert all(spans.in_session(t, session) for t in tools)
-    assert len(spans.all) == 1 + 5 + 2
+    assert len(spans.all) == 1 + 5 + 2 + 1 + 1
 
 
 # --- one kernel for the %%session cells --------------------------------------------------------
@@ -354,10 +360,10 @@ def test_summary_shows_llm_usage_and_backend_link(session_run):
     nb, spans = session_run
     session = spans.session("llm")
     html = html_summary(nb, 15)
-    assert 'LLM calls</th><td style="text-align:left">1<' in html
-    assert 'LLM input tokens</th><td style="text-align:left">12<' in html
-    assert 'LLM output tokens</th><td style="text-align:left">3<' in html
-    assert 'LLM cost</th><td style="text-align:left">$0.00042<' in html
+    assert re.search(r"LLM calls</th><td[^>]*>1<", html)
+    assert re.search(r"LLM input tokens</th><td[^>]*>12<", html)
+    assert re.search(r"LLM output tokens</th><td[^>]*>3<", html)
+    assert re.search(r"LLM cost</th><td[^>]*>\$0.00042<", html)
     assert attrs(session)["session.llm.input_tokens"] == "12"
     link = f'href="http://ui.example/trace/{session["traceId"]}?s={attrs(session)["session.id"]}"'
     assert link in html
@@ -542,11 +548,17 @@ def test_session_started_in_a_cell_stays_current_in_later_cells(tmp_path, kernel
         kernel_dirs,
     )
     no_hook_errors(nb)
-    assert stream_text(nb, 9) == stream_text(nb, 10) == ""  # ending again is silent
+    for index in (9, 10):  # each of these cells starts a new auto session, and ends it: no warning
+        assert "Warning" not in stream_text(nb, index)
+        assert stream_text(nb, index, "stdout").startswith("sessiontrace: the auto session 'auto' had ended")
     shown = html_summary(nb, 4)
     assert shown.index("current session") < shown.index("chat-1") < shown.index("auto session")
     spans = Spans(tmp_path)
-    chat, auto = spans.session("chat"), spans.session("auto")
+    chat = spans.session("chat")
+    auto, *later = sorted(
+        (s for s in spans.sessions() if s["name"] == "auto"), key=lambda s: int(s["startTimeUnixNano"])
+    )
+    assert len(later) == 2
     assert attrs(chat)["session.state"] == "success"  # the first end_session() ended chat, not auto
     assert attrs(auto)["session.state"] == "fail"  # %session end fail
     for arg in (1, 2):
@@ -558,9 +570,13 @@ def test_session_started_in_a_cell_stays_current_in_later_cells(tmp_path, kernel
     assert spans.in_session(spans.tool_calls(4)[0], inside)
     (after,) = spans.tool_calls(3)
     assert spans.in_session(after, auto)
-    # Cells 1-9 ran while the auto session was open (cell 9 ended it); cells 10 and 11 have no span.
+    # Cells 1-9 ran while the first auto session was open (cell 9 ended it); cells 10 and 11 each
+    # ran in a new one (which each of them ended).
     counts = sorted(int(attrs(c)["notebook.cell.execution_count"]) for c in spans.cells())
-    assert counts == list(range(1, 10))
+    assert counts == list(range(1, 12))
+    for count, session in ((10, later[0]), (11, later[1])):
+        (cell,) = [c for c in spans.cells() if attrs(c)["notebook.cell.execution_count"] == str(count)]
+        assert spans.in_session(cell, session)
 
 
 def test_example_notebook_runs(tmp_path, kernel_dirs):
