@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -353,9 +354,26 @@ def attach_to_kernel() -> None:
         if not isinstance(shell, InteractiveShell):
             return
         span_recorder()  # the kernel's recent spans, for the notebook's timelines
+        _calm_warnings()
         hooks = NotebookHooks.attach(shell)
         hooks.add(CELLS, _CellsParticipant(), order=0)
         hooks.adopt_running_cell()
+
+
+def _calm_warnings() -> None:
+    """The SDK's own warnings as normal cell output, not on stderr (which notebooks paint red).
+
+    Only when nothing else would show them: the application configured no logging handler, so they
+    would go to Python's last-resort handler on stderr. Added once per kernel.
+    """
+    logger = logging.getLogger("sessiontrace")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 class _CellsParticipant:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import collections
 import datetime
-import json
 import math
 import re
 import threading
@@ -41,6 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 
 import sdk
+from sdk.export.jsonl import trace_files, trace_lines
 
 if TYPE_CHECKING:
     from sdk.store import SessionRecord, SessionStore
@@ -343,58 +343,7 @@ def span_row(span: Mapping[str, Any]) -> SpanRow:
 
 # --- the local trace files ----------------------------------------------------------------------
 
-MAX_LINE_BYTES = 64 * 1024 * 1024
 """A line longer than this is not one the SDK wrote: it is skipped, never read into memory whole."""
-
-
-class TraceLine(NamedTuple):
-    """One complete line of a trace file: an ExportTraceServiceRequest in OTLP-JSON."""
-
-    resource_spans: list[dict[str, Any]] | None
-    """The request's ``resourceSpans``; None for a line that is not OTLP-JSON (left out)."""
-    spans: int
-    end: int
-    """The offset in the file just past this line."""
-
-
-def trace_lines(path: Path, start: int = 0) -> Iterator[TraceLine]:
-    """The complete lines of a trace file from byte `start`, parsed.
-
-    The last line is left out while it has no newline (a process is writing it, or was killed
-    writing it). The folder may hold files the SDK did not write: a line that is not OTLP-JSON,
-    or longer than `MAX_LINE_BYTES`, comes as a `TraceLine` whose `resource_spans` is None.
-    """
-    with path.open("rb") as f:
-        f.seek(start)
-        offset = start
-        while True:
-            raw = f.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                return
-            if not raw.endswith(b"\n"):
-                if len(raw) <= MAX_LINE_BYTES:
-                    return
-                while raw and not raw.endswith(b"\n"):
-                    offset += len(raw)
-                    raw = f.readline(MAX_LINE_BYTES + 1)
-                offset += len(raw)
-                yield TraceLine(None, 0, offset)
-                continue
-            offset += len(raw)
-            if not raw.strip():
-                continue
-            try:
-                resource_spans = json.loads(raw)["resourceSpans"]
-                count = sum(len(scope["spans"]) for r in resource_spans for scope in r.get("scopeSpans", ()))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                yield TraceLine(None, 0, offset)
-                continue
-            yield TraceLine(resource_spans, count, offset)
-
-
-def trace_files(folder: Path) -> list[Path]:
-    """The trace files of `folder`, oldest first (none when it does not exist)."""
-    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
 
 def _request_rows(resource_spans: Iterable[Mapping[str, Any]]) -> Iterator[SpanRow]:
@@ -827,13 +776,10 @@ __all__ = [
     "SessionRow",
     "SpanRecorder",
     "SpanRow",
-    "TraceLine",
     "open_store_for_reading",
     "parse_time",
     "read_sessions",
     "read_spans",
     "resolve_session_id",
     "span_row",
-    "trace_files",
-    "trace_lines",
 ]

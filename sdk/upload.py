@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from sdk.export.jsonl import trace_files, trace_lines
 from sdk.export.otlp import Endpoint, Sender, SendResult, make_sender
-from sdk.records import trace_files, trace_lines
 
 STATE_FILE = "export-state.json"
 LOCK_FILE = "export-state.lock"

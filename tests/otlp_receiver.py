@@ -259,12 +259,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif mode == "fail":
             self._answer(status, b"")
         elif self.path == LOGS_PATH:
-            record.accepted = self._answer(200, ExportLogsServiceResponse().SerializeToString())
+            self._accept(record, ExportLogsServiceResponse().SerializeToString())
         else:
             response = (
                 ExportMetricsServiceResponse() if self.path == METRICS_PATH else ExportTraceServiceResponse()
             )
-            record.accepted = self._answer(200, response.SerializeToString())
+            self._accept(record, response.SerializeToString())
+
+    def _accept(self, record: ReceivedRequest, body: bytes) -> None:
+        """Answer 200; the request counts as accepted before the client can read the answer (a
+        client that returns on the answer then finds its spans accepted), unless the write fails."""
+        record.accepted = True
+        if not self._answer(200, body):
+            record.accepted = False
 
     def _answer(self, status: int, body: bytes) -> bool:
         try:

@@ -634,3 +634,22 @@ def test_notebook_ext_uses_only_the_public_face_of_sdk():
         for use, line in _sdk_uses(ast.parse(path.read_text(encoding="utf-8"))):
             found.append(f"{path.name}:{line}: {use}")
     assert found == []
+
+
+def test_the_sdks_own_lines_are_normal_cell_output_not_stderr(tmp_path, kernel_dirs):
+    """In a kernel, a session's summary line and the SDK's once-only warnings appear as normal output (stdout), never on stderr, which notebooks paint red."""
+    nb = execute(
+        [
+            "import sdk\nsdk.init(service_name='calm', console_summary=True)",
+            "s = sdk.start_session('calm-session')\nsdk.end_session(s)",
+            "sdk.init(service_name='calm', endpoint='http://127.0.0.1:9', spool=False, export_interval=0.01,"
+            " console_summary=False)\nwith sdk.session('to-nowhere'):\n    pass\nsdk.flush(1.0)",
+        ],
+        tmp_path,
+        kernel_dirs,
+    )
+    no_hook_errors(nb)
+    assert "session 'calm-session'" in stream_text(nb, 1, "stdout")
+    assert "sessiontrace: " in stream_text(nb, 2, "stdout")  # the backend-unreachable warning
+    for index in range(3):
+        assert stream_text(nb, index, "stderr") == "", index

@@ -365,15 +365,19 @@ class SpoolingExporter(SpanExporter):
         """Send the spooled batches oldest first until one fails: "sent", "failed" or "empty"."""
         spool = self.spool
         assert spool is not None
+        with self._state:
+            expected = set(self._fresh)  # before listing: a batch spooled meanwhile is not "gone"
         names = spool.pending()
         if not names:
             with self._state:
-                taken = sum(count for _, count in self._fresh.values())
-                self._fresh.clear()  # another process took them from the spool, and sends them
-                self._mine.clear()
+                # Fresh before the listing and not in it: another process took them and sends them.
+                gone = [name for name in expected if name in self._fresh]
+                taken = sum(self._fresh.pop(name)[1] for name in gone)
+                self._mine.difference_update(gone)
+                more = bool(self._fresh)
                 self._state.notify_all()
             COUNTERS.spans_spooled.add_many(taken)
-            return "empty"
+            return "sent" if more else "empty"
         sender = self._get_sender()
         for name in names:
             if self._closed:

@@ -22,9 +22,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -437,26 +437,72 @@ def _whole_lines(fd: int, size: int) -> int:
     return 0
 
 
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""A longer line in a trace file is not read (no exporter writes one: a batch is far smaller)."""
+
+
+class TraceLine(NamedTuple):
+    """One complete line of a trace file: an ExportTraceServiceRequest in OTLP-JSON."""
+
+    resource_spans: list[dict[str, Any]] | None
+    """The request's ``resourceSpans``; None for a line that is not OTLP-JSON (left out)."""
+    spans: int
+    end: int
+    """The offset in the file just past this line."""
+
+
+def trace_lines(path: Path, start: int = 0) -> Iterator[TraceLine]:
+    """The complete lines of a trace file from byte `start`, parsed.
+
+    The last line is left out while it has no newline (a process is writing it, or was killed
+    writing it). The folder may hold files the SDK did not write: a line that is not OTLP-JSON,
+    or longer than `MAX_LINE_BYTES`, comes as a `TraceLine` whose `resource_spans` is None.
+    """
+    with path.open("rb") as f:
+        f.seek(start)
+        offset = start
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if not raw.endswith(b"\n"):
+                if len(raw) <= MAX_LINE_BYTES:
+                    return
+                while raw and not raw.endswith(b"\n"):
+                    offset += len(raw)
+                    raw = f.readline(MAX_LINE_BYTES + 1)
+                offset += len(raw)
+                yield TraceLine(None, 0, offset)
+                continue
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                resource_spans = json.loads(raw)["resourceSpans"]
+                count = sum(len(scope["spans"]) for r in resource_spans for scope in r.get("scopeSpans", ()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                yield TraceLine(None, 0, offset)
+                continue
+            yield TraceLine(resource_spans, count, offset)
+
+
+def trace_files(folder: Path) -> list[Path]:
+    """The trace files of `folder`, oldest first (none when it does not exist)."""
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
 def read_otlp_json_spans(folder: Path) -> list[dict[str, Any]]:
     """Every span in the OTLP-JSON files of `folder`, each with its resource's attributes under `resource`.
 
-    A torn last line (a process killed, or a disk filling up, in the middle of a write) is skipped.
+    Read as `trace_lines` reads: a torn last line (a process killed, or a disk filling up, in the
+    middle of a write) and lines that are not OTLP-JSON (files the SDK did not write) are skipped.
     """
     spans: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.jsonl")):
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    request = json.loads(line)
-                except json.JSONDecodeError:
-                    if line.endswith("\n"):
-                        raise
-                    continue
-                for resource_spans in request.get("resourceSpans", ()):
-                    resource = resource_spans.get("resource", {})
-                    for scope_spans in resource_spans.get("scopeSpans", ()):
-                        for span in scope_spans.get("spans", ()):
-                            spans.append({**span, "resource": resource})
+    for path in trace_files(folder):
+        for line in trace_lines(path):
+            for resource_spans in line.resource_spans or ():
+                resource = resource_spans.get("resource", {})
+                for scope_spans in resource_spans.get("scopeSpans", ()):
+                    for span in scope_spans.get("spans", ()):
+                        spans.append({**span, "resource": resource})
     return spans

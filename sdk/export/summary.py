@@ -55,13 +55,19 @@ def format_summary(summary: SessionSummary) -> str:
     )
 
 
+def in_kernel() -> bool:
+    """Whether this is a Jupyter kernel (ipykernel's output streams), where stderr shows red."""
+    return "ipykernel" in sys.modules and type(sys.stdout).__name__ == "OutStream"
+
+
 def print_summary(summary: SessionSummary) -> None:
-    """Write the summary line to stderr (where it does not mix with the program's output).
+    """Write the summary line to stderr (where it does not mix with the program's output); in a
+    Jupyter kernel to the cell's normal output, which notebooks do not paint as an error.
 
     The line and its newline go in one write, under a lock, then the stream is flushed: lines of
     sessions ending in many threads at once never mix or leave blank lines.
     """
-    stream = sys.stderr
+    stream = sys.stdout if in_kernel() else sys.stderr
     if stream is not None:
         line = format_summary(summary) + "\n"
         with _write_lock:
