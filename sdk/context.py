@@ -34,12 +34,12 @@ from sdk.session_core import (
     SESSION_ID,
     Session,
     SessionState,
-    _current_session,
     auto_session,
     detach_quietly,
     inbound_session,
     session_for_trace,
 )
+from sdk.state import STATE
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,7 +80,7 @@ def inject(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[st
     own span is the parent; outside any session only the ambient context is written.
     """
     target: MutableMapping[str, str] = {} if carrier is None else carrier
-    local = _current_session.get()
+    local = STATE.current_session.get()
     if local is not None and local.state is not SessionState.RUNNING:
         local = None
     _PROPAGATOR.inject(target, context=_outgoing_context(otel_context.get_current(), local))
@@ -138,21 +138,21 @@ class Wrapped(Generic[P, R]):
                 # Unpickled in another process: the session travels in the headers' baggage. Clear
                 # the session this process's context may hold (a forked pool worker inherits the
                 # one that was current in the thread that forked it), so the headers decide.
-                session_token = _current_session.set(None)
+                session_token = STATE.current_session.set(None)
                 ctx, _, _ = inbound_session(extract_w3c(self._carrier or {}), None, trusted=True)
                 token = otel_context.attach(ctx)
                 try:
                     return self.fn(*args, **kwargs)
                 finally:
                     detach_quietly(token)
-                    _current_session.reset(session_token)
-            session_token = _current_session.set(self._session)
+                    STATE.current_session.reset(session_token)
+            session_token = STATE.current_session.set(self._session)
             token = otel_context.attach(self._ctx)
             try:
                 return self.fn(*args, **kwargs)
             finally:
                 detach_quietly(token)
-                _current_session.reset(session_token)
+                STATE.current_session.reset(session_token)
         finally:
             if elsewhere:
                 # A process-pool or multiprocessing child may leave through os._exit(), which runs
@@ -185,7 +185,7 @@ def wrap(fn: Callable[P, R]) -> Wrapped[P, R]:
     ``threading.Thread(target=sdk.context.wrap(work))``, callbacks, queues: wherever `fn` runs,
     its spans belong to the session that was current here.
     """
-    return Wrapped(fn, _current_session.get(), otel_context.get_current())
+    return Wrapped(fn, STATE.current_session.get(), otel_context.get_current())
 
 
 def run(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
-
-_many_lock = threading.Lock()  # one for all counters: add_many runs on the SDK's threads, rarely
-
-
-def _after_fork_in_child() -> None:
-    global _many_lock
-    _many_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Counter:
@@ -27,18 +15,23 @@ class Counter:
     `add_many(n)` adds to a second, lock-protected sum: O(1) whatever `n` is.
     """
 
-    __slots__ = ("_count", "_many", "add")
+    __slots__ = ("_count", "_lock", "_many", "add")
 
     def __init__(self) -> None:
         self._count = itertools.count(1)
         self.add: Callable[[], int] = self._count.__next__
         self._many = 0
+        self._lock = threading.Lock()  # for add_many, which runs on the SDK's threads, rarely
 
     def add_many(self, n: int) -> None:
         """Add `n` (nothing when `n` is not positive)."""
         if n > 0:
-            with _many_lock:
+            with self._lock:
                 self._many += n
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at fork time stays held forever."""
+        self._lock = threading.Lock()
 
     @property
     def value(self) -> int:
@@ -47,10 +40,16 @@ class Counter:
 
 
 class Counters:
-    """The process's counters. One instance lives for the whole process (re-init keeps counting)."""
+    """The process's counters (``STATE.counters``: one for the whole process, re-init keeps counting)."""
 
     def __init__(self) -> None:
         self.reset()
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks for every counter."""
+        for value in vars(self).values():
+            if isinstance(value, Counter):
+                value.after_fork()
 
     def reset(self) -> None:
         """Start every counter again from zero."""
@@ -131,6 +130,3 @@ class Stats(NamedTuple):
     its queue behind; they reach the store when it catches up (also after a restart)."""
     store_dropped: int = 0
     """Session-store records dropped because the overflow file was full too; also in `store_errors`."""
-
-
-COUNTERS = Counters()

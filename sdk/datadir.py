@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
 from pathlib import Path
+
+from sdk.state import STATE
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -23,16 +24,13 @@ O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _GITIGNORE = b"# created by sessiontrace\n*\n"
 
-_ready: set[Path] = set()  # folders made private in this process (checked once each)
-_ready_lock = threading.Lock()
-
 
 def ensure_data_dir(root: Path, *sub: str) -> Path:
     """Create `root` (with a ``.gitignore`` holding ``*``, as pytest does for its cache) and a subfolder,
     each 0700; return the subfolder. Cheap after the first call for a folder."""
     folder = root.joinpath(*sub)
     key = folder.absolute()  # the same relative path names another folder after a chdir
-    if key in _ready:
+    if key in STATE.private_folders:
         return folder
     _private_dir(root, parents=True)
     ignore = root / ".gitignore"
@@ -47,17 +45,17 @@ def ensure_data_dir(root: Path, *sub: str) -> Path:
     for part in sub:
         path = path / part
         _private_dir(path, parents=False)
-    with _ready_lock:
-        _ready.add(key)
+    with STATE.private_folders_lock:
+        STATE.private_folders.add(key)
     return folder
 
 
 def forget_ready(folder: Path) -> None:
     """Check `folder` again at its next use (it was found missing: deleted while the process ran)."""
     key = folder.absolute()
-    with _ready_lock:
-        for path in [p for p in _ready if p == key or key in p.parents]:
-            _ready.discard(path)
+    with STATE.private_folders_lock:
+        for path in [p for p in STATE.private_folders if p == key or key in p.parents]:
+            STATE.private_folders.discard(path)
 
 
 def _private_dir(path: Path, *, parents: bool) -> None:

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sdk.counters import COUNTERS
+from sdk.state import STATE
 
 logger = logging.getLogger("sessiontrace")
-
-_seen: set[tuple[str, str]] = set()
-_seen_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _seen_lock
-    _seen_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def raise_internal_errors() -> bool:
@@ -38,11 +24,11 @@ def raise_internal_errors() -> bool:
 
 def internal_error(where: str, exc: BaseException) -> None:
     """Record an internal failure: count it, log it the first time this place fails this way."""
-    COUNTERS.internal_errors.add()
+    STATE.counters.internal_errors.add()
     key = (where, type(exc).__name__)
-    with _seen_lock:
-        first = key not in _seen
-        _seen.add(key)
+    with STATE.warned_lock:
+        first = key not in STATE.warned
+        STATE.warned.add(key)
     if first:
         logger.error(
             "sessiontrace: internal error in %s (your program continues; further %s errors here are "
@@ -55,19 +41,12 @@ def internal_error(where: str, exc: BaseException) -> None:
         raise exc
 
 
-def forget_logged() -> None:
-    """Log the next internal error or warning of each kind again (used by `sdk.testing.reset`)."""
-    with _seen_lock:
-        _seen.clear()
-        _tallies.clear()
-
-
 def warn_once(key: str, message: str, *args: object) -> None:
     """Log a warning about the user's setup or call, once per key."""
-    with _seen_lock:
-        if ("warn", key) in _seen:
+    with STATE.warned_lock:
+        if ("warn", key) in STATE.warned:
             return
-        _seen.add(("warn", key))
+        STATE.warned.add(("warn", key))
     logger.warning(message, *args)
 
 
@@ -93,9 +72,6 @@ class _Tally:
         self.next_at = 0.0
 
 
-_tallies: dict[str, _Tally] = {}
-
-
 def warn_every(key: str, interval: float, count: int, message: str, *args: object) -> None:
     """Log a warning about `count` more losses of one kind, at most once per `interval` seconds.
 
@@ -105,11 +81,11 @@ def warn_every(key: str, interval: float, count: int, message: str, *args: objec
     """
     if count <= 0:
         return
-    now = time.monotonic()
-    with _seen_lock:
-        tally = _tallies.get(key)
+    now = STATE.clock.monotonic()
+    with STATE.warned_lock:
+        tally = STATE.tallies.get(key)
         if tally is None:
-            tally = _tallies[key] = _Tally(interval, message, args)
+            tally = STATE.tallies[key] = _Tally(interval, message, args)
         tally.message, tally.args = message, args
         tally.count += count
         if now < tally.next_at:
@@ -122,12 +98,12 @@ def warn_every(key: str, interval: float, count: int, message: str, *args: objec
 def report_due_warnings() -> None:
     """Log the figures `warn_every` has been adding up whose interval has passed (the SDK's export
     thread calls this as it goes, so that losses are reported even when none follow them)."""
-    if not _tallies:
+    if not STATE.tallies:
         return
-    now = time.monotonic()
+    now = STATE.clock.monotonic()
     due: list[tuple[str, tuple[object, ...], int]] = []
-    with _seen_lock:
-        for tally in _tallies.values():
+    with STATE.warned_lock:
+        for tally in STATE.tallies.values():
             if tally.count and now >= tally.next_at:
                 due.append((tally.message, tally.args, tally.count))
                 tally.count = 0

@@ -8,9 +8,7 @@ place. The auto session belongs to the process, not to a pipeline, so it survive
 from __future__ import annotations
 
 import atexit
-import os
 import sys
-import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -18,9 +16,9 @@ from typing import Any
 from opentelemetry.sdk.trace import _TracerConfig
 
 from sdk import runtime, tracing
-from sdk.counters import COUNTERS, Stats
+from sdk.counters import Stats
 from sdk.guard import internal_error
-from sdk.reaper import REAPER
+from sdk.reaper import reaper
 from sdk.session_core import (
     SessionState,
     auto_session,
@@ -30,18 +28,7 @@ from sdk.session_core import (
     start_auto_session,
 )
 from sdk.settings import Config, load_config
-
-_lock = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-_state: dict[str, Any] = {"exit_hook": False, "uncaught": None, "previous_excepthook": None}
+from sdk.state import STATE
 
 
 def init(**settings: Any) -> Config:
@@ -53,7 +40,7 @@ def init(**settings: Any) -> Config:
     blocks on the network. Returns the resolved config.
     """
     config = load_config(settings)
-    with _lock:
+    with STATE.lifecycle_lock:
         old = runtime.current()
         if old.config is not None and old.config == config and old.enabled == config.enabled:
             _apply_process_features(config)
@@ -101,7 +88,7 @@ def _apply_process_features(config: Config) -> None:
     instrumentation.configure(
         config.instrument if config.enabled else (), autogen=config.enabled and config.instrument_autogen
     )
-    REAPER.configure(config.session_idle_timeout if config.enabled else None)
+    reaper().configure(config.session_idle_timeout if config.enabled else None)
     from sdk import logs
     from sdk.instrumentation import propagation
 
@@ -164,14 +151,14 @@ def shutdown(timeout: float | None = None) -> None:
     Returns within `timeout` seconds (default: flush_timeout) even if the backend hangs. The SDK
     can be started again with `init()`.
     """
-    with _lock:
+    with STATE.lifecycle_lock:
         rt = runtime.current()
         if rt.config is None:
             return
         end_open_sessions(SessionState.SUCCESS, None, "sdk.shutdown()")
         runtime.swap(runtime.Runtime(None))
         _set_provider_enabled(False)
-        REAPER.configure(None)
+        reaper().configure(None)
         from sdk.instrumentation import threads
 
         threads.remove_all()
@@ -203,35 +190,35 @@ def config() -> Config:
 def stats() -> Stats:
     """A snapshot of the SDK's counters: spans, sessions, drops and internal errors."""
     return Stats(
-        spans_started=COUNTERS.spans_started.value,
-        spans_ended=COUNTERS.spans_ended.value,
-        spans_exported=COUNTERS.spans_exported.value,
-        spans_dropped=COUNTERS.spans_dropped.value,
-        export_errors=COUNTERS.export_errors.value,
-        spans_spooled=COUNTERS.spans_spooled.value,
-        spool_dropped=COUNTERS.spool_dropped.value,
+        spans_started=STATE.counters.spans_started.value,
+        spans_ended=STATE.counters.spans_ended.value,
+        spans_exported=STATE.counters.spans_exported.value,
+        spans_dropped=STATE.counters.spans_dropped.value,
+        export_errors=STATE.counters.export_errors.value,
+        spans_spooled=STATE.counters.spans_spooled.value,
+        spool_dropped=STATE.counters.spool_dropped.value,
         sessions_open=len(open_sessions()),
-        sessions_started=COUNTERS.sessions_started.value,
-        sessions_ended=COUNTERS.sessions_ended.value,
-        internal_errors=COUNTERS.internal_errors.value,
-        store_errors=COUNTERS.store_errors.value,
-        callback_errors=COUNTERS.callback_errors.value,
-        inbound_rejected=COUNTERS.inbound_rejected.value,
-        llm_calls=COUNTERS.llm_calls.value,
-        llm_calls_unpriced=COUNTERS.llm_calls_unpriced.value,
-        spans_dropped_queue_full=COUNTERS.spans_dropped_queue_full.value,
-        spool_rejected=COUNTERS.spool_rejected.value,
-        torn_writes_recovered=COUNTERS.torn_writes_recovered.value,
-        store_spilled=COUNTERS.store_spilled.value,
-        store_dropped=COUNTERS.store_dropped.value,
+        sessions_started=STATE.counters.sessions_started.value,
+        sessions_ended=STATE.counters.sessions_ended.value,
+        internal_errors=STATE.counters.internal_errors.value,
+        store_errors=STATE.counters.store_errors.value,
+        callback_errors=STATE.counters.callback_errors.value,
+        inbound_rejected=STATE.counters.inbound_rejected.value,
+        llm_calls=STATE.counters.llm_calls.value,
+        llm_calls_unpriced=STATE.counters.llm_calls_unpriced.value,
+        spans_dropped_queue_full=STATE.counters.spans_dropped_queue_full.value,
+        spool_rejected=STATE.counters.spool_rejected.value,
+        torn_writes_recovered=STATE.counters.torn_writes_recovered.value,
+        store_spilled=STATE.counters.store_spilled.value,
+        store_dropped=STATE.counters.store_dropped.value,
     )
 
 
 def _install_exit_hook() -> None:
-    if _state["exit_hook"]:
+    if STATE.exit_hook_installed:
         return
-    _state["exit_hook"] = True
-    _state["previous_excepthook"] = sys.excepthook
+    STATE.exit_hook_installed = True
+    STATE.previous_excepthook = sys.excepthook
     sys.excepthook = _excepthook
     atexit.register(_at_exit)
 
@@ -243,19 +230,19 @@ def note_exit_status(code: object) -> None:
     does not tell exit handlers the status, so runners such as ``python -m sdk run`` report it.
     """
     if code is not None and code != 0:
-        _state["uncaught"] = f"exit {code}"
+        STATE.uncaught = f"exit {code}"
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    _state["uncaught"] = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else exc_type.__name__
-    previous = _state["previous_excepthook"] or sys.__excepthook__
+    STATE.uncaught = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else exc_type.__name__
+    previous = STATE.previous_excepthook or sys.__excepthook__
     previous(exc_type, exc, tb)
 
 
 def _at_exit() -> None:
     """End every open session and flush, within flush_timeout, whatever the backend does."""
     try:
-        uncaught = _state["uncaught"] or _uncaught_seen_by_another_hook()
+        uncaught = STATE.uncaught or _uncaught_seen_by_another_hook()
         if uncaught == "interrupted":
             state, reason = SessionState.INDETERMINATE, "interrupted"
         elif uncaught:

@@ -34,8 +34,9 @@ from opentelemetry import trace
 from sdk import runtime
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
-from sdk.session_core import SESSION_ID, Session, SessionState, _current_session, _registry
+from sdk.session_core import SESSION_ID, Session, SessionState
 from sdk.settings import Config, Source
+from sdk.state import STATE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
@@ -63,18 +64,18 @@ def current_ids() -> tuple[str, str, str]:
     if span_context.is_valid:
         trace_id = f"{span_context.trace_id:032x}"
         span_id = f"{span_context.span_id:016x}"
-        session = _registry.by_trace.get(span_context.trace_id)
+        session = STATE.registry.by_trace.get(span_context.trace_id)
         if session is None:
-            ended_id = _registry.ended_session_id_for_trace(span_context.trace_id)
+            ended_id = STATE.registry.ended_session_id_for_trace(span_context.trace_id)
             if ended_id is not None:  # its session ended a moment ago (see ended_session_grace)
                 return ended_id, trace_id, span_id
     if session is None:
-        session = _current_session.get()
+        session = STATE.current_session.get()
     if session is None:
         remote = _baggage_session_id(ctx)
         if remote is not None:
             return remote, trace_id, span_id
-        auto = _registry.auto
+        auto = STATE.registry.auto
         session = auto if auto is not None and auto.state is SessionState.RUNNING else None
     if session is None:
         return "", trace_id, span_id
@@ -121,32 +122,30 @@ class SessionLogFilter(logging.Filter):
 # ---------------------------------------------------------------------------------------------
 # log_correlation: a log record factory that stamps every record where it is created.
 
-_correlation: dict[str, Any] = {"on": False, "previous": None, "factory": None}
-
 
 def _set_correlation(on: bool) -> None:
-    if on and _correlation["factory"] is None:
+    if on and STATE.log_correlation["factory"] is None:
         previous = logging.getLogRecordFactory()
 
         def session_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            if _correlation["on"]:
+            if STATE.log_correlation["on"]:
                 stamp(record)
             return record
 
-        _correlation["previous"] = previous
-        _correlation["factory"] = session_record_factory
+        STATE.log_correlation["previous"] = previous
+        STATE.log_correlation["factory"] = session_record_factory
         logging.setLogRecordFactory(session_record_factory)
-    _correlation["on"] = on
+    STATE.log_correlation["on"] = on
     # Off: put the previous factory back, unless another factory wraps ours since (then ours stays
     # in its chain, passing records through, and is used again when turned on).
     if (
         not on
-        and _correlation["factory"] is not None
-        and logging.getLogRecordFactory() is _correlation["factory"]
+        and STATE.log_correlation["factory"] is not None
+        and logging.getLogRecordFactory() is STATE.log_correlation["factory"]
     ):
-        logging.setLogRecordFactory(_correlation["previous"])
-        _correlation["factory"] = _correlation["previous"] = None
+        logging.setLogRecordFactory(STATE.log_correlation["previous"])
+        STATE.log_correlation["factory"] = STATE.log_correlation["previous"] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,11 +306,6 @@ class _Export:
         worker.join(timeout)
 
 
-_export: dict[str, _Export | None] = {"current": None}
-_export_lock = threading.Lock()
-_exit_hook = {"registered": False}
-
-
 def _export_key(config: Config, url: str) -> tuple[Any, ...]:
     return (
         url,
@@ -334,8 +328,8 @@ def _export_key(config: Config, url: str) -> tuple[Any, ...]:
 def _start_export(config: Config) -> None:
     url = logs_endpoint(config)
     key = _export_key(config, url)
-    with _export_lock:
-        current = _export["current"]
+    with STATE.log_export_lock:
+        current = STATE.log_export
         if current is not None and current.key == key:
             return
         exporter = _exporter(config, url)
@@ -355,9 +349,9 @@ def _start_export(config: Config) -> None:
             )
             replacement = _Export(key, provider, SessionLogHandler(provider))
             logging.getLogger().addHandler(replacement.handler)
-        _export["current"] = replacement
-        if not _exit_hook["registered"]:
-            _exit_hook["registered"] = True
+        STATE.log_export = replacement
+        if not STATE.log_exit_hook:
+            STATE.log_exit_hook = True
             atexit.register(_close_at_exit)
     if current is not None:  # flushed in the background: init() never waits for the network
         threading.Thread(
@@ -375,8 +369,8 @@ def close(timeout: float, *, wait: bool = True) -> None:
 
     ``wait=False`` flushes in a background thread and returns at once.
     """
-    with _export_lock:
-        current, _export["current"] = _export["current"], None
+    with STATE.log_export_lock:
+        current, STATE.log_export = STATE.log_export, None
     if current is None:
         return
     if wait:
@@ -401,8 +395,8 @@ def remove_all(timeout: float) -> threading.Thread | None:
     """Undo everything `configure` did (shutdown): the record factory at once; the export is
     flushed within `timeout` seconds by the returned thread (None when logs were not exported)."""
     _set_correlation(False)
-    with _export_lock:
-        current, _export["current"] = _export["current"], None
+    with STATE.log_export_lock:
+        current, STATE.log_export = STATE.log_export, None
     if current is None:
         return None
     logging.getLogger().removeHandler(current.handler)

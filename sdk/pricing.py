@@ -14,10 +14,11 @@ import json
 import math
 import os
 import re
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from sdk.state import STATE
 
 PER_TOKENS = 1_000_000
 _DATE_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-latest)$")
@@ -158,34 +159,20 @@ def load_overrides(value: object) -> PricingOverrides:
     raise PricingError("expected a JSON file's path or a mapping {model: {input: USD, output: USD}}")
 
 
-_lock = threading.Lock()
-_shipped: list[PricingTable] = []
-_merged: dict[PricingOverrides | None, PricingTable] = {}
-
-
 def shipped_table() -> PricingTable:
     """The table shipped with the SDK (``sdk/data/pricing.json``), read once."""
-    if _shipped:
-        return _shipped[0]
-    from importlib import resources
 
-    data = json.loads((resources.files("sdk") / "data" / "pricing.json").read_text(encoding="utf-8"))
-    models, as_of = parse_models(data, "sdk/data/pricing.json")
-    table = PricingTable(models, as_of)
-    with _lock:
-        if not _shipped:
-            _shipped.append(table)
-    return _shipped[0]
+    def read() -> PricingTable:
+        from importlib import resources
+
+        data = json.loads((resources.files("sdk") / "data" / "pricing.json").read_text(encoding="utf-8"))
+        models, as_of = parse_models(data, "sdk/data/pricing.json")
+        return PricingTable(models, as_of)
+
+    return STATE.cached("shipped pricing", None, read)
 
 
 def table_for(overrides: Any) -> PricingTable:
     """The shipped table with the `pricing` setting's overrides on top (cached per overrides)."""
     key = overrides if isinstance(overrides, PricingOverrides) else None
-    table = _merged.get(key)
-    if table is None:
-        table = shipped_table().merged(key)
-        with _lock:
-            if len(_merged) > 16:
-                _merged.clear()
-            _merged[key] = table
-    return table
+    return STATE.cached("pricing", key, lambda: shipped_table().merged(key), limit=16)

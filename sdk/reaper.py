@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 from sdk.guard import internal_error
 from sdk.session_core import end_idle_sessions
+from sdk.state import STATE
 
 
 class Reaper:
@@ -22,8 +22,7 @@ class Reaper:
         self._timeout: float | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+        STATE.at_fork(self, after_in_child=self._after_fork)
 
     def configure(self, timeout: float | None) -> None:
         """Run with this idle timeout (None: stop)."""
@@ -51,10 +50,18 @@ class Reaper:
                 wake = self._wake
             wake.wait(min(max(timeout / 4, 0.01), 1.0))
             wake.clear()
-            try:
-                end_idle_sessions(timeout)
-            except Exception as exc:
-                internal_error("idle session reaper", exc)
+            self.check_now(timeout)
+
+    def check_now(self, timeout: float | None = None) -> int:
+        """End the sessions idle longer than `timeout` (default: the configured one) now; how many."""
+        limit = self._timeout if timeout is None else timeout
+        if limit is None:
+            return 0
+        try:
+            return end_idle_sessions(limit)
+        except Exception as exc:
+            internal_error("idle session reaper", exc)
+            return 0
 
     def _after_fork(self) -> None:
         # The parent's thread does not exist here, and the lock may have been held at fork time.
@@ -65,4 +72,12 @@ class Reaper:
             self.configure(self._timeout)
 
 
-REAPER = Reaper()
+def reaper() -> Reaper:
+    """The process's reaper (made on first use, kept in the process state)."""
+    found = STATE.reaper
+    if found is None:
+        with STATE.lifecycle_lock:
+            found = STATE.reaper
+            if found is None:
+                found = STATE.reaper = Reaper()
+    return found

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
+
+from sdk.state import STATE
 
 REDACTED = "[REDACTED]"
 
@@ -425,36 +426,19 @@ def _short_text(value: object) -> str:
         return f"<{type(value).__name__}>"
 
 
-_lock = threading.Lock()
-_redactors: dict[tuple[Any, ...], Redactor] = {}
-_scrubbers: dict[tuple[Any, ...], Scrubber] = {}
-T = TypeVar("T")
-
-
-def _cached(cache: dict[tuple[Any, ...], T], key: tuple[Any, ...], make: Callable[..., T]) -> T:
-    """`make(*key)`, built once per key (a few configs per process: the cache is cleared past 32)."""
-    found = cache.get(key)
-    if found is None:
-        found = make(*key)
-        with _lock:
-            if len(cache) > 32:
-                cache.clear()
-            cache[key] = found
-    return found
-
-
 def redactor_for(config: Any) -> Redactor:
     """The Redactor for a Config's redaction settings (`config` None: the defaults)."""
     if config is None:
-        return _cached(_redactors, (("builtin",), None, 8192, ("builtin",)), Redactor)
-    key = (tuple(config.redact_patterns), config.redactor, config.content_max_length, config.scrub_keys)
-    return _cached(_redactors, key, Redactor)
+        key: tuple[Any, ...] = (("builtin",), None, 8192, ("builtin",))
+    else:
+        key = (tuple(config.redact_patterns), config.redactor, config.content_max_length, config.scrub_keys)
+    return STATE.cached("redactors", key, lambda: Redactor(*key))
 
 
 def scrubber_for(config: Any) -> Scrubber:
     """The Scrubber for a Config's `redact_patterns`, `scrub_keys` and `scrub` (`config` None: the defaults)."""
     if config is None:
-        return _cached(_scrubbers, (("builtin",), ("builtin",), True), Scrubber)
-    return _cached(
-        _scrubbers, (tuple(config.redact_patterns), tuple(config.scrub_keys), config.scrub), Scrubber
-    )
+        key: tuple[Any, ...] = (("builtin",), ("builtin",), True)
+    else:
+        key = (tuple(config.redact_patterns), tuple(config.scrub_keys), config.scrub)
+    return STATE.cached("scrubbers", key, lambda: Scrubber(*key))

@@ -22,9 +22,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
-from sdk.counters import COUNTERS
 from sdk.guard import internal_error, warn_once
 from sdk.settings import Config
+from sdk.state import STATE
 from sdk.version import __version__
 
 if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by `import sdk`
@@ -85,10 +85,10 @@ class Runtime:
         and counted. Only the export path is repeated; span processors of the application saw the
         span already.
         """
-        current = _current
-        if current is self or not current.batches:
+        now = current()
+        if now is self or not now.batches:
             return False
-        for batch in current.batches:
+        for batch in now.batches:
             batch.on_end(span)
         return True
 
@@ -101,7 +101,7 @@ class Runtime:
 
     def on_end(self, span: ReadableSpan) -> None:
         if not self.enabled:  # a span that started before shutdown() or init(enabled=False)
-            COUNTERS.spans_dropped.add()
+            STATE.counters.spans_dropped.add()
             return
         for on_end, name in self._enders:
             try:
@@ -300,7 +300,7 @@ class _Callbacks:
         try:
             callback(session)
         except Exception as exc:
-            COUNTERS.callback_errors.add()
+            STATE.counters.callback_errors.add()
             name = getattr(callback, "__qualname__", type(callback).__name__)
             warn_once(
                 f"callback-{which}-{name}-{type(exc).__name__}",
@@ -330,7 +330,7 @@ def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | Non
     try:
         store = open_store(config.session_store, config.data_dir, config.session_expiry)
     except Exception as exc:
-        COUNTERS.store_errors.add()
+        STATE.counters.store_errors.add()
         warn_once(
             "session-store-open",
             "sessiontrace: the session store (%s) cannot be opened: %s. Sessions work without persistence",
@@ -406,34 +406,29 @@ def _export_listeners(config: Config, batches: Sequence[BatchExportProcessor]) -
     return listeners
 
 
-_lock = threading.Lock()
-_current = Runtime(None)
-_closing: list[tuple[threading.Thread, Runtime]] = []
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    _closing.clear()  # the parent's closer threads do not exist here
-    if _current.store_writer is not None:
-        _current.store_writer.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+OFF = Runtime(None)
+"""The pipeline before `init()` and after `shutdown()`: records nothing."""
 
 
 def current() -> Runtime:
     """The pipeline in use now."""
-    return _current
+    return STATE.runtime or OFF
 
 
 def swap(new: Runtime) -> Runtime:
     """Put `new` in place and return the previous pipeline (which the caller closes)."""
-    global _current
-    with _lock:
-        old, _current = _current, new
+    with STATE.runtime_lock:
+        old, STATE.runtime = STATE.runtime or OFF, new
     return old
+
+
+def _after_fork_in_child() -> None:
+    writer = current().store_writer
+    if writer is not None:
+        writer.after_fork()
+
+
+STATE.at_fork(OFF, after_in_child=_after_fork_in_child)
 
 
 def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading.Thread:
@@ -448,9 +443,9 @@ def close_in_background(old: Runtime, new: Runtime, timeout: float) -> threading
     closer = threading.Thread(
         target=old.shutdown, args=(timeout, keep), name="sessiontrace-close", daemon=True
     )
-    with _lock:
-        _closing[:] = [(t, rt) for t, rt in _closing if t.is_alive()]
-        _closing.append((closer, old))
+    with STATE.runtime_lock:
+        STATE.closing[:] = [(t, rt) for t, rt in STATE.closing if t.is_alive()]
+        STATE.closing.append((closer, old))
     closer.start()
     return closer
 
@@ -462,13 +457,13 @@ def wait_for_replaced(timeout: float, count_undelivered: bool = False) -> bool:
     (the exit handler's last step: nothing may disappear uncounted).
     """
     deadline = time.monotonic() + timeout
-    with _lock:
-        closing = list(_closing)
+    with STATE.runtime_lock:
+        closing = list(STATE.closing)
     for closer, _ in closing:
         closer.join(max(deadline - time.monotonic(), 0.0))
     late = [old for closer, old in closing if closer.is_alive()]
     if count_undelivered:
         for old in late:
             for batch in old.batches:
-                COUNTERS.spans_dropped.add_many(batch._take_undelivered())
+                STATE.counters.spans_dropped.add_many(batch._take_undelivered())
     return not late

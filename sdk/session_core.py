@@ -6,7 +6,6 @@ block, or `start_session()` in this thread or task), else the process's auto ses
 
 from __future__ import annotations
 
-import collections
 import contextvars
 import os
 import random
@@ -27,11 +26,12 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent
-from sdk.counters import COUNTERS, Counter
+from sdk.counters import Counter
 from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
 from sdk.settings import Config
+from sdk.state import STATE
 from sdk.trust import TrustRules
 
 if TYPE_CHECKING:  # imported when a session is stored or resumed, not by `import sdk`
@@ -58,10 +58,6 @@ SPAN_KIND = "sessiontrace.span.kind"
 
 MAX_ID_LENGTH = 256
 DEFAULT_MAX_OPEN_SESSIONS = 10_000  # before init(), when there is no config yet
-DEFAULT_ENDED_SESSION_GRACE = 30.0
-_monotonic = time.monotonic
-MAX_ENDED_TRACES = 20_000  # ids only: about 3 MB at most
-REMOTE_TRACE_TTL = 300.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,10 +77,6 @@ class SessionState(str, Enum):
 class SessionWarning(UserWarning):
     """A session call that could not do what was asked (e.g. ending when there is no session)."""
 
-
-_current_session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
-    "sessiontrace_session", default=None
-)
 
 ROOT_KEY = otel_context.create_key("sessiontrace-new-trace")
 """Context key asking the SDK's tracer for a new trace even where an auto session would adopt the span."""
@@ -161,7 +153,6 @@ class Session:
         "_reason",
         "_show_summary",
         "_spans",
-        "_started_thread",
         "_state",
         "_step",
         "_tags",
@@ -176,6 +167,7 @@ class Session:
         "segment",
         "span",
         "started_ns",
+        "started_thread",
         "trace_id_int",
         "user_id",
     )
@@ -208,9 +200,10 @@ class Session:
         self.parent_id = parent_id
         self.auto = auto
         self.started_ns = started_ns
-        self.last_active_ns = time.monotonic_ns()
+        self.last_active_ns = STATE.clock.monotonic_ns()
         self._step: Span | None = None
-        self._started_thread: int | None = None
+        self.started_thread: int | None = None
+        """The thread `start_session()` made this session current in (None for other sessions)."""
         self.trace_id_int = span.get_span_context().trace_id
         self._state = SessionState.RUNNING
         self._reason: str | None = None
@@ -283,6 +276,21 @@ class Session:
             if error:
                 usage[4] += 1
 
+    def note_span(self) -> None:
+        """Count a span started in this session (the span processor calls this for every span)."""
+        self._spans.add()
+        self.last_active_ns = STATE.clock.monotonic_ns()
+
+    @property
+    def ended_elsewhere(self) -> bool:
+        """True once a `start_session()` session was ended by another thread than the one it was
+        made current in: that context still holds it, but it is no parent any more."""
+        return self._ended_elsewhere
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at fork time stays held forever."""
+        self._lock = threading.Lock()
+
     def _add_error(self) -> None:
         with self._lock:
             self._usage[4] += 1
@@ -349,7 +357,7 @@ class Session:
             try:
                 callback(self, error)
             except Exception as exc:
-                COUNTERS.callback_errors.add()
+                STATE.counters.callback_errors.add()
                 warn_once(
                     f"callback-on_budget_exceeded-{type(exc).__name__}",
                     "sessiontrace: an on_budget_exceeded callback raised %s: %s (further errors are "
@@ -372,7 +380,7 @@ class Session:
     @property
     def idle(self) -> float:
         """Seconds since a span last started in this session (or since it started)."""
-        return (time.monotonic_ns() - self.last_active_ns) / 1e9
+        return (STATE.clock.monotonic_ns() - self.last_active_ns) / 1e9
 
     @property
     def ended(self) -> bool:
@@ -449,8 +457,8 @@ class Session:
         kernel's cells) keep such a session current from one step to the next.
         """
         ident = threading.get_ident() if thread_id is None else thread_id
-        with _registry.lock:
-            started = list(_registry.started.get(ident, ()))
+        with STATE.registry.lock:
+            started = list(STATE.registry.started.get(ident, ()))
         for session in reversed(started):
             if session._state is SessionState.RUNNING:
                 return session
@@ -462,7 +470,7 @@ class Session:
         if self._pid != os.getpid():
             # A forked child's copy of a session of its parent: the parent ends and exports it.
             self._state = parsed
-            _registry.remove(self)
+            _registry_remove(self)
             return
         with self._lock:
             if self._state is not SessionState.RUNNING:
@@ -470,8 +478,8 @@ class Session:
             self._state = parsed
             self._reason = reason
             self._ended_ns = time.time_ns()
-        _registry.remove(self)
-        COUNTERS.sessions_ended.add()
+        _registry_remove(self)
+        STATE.counters.sessions_ended.add()
         self.end_step()
         rt = runtime.current()
         try:
@@ -494,7 +502,7 @@ class Session:
             internal_error("Session.end", exc)
         activation, self._activation = self._activation, None
         if activation is not None:
-            if _current_session.get() is self:
+            if STATE.current_session.get() is self:
                 activation.undo()
             else:  # the context start_session() made it current in cannot be reached from here
                 self._ended_elsewhere = True
@@ -600,7 +608,7 @@ class Session:
         )
 
     def _last_activity_wall(self) -> float:
-        return time.time() - (time.monotonic_ns() - self.last_active_ns) / 1e9
+        return time.time() - (STATE.clock.monotonic_ns() - self.last_active_ns) / 1e9
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r} id={self.id} state={self._state.value}>"
@@ -626,145 +634,18 @@ class _SessionUse(AbstractContextManager[Session]):
             activation.undo()
 
 
-class _Registry:
-    """The process's open sessions, by id and by trace, and the auto session."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.by_id: dict[str, Session] = {}
-        self.by_trace: dict[int, Session] = {}
-        self.auto: Session | None = None
-        self.auto_was_ended = False
-        self.recently_ended: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.auto_listeners: list[Callable[[bool], None]] = []
-        self.started: dict[int, list[Session]] = {}  # by thread: open sessions start_session() made current
-        # Ended sessions' ids by trace, with the end of their grace period: late spans of their
-        # traces still belong to them. Ids, not sessions: an ended session must be freed.
-        self.ended_traces: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
-        self.grace = DEFAULT_ENDED_SESSION_GRACE
-        # Traces continuing a trusted session of another process or service, by trace: spans of
-        # such a trace whose context lost the inbound session (an instrumentation that does not make
-        # the extracted context current) still get its id. Bounded; entries live REMOTE_TRACE_TTL
-        # seconds after the trace's last span started.
-        self.remote_traces: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
-
-    def add(self, session: Session, *, continued: bool = False, limit: int | None = None) -> list[Session]:
-        """Register an open session; return the sessions to end to get back within `limit`.
-
-        A continued session (one received from another process or service) may share its id with
-        an open session of this process: the first keeps the id and the trace.
-        """
-        evict: list[Session] = []
-        with self.lock:
-            if session.id in self.by_id and not continued:
-                raise ValueError(
-                    f"a session with id {session.id!r} is already open in this process; "
-                    "end it first or choose another id"
-                )
-            self.by_id.setdefault(session.id, session)
-            if session.trace_id_int:
-                self.by_trace.setdefault(session.trace_id_int, session)
-            if session.auto:
-                self.auto = session
-                self.auto_was_ended = False
-            elif limit is not None:
-                excess = len(self.by_id) - (self.auto is not None) - limit
-                if excess > 0:
-                    candidates = [s for s in self.by_id.values() if not s.auto and s is not session]
-                    candidates.sort(key=lambda s: s.last_active_ns)
-                    evict = candidates[:excess]
-        if session.auto:
-            self._tell_auto_listeners(True)
-        return evict
-
-    def remove(self, session: Session) -> None:
-        with self.lock:
-            if self.by_id.get(session.id) is session:
-                del self.by_id[session.id]
-            if self.by_trace.get(session.trace_id_int) is session:
-                del self.by_trace[session.trace_id_int]
-                if self.grace > 0 and session.trace_id_int:
-                    self._keep_ended_trace(session)
-            auto_ended = self.auto is session
-            if auto_ended:
-                self.auto = None
-                self.auto_was_ended = True
-            self.recently_ended[session.id] = None
-            if len(self.recently_ended) > 1024:
-                self.recently_ended.popitem(last=False)
-            if session._started_thread is not None:
-                started = self.started.get(session._started_thread)
-                if started is not None and session in started:
-                    started.remove(session)
-                    if not started:
-                        del self.started[session._started_thread]
-        if auto_ended:
-            self._tell_auto_listeners(False)
-
-    def _keep_ended_trace(self, session: Session) -> None:
-        """Remember an ended session's trace for `grace` seconds (lock held; bounded in size too)."""
-        now = _monotonic()
-        ended = self.ended_traces
-        ended[session.trace_id_int] = (session.id, now + self.grace)
-        # Entries are in order of ending (a resumed trace's may lag; lookups check the time anyway):
-        # drop from the front what expired, and what exceeds the bound. Each entry is dropped once.
-        while ended:
-            first = next(iter(ended))
-            if ended[first][1] > now and len(ended) <= MAX_ENDED_TRACES:
-                break
-            del ended[first]
-
-    def note_remote_trace(self, trace_id: int, session_id: str) -> None:
-        """Remember that `trace_id` continues the remote session `session_id` (see `remote_traces`)."""
-        now = _monotonic()
-        remote = self.remote_traces
-        with self.lock:
-            remote[trace_id] = (session_id, now + REMOTE_TRACE_TTL)
-            remote.move_to_end(trace_id)
-            while remote:
-                first = next(iter(remote))
-                if remote[first][1] > now and len(remote) <= MAX_ENDED_TRACES:
-                    break
-                del remote[first]
-
-    def remote_session_id_for_trace(self, trace_id: int) -> str | None:
-        """The remote session a recent span of this trace continued, if any."""
-        entry = self.remote_traces.get(trace_id)
-        if entry is None or entry[1] < _monotonic():
-            return None
-        return entry[0]
-
-    def ended_session_id_for_trace(self, trace_id: int) -> str | None:
-        """The id of the session that owned this trace and ended within the grace period."""
-        entry = self.ended_traces.get(trace_id)
-        if entry is None or entry[1] < _monotonic():
-            return None
-        return entry[0]
-
-    def _tell_auto_listeners(self, running: bool) -> None:
-        for listener in self.auto_listeners:
-            try:
-                listener(running)
-            except Exception as exc:
-                internal_error("auto session listener", exc)
-
-    def open_sessions(self) -> list[Session]:
-        with self.lock:
-            return list(self.by_id.values())
+def _registry_remove(session: Session) -> None:
+    if STATE.registry.remove(session):
+        _tell_auto_listeners(False)
 
 
-_registry = _Registry()
-
-
-def _after_fork_in_child() -> None:
-    # A lock another thread held at fork time stays held forever in the child.
-    _registry.lock = threading.Lock()
-    for session in list(_registry.by_id.values()):
-        session._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _tell_auto_listeners(running: bool) -> None:
+    """Tell the auto session's listeners (the provider's tracers) that it started or ended."""
+    for listener in STATE.registry.auto_listeners:
+        try:
+            listener(running)
+        except Exception as exc:
+            internal_error("auto session listener", exc)
 
 
 class _CurrentSessionSpan(trace.Span):
@@ -837,9 +718,9 @@ class _Activation:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.previous = _current_session.get()
+        self.previous = STATE.current_session.get()
         self.previous_ctx = otel_context.get_current()
-        self.session_token = _current_session.set(session)
+        self.session_token = STATE.current_session.set(session)
         current = _CurrentSessionSpan(session)
         self.otel_token = otel_context.attach(trace.set_span_in_context(current, self.previous_ctx))
         session._activated = self
@@ -847,12 +728,12 @@ class _Activation:
     def undo(self) -> None:
         detach_quietly(self.otel_token)
         try:
-            _current_session.reset(self.session_token)
+            STATE.current_session.reset(self.session_token)
         except ValueError:  # undone from another context than the one that made it current
-            _current_session.set(self.previous)
+            STATE.current_session.set(self.previous)
         if self.session._activated is self:
             self.session._activated = None
-        restored = _current_session.get()
+        restored = STATE.current_session.get()
         if restored is not None and restored._state is not SessionState.RUNNING:
             self._skip_ended(restored)
 
@@ -870,7 +751,7 @@ class _Activation:
                 ctx = trace.set_span_in_context(trace.INVALID_SPAN, ctx)
                 break
             session, ctx = record.previous, record.previous_ctx
-        _current_session.set(session)
+        STATE.current_session.set(session)
         otel_context.attach(ctx)
 
 
@@ -886,7 +767,7 @@ def record_error(span: Span, error: BaseException) -> None:
     Works for exceptions whose ``str()`` raises too.
     """
     text = to_attribute_value(error, 4096)
-    session = _registry.by_trace.get(span.get_span_context().trace_id)
+    session = STATE.registry.by_trace.get(span.get_span_context().trace_id)
     if session is not None:
         session._add_error()
     span.set_attribute("error.type", type(error).__qualname__)
@@ -934,34 +815,34 @@ def detach_quietly(token: object) -> None:
 
 def current_session() -> Session | None:
     """The session of this context if it is running, else the auto session, else None."""
-    session = _current_session.get()
+    session = STATE.current_session.get()
     if session is not None and session._state is SessionState.RUNNING:
         return session
-    auto = _registry.auto
+    auto = STATE.registry.auto
     return auto if auto is not None and auto._state is SessionState.RUNNING else None
 
 
 def auto_session() -> Session | None:
     """The process's auto session, if one is running."""
-    return _registry.auto
+    return STATE.registry.auto
 
 
 def session_for_trace(trace_id: int) -> Session | None:
     """The open session that owns this trace."""
-    return _registry.by_trace.get(trace_id)
+    return STATE.registry.by_trace.get(trace_id)
 
 
 def set_ended_session_grace(seconds: float) -> None:
     """How long an ended session still claims new spans of its trace (the `ended_session_grace` setting)."""
-    with _registry.lock:
-        _registry.grace = seconds
+    with STATE.registry.lock:
+        STATE.registry.grace = seconds
         if seconds <= 0:
-            _registry.ended_traces.clear()
+            STATE.registry.ended_traces.clear()
 
 
 def open_sessions() -> list[Session]:
     """Every open session of the process, the auto session included."""
-    return _registry.open_sessions()
+    return STATE.registry.open_sessions()
 
 
 def _start(
@@ -1008,7 +889,7 @@ def _start(
 
     if resume and session_id is None:
         raise ValueError("resume=True needs the session_id of the session to resume")
-    if not continued and not resume and sid in _registry.by_id:
+    if not continued and not resume and sid in STATE.registry.by_id:
         raise ValueError(
             f"a session with id {sid!r} is already open in this process; end it first or choose another id"
         )
@@ -1087,8 +968,12 @@ def _start(
     if budget is not None and budget.limited:
         session._budget = BudgetState(budget, prior)
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
-    evicted = _registry.add(session, continued=continued or resume, limit=limit)  # ValueError: duplicate id
-    COUNTERS.sessions_started.add()
+    evicted = STATE.registry.add(
+        session, continued=continued or resume, limit=limit
+    )  # ValueError: duplicate id
+    if session.auto:
+        _tell_auto_listeners(True)
+    STATE.counters.sessions_started.add()
     if rt.session_listeners:
         # A resume whose claim failed (the store is down) is not written later either: a plain
         # write would replace the stored record, and its earlier segments with it. Nor is a
@@ -1274,11 +1159,11 @@ def inbound_session(
     ctx = baggage.remove_baggage(SESSION_ID, ctx)
     claimed = raw if isinstance(raw, str) and _valid_id(raw) else None
     if claimed is None:
-        COUNTERS.inbound_rejected.add()
+        STATE.counters.inbound_rejected.add()
         return ctx, None, None
     if trusted or _accepts(claimed, peer):
         return otel_context.set_value(REMOTE_SESSION_KEY, claimed, ctx), claimed, claimed
-    COUNTERS.inbound_rejected.add()
+    STATE.counters.inbound_rejected.add()
     return ctx, claimed, None
 
 
@@ -1297,7 +1182,7 @@ def _accepts(session_id: str, peer: str | None) -> bool:
     try:
         return rule(session_id, peer) is True
     except Exception as exc:
-        COUNTERS.callback_errors.add()
+        STATE.counters.callback_errors.add()
         warn_once(
             f"accept-session-from-{type(exc).__name__}",
             "sessiontrace: the accept_session_from callable raised %s: %s (the inbound session id "
@@ -1346,9 +1231,9 @@ def start_session(
     session._activation = _Activation(session)
     if not session.ended:
         ident = threading.get_ident()
-        with _registry.lock:
-            session._started_thread = ident
-            _registry.started.setdefault(ident, []).append(session)
+        with STATE.registry.lock:
+            session.started_thread = ident
+            STATE.registry.started.setdefault(ident, []).append(session)
     return session
 
 
@@ -1366,7 +1251,7 @@ def end_session(
     if session is None:
         target = current_session()
         if target is None:
-            if _registry.auto_was_ended:
+            if STATE.registry.auto_was_ended:
                 return
             warnings.warn(
                 "sdk.end_session(): there is no current session to end (none was started in this "
@@ -1376,9 +1261,11 @@ def end_session(
             )
             return
     elif isinstance(session, str):
-        target = _registry.by_id.get(session)
+        target = STATE.registry.by_id.get(session)
         if target is None:
-            if session not in _registry.recently_ended and not end_stored_session(session, state, reason):
+            if session not in STATE.registry.recently_ended and not end_stored_session(
+                session, state, reason
+            ):
                 warnings.warn(
                     f"sdk.end_session(): no open session has id {session!r} (nor a running one in the "
                     "session store)",
@@ -1499,7 +1386,7 @@ def _score_target(rt: runtime.Runtime, session: Session | str) -> tuple[str, int
         return session.id, session.trace_id_int, session.span.get_span_context().span_id
     if not isinstance(session, str):
         raise TypeError(f"sdk.score() takes a Session or a session id, not {type(session).__name__}")
-    open_here = _registry.by_id.get(session)
+    open_here = STATE.registry.by_id.get(session)
     if open_here is not None:
         return open_here.id, open_here.trace_id_int, open_here.span.get_span_context().span_id
     store = rt.store
@@ -1539,7 +1426,7 @@ def _export_score(rt: runtime.Runtime, session_id: str, trace_id: int, span_id: 
 
 def start_auto_session(name: str) -> Session:
     """Start the process's auto session (lifecycle calls this; there is at most one)."""
-    existing = _registry.auto
+    existing = STATE.registry.auto
     if existing is not None and not existing.ended:
         return existing
     return _start(name, auto=True)
@@ -1738,7 +1625,7 @@ def _stale_records() -> list[SessionRecord]:
     stale_after = rt.config.session_stale_after if rt.config is not None else None
     running = rt.store_call(lambda: store.list(state="running"))
     now = time.time()
-    mine = set(_registry.by_id)
+    mine = set(STATE.registry.by_id)
     return [r for r in running or () if r.id not in mine and is_stale(r, stale_after, now)]
 
 

@@ -19,9 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sdk import lifecycle
-from sdk.counters import COUNTERS
-from sdk.guard import forget_logged
-from sdk.session_core import _registry
+from sdk.state import STATE
 
 
 class CapturedSpans:
@@ -57,15 +55,6 @@ def capture(**settings: Any) -> CapturedSpans:
 def reset() -> None:
     """Shut the SDK down and forget its process state, so the next test starts clean."""
     lifecycle.shutdown(timeout=2.0)
-    forget_logged()
-    COUNTERS.reset()
-    registry = _registry
-    with registry.lock:
-        registry.by_id.clear()
-        registry.by_trace.clear()
-        registry.ended_traces.clear()
-        registry.remote_traces.clear()
-        registry.auto = None
-        registry.auto_was_ended = False
-        registry.recently_ended.clear()
-    registry._tell_auto_listeners(False)
+    STATE.reset()
+    for listener in STATE.registry.auto_listeners:
+        listener(False)

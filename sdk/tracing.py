@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,24 +28,12 @@ from opentelemetry.util.types import Attributes
 
 from sdk import runtime
 from sdk.attributes import write_attributes
-from sdk.counters import COUNTERS
 from sdk.guard import internal_error, warn_once
-from sdk.session_core import (
-    REMOTE_SESSION_KEY,
-    ROOT_KEY,
-    SESSION_ID,
-    SegmentIds,
-    _current_session,
-    _registry,
-)
+from sdk.session_core import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, SegmentIds
+from sdk.state import STATE
 from sdk.version import __version__
 
 TRACER_NAME = "sessiontrace"
-_monotonic_ns = time.monotonic_ns
-_monotonic = time.monotonic
-_by_trace = _registry.by_trace  # the registry's dicts: never replaced, only changed
-_ended_traces = _registry.ended_traces
-_remote_traces = _registry.remote_traces
 
 
 class SessionSpanProcessor(SynchronousMultiSpanProcessor):
@@ -61,16 +48,20 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._forked_at = 0
-        _processors.add(self)
+        registry = STATE.registry  # its dicts are never replaced, only changed: read them directly
+        self._by_trace = registry.by_trace
+        self._ended_traces = registry.ended_traces
+        self._remote_traces = registry.remote_traces
+        STATE.at_fork(self, after_in_child=self._after_fork_in_child)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        COUNTERS.spans_started.add()
+        STATE.counters.spans_started.add()
         try:
-            session = _by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
+            session = self._by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
             late = None
-            if session is None and _ended_traces:
-                late = _ended_traces.get(span._context.trace_id)  # type: ignore[union-attr]
-                if late is not None and late[1] >= _monotonic():  # its session ended moments ago
+            if session is None and self._ended_traces:
+                late = self._ended_traces.get(span._context.trace_id)  # type: ignore[union-attr]
+                if late is not None and late[1] >= STATE.clock.monotonic():  # its session ended moments ago
                     write_attributes(span, {SESSION_ID: late[0]})
                 else:
                     late = None
@@ -79,19 +70,21 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                 and late is None
                 and not (parent_context is not None and ROOT_KEY in parent_context)
             ):
-                session = _current_session.get()
-                if session is not None and session._ended_elsewhere:
-                    session = _registry.auto  # still set in this context, but ended by another thread
+                session = STATE.current_session.get()
+                if session is not None and session.ended_elsewhere:
+                    session = STATE.registry.auto  # still set in this context, but ended by another thread
                 elif session is None:
                     remote = otel_context.get_value(REMOTE_SESSION_KEY, parent_context)
                     trace_id = span._context.trace_id  # type: ignore[union-attr]
                     if isinstance(remote, str):  # a trusted session of another process or service
                         write_attributes(span, {SESSION_ID: remote})
-                        _registry.note_remote_trace(trace_id, remote)
-                    elif _remote_traces and (remote := _registry.remote_session_id_for_trace(trace_id)):
+                        STATE.registry.note_remote_trace(trace_id, remote)
+                    elif self._remote_traces and (
+                        remote := STATE.registry.remote_session_id_for_trace(trace_id)
+                    ):
                         write_attributes(span, {SESSION_ID: remote})
                     else:
-                        session = _registry.auto
+                        session = STATE.registry.auto
             if session is not None:
                 # write_attributes() inlined for the one key: this runs for every span.
                 bounded = span._attributes
@@ -104,14 +97,13 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                     bounded._dict[SESSION_ID] = session.id
                 else:
                     write_attributes(span, {SESSION_ID: session.id})
-                session._spans.add()
-                session.last_active_ns = _monotonic_ns()
+                session.note_span()
         except Exception as exc:
             internal_error("session stamping", exc)
         self._start_in_pipeline(span, parent_context)
 
     def _start_in_pipeline(self, span: Span, parent_context: Context | None) -> None:
-        rt = runtime._current
+        rt = STATE.runtime or runtime.OFF
         if rt.starters:
             rt.on_start(span, parent_context)
         if self._span_processors:
@@ -130,10 +122,15 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
             super()._on_ending(span)
 
     def on_end(self, span: ReadableSpan) -> None:
-        COUNTERS.spans_ended.add()
-        runtime._current.on_end(span)
+        STATE.counters.spans_ended.add()
+        (STATE.runtime or runtime.OFF).on_end(span)
         if self._span_processors:
             super().on_end(span)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the child pays for the check: its on_end is replaced on the instance.
+        self._forked_at = time.time_ns()
+        self.on_end = self._on_end_after_fork  # type: ignore[method-assign]
 
     def _on_end_after_fork(self, span: ReadableSpan) -> None:
         """`on_end` in a forked child: a span that started before the fork is the parent's (the parent
@@ -144,32 +141,17 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         SessionSpanProcessor.on_end(self, span)
 
 
-_processors: weakref.WeakSet[SessionSpanProcessor] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Only the child pays for the check: its processors' on_end is replaced on the instance.
-    forked_at = time.time_ns()
-    for processor in list(_processors):
-        processor._forked_at = forked_at
-        processor.on_end = processor._on_end_after_fork  # type: ignore[method-assign]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
     """Resolve the span's session again (by its trace first) and set session.id as the newest key."""
     trace_id = span.get_span_context().trace_id
-    session = _by_trace.get(trace_id)
+    session = STATE.registry.by_trace.get(trace_id)
     if session is None:
-        candidate = _current_session.get() or _registry.auto
+        candidate = STATE.current_session.get() or STATE.registry.auto
         session = candidate if candidate is not None and candidate.trace_id_int == trace_id else None
     session_id = (
         session.id
         if session is not None
-        else _registry.ended_session_id_for_trace(trace_id) or otel_context.get_value(REMOTE_SESSION_KEY)
+        else STATE.registry.ended_session_id_for_trace(trace_id) or otel_context.get_value(REMOTE_SESSION_KEY)
     )
     if not isinstance(session_id, str) or not session_id:
         return
@@ -200,13 +182,13 @@ class SessionTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        auto = _registry.auto
-        local = _current_session.get() if auto is not None else None
-        if auto is not None and (local is None or local._ended_elsewhere):
+        auto = STATE.registry.auto
+        local = STATE.current_session.get() if auto is not None else None
+        if auto is not None and (local is None or local.ended_elsewhere):
             try:
                 parent = trace.get_current_span(context).get_span_context()
                 if not parent.is_valid and not (context is not None and ROOT_KEY in context):
-                    context = trace.set_span_in_context(auto._step or auto.span, context)
+                    context = trace.set_span_in_context(auto.step or auto.span, context)
             except Exception as exc:
                 internal_error("auto session parenting", exc)
         return Tracer.start_span(
@@ -229,13 +211,13 @@ class SessionTracerProvider(TracerProvider):
         super().__init__(
             resource=resource, shutdown_on_exit=False, active_span_processor=SessionSpanProcessor()
         )
-        _registry.auto_listeners.append(self.adopt_orphans)
+        STATE.registry.auto_listeners.append(self.adopt_orphans)
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         tracer = super().get_tracer(*args, **kwargs)
         with self._tracers_lock:
             if type(tracer) in (Tracer, SessionTracer):
-                tracer.__class__ = SessionTracer if _registry.auto is not None else Tracer
+                tracer.__class__ = SessionTracer if STATE.registry.auto is not None else Tracer
         return tracer
 
     def adopt_orphans(self, on: bool) -> None:
@@ -263,9 +245,6 @@ class SessionTracerProvider(TracerProvider):
     def shutdown(self) -> None:
         """The SDK's provider lives as long as the process; `sdk.shutdown()` closes the pipeline."""
         runtime.current().force_flush(1.0)
-
-
-_installed: dict[str, Any] = {}
 
 
 def install(resource: Resource) -> trace.Tracer:
@@ -302,13 +281,13 @@ def install(resource: Resource) -> trace.Tracer:
             "spans made through sessiontrace's API are recorded",
             type(provider).__name__,
         )
-        private = _installed.get("private")
+        private = STATE.private_provider
         if not isinstance(private, SessionTracerProvider):
             private = SessionTracerProvider(resource)
-            _installed["private"] = private
+            STATE.private_provider = private
         private.replace_resource(resource)
         provider = private
-    _installed["provider"] = provider
+    STATE.provider = provider
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     generator = getattr(tracer, "id_generator", None)
     if generator is not None and not isinstance(generator, SegmentIds):
@@ -319,5 +298,5 @@ def install(resource: Resource) -> trace.Tracer:
 
 def installed_provider() -> trace.TracerProvider | None:
     """The provider the SDK uses, once `init()` has run."""
-    provider = _installed.get("provider")
+    provider = STATE.provider
     return provider if isinstance(provider, trace.TracerProvider) else None

@@ -21,6 +21,7 @@ from opentelemetry.trace import NoOpTracerProvider
 import sdk
 from sdk.instrumentation import autogen as autogen_patch
 from sdk.instrumentation import base as instrument
+from sdk.state import STATE
 from sdk.testing import capture
 
 autogen_core = pytest.importorskip("autogen_core")
@@ -241,9 +242,8 @@ async def test_topic_session_joins_an_open_session_with_that_id_and_leaves_it_op
 async def _publish_outside_sessions(
     runtime: SingleThreadedAgentRuntime, message: Ping, topic: TopicId
 ) -> None:
-    from sdk.session_core import _current_session
 
-    _current_session.set(None)  # this task's copy of the context: no session, no span
+    STATE.current_session.set(None)  # this task's copy of the context: no session, no span
     from opentelemetry import context as otel_context
 
     otel_context.attach(otel_context.Context())

@@ -27,6 +27,7 @@ from otlp_receiver import OTLPReceiver, ReceivedSpan
 
 import sdk
 from sdk import runtime
+from sdk.state import STATE
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -531,21 +532,21 @@ def test_forking_while_another_thread_starts_and_ends_sessions_never_deadlocks_t
 
 def _sdk_locks() -> list[tuple[str, threading.Lock | threading.RLock]]:
     """Every lock of the SDK's own that a forked child may need (the exporter's aside, see below)."""
-    from sdk import guard, lifecycle, reaper
-    from sdk.instrumentation import base as instrumentation
-    from sdk.session_core import _registry
+    from sdk import reaper
 
     batch = runtime.current().batches[0]
     return [
-        ("session registry", _registry.lock),
-        ("runtime swap", runtime._lock),
-        ("init/shutdown", lifecycle._lock),
-        ("log-once guard", guard._seen_lock),
-        ("patches", instrumentation._lock),
-        ("idle reaper", reaper.REAPER._lock),
+        ("session registry", STATE.registry.lock),
+        ("runtime swap", STATE.runtime_lock),
+        ("init/shutdown", STATE.lifecycle_lock),
+        ("log-once guard", STATE.warned_lock),
+        ("patches", STATE.patches_lock),
+        ("idle reaper", reaper.reaper()._lock),
         ("export queue", batch._append_lock),
         ("flush waiters", batch._flush_lock),
         ("batch in flight", batch._inflight_lock),
+        ("console summaries", STATE.summary_lock),
+        ("counters", STATE.counters.spans_dropped._lock),
     ]
 
 
@@ -572,9 +573,9 @@ def test_fork_while_another_thread_holds_every_sdk_lock_child_still_works(otlp_r
     try:
 
         def child() -> dict[str, object]:
-            from sdk.reaper import REAPER
+            from sdk.reaper import reaper as the_reaper
 
-            reaper_running = REAPER.running
+            reaper_running = the_reaper().running
             sdk.init(endpoint=otlp_receiver.url, service_name="forked", export_interval=0.05)
             with sdk.session("locked-out") as s:
                 with trace.get_tracer(TRACER).start_as_current_span("after-fork"):

@@ -16,7 +16,7 @@ import pytest
 from opentelemetry import trace
 
 import sdk
-from sdk.reaper import REAPER
+from sdk.reaper import reaper
 from sdk.testing import CapturedSpans, capture
 
 TIMEOUT = 0.2
@@ -177,9 +177,9 @@ def test_idle_timeout_works_again_after_shutdown_and_init():
     """The reaper stops at shutdown() and runs again after the next init(), however quickly they follow each other."""
     for _ in range(5):
         capture(session_idle_timeout=TIMEOUT)
-        assert REAPER.running
+        assert reaper().running
         sdk.shutdown()
-    assert _wait_until(lambda: not REAPER.running, timeout=2.0)
+    assert _wait_until(lambda: not reaper().running, timeout=2.0)
     capture(session_idle_timeout=TIMEOUT)
     s = _start_aside("after-restarts")
     assert _wait_until(lambda: s.ended)
@@ -188,7 +188,7 @@ def test_idle_timeout_works_again_after_shutdown_and_init():
 
 def test_without_idle_timeout_sessions_never_time_out(captured):
     """By default (no session_idle_timeout) no reaper runs and idle sessions stay open."""
-    assert _wait_until(lambda: not REAPER.running, timeout=2.0)  # a previous test's reaper stops
+    assert _wait_until(lambda: not reaper().running, timeout=2.0)  # a previous test's reaper stops
     s = _start_aside("patient")
     time.sleep(2 * TIMEOUT)
     assert s.state is sdk.SessionState.RUNNING

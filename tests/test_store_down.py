@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from redis_server import RedisServer, free_port, requires_redis_server
 
-from sdk.counters import COUNTERS
+from sdk.state import STATE
 from sdk.store import Segment, SegmentUpdate, SessionRecord, StoreError, Usage
 from sdk.store.redis import RedisStore
 from sdk.store.writer import StoreWriter
@@ -162,7 +162,7 @@ def test_writer_warns_once_counts_and_catches_up_after_restart(server, caplog):
     warnings = [r for r in caplog.records if "session store" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert store.description in warnings[0].getMessage()
-    assert COUNTERS.store_errors.value >= 2
+    assert STATE.counters.store_errors.value >= 2
 
     server.start()
     assert writer.flush(10) is True

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -39,10 +37,10 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from sdk.counters import COUNTERS
 from sdk.export.deferred import DeferredExporter
 from sdk.export.spool import Spool
 from sdk.guard import internal_error, report_due_warnings, warn_every, warn_once
+from sdk.state import STATE
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _THREAD_PREFIX = "sessiontrace-"
@@ -66,8 +64,6 @@ class _OncePerMessage(logging.Filter):
             self._seen.add(key)
         return True
 
-
-_once_per_message = _OncePerMessage()
 
 MARKER_NAME = "session.start"
 _MARKER_KIND = "session.start"
@@ -119,19 +115,20 @@ def session_marker(session: Any) -> ReadableSpan | None:
 
 def _quiet_exporter_logs(exporter: SpanExporter) -> None:
     """Add the once-per-message filter to the loggers of the OpenTelemetry modules `exporter` runs."""
+    once = STATE.exporter_log_filter
+    if once is None:
+        once = STATE.exporter_log_filter = _OncePerMessage()
     for cls in type(exporter).__mro__:
         if cls.__module__.startswith("opentelemetry.exporter."):
             logger = logging.getLogger(cls.__module__)
-            if _once_per_message not in logger.filters:
-                logger.addFilter(_once_per_message)
+            if once not in logger.filters:
+                logger.addFilter(once)
 
 
 OVERFLOW_FACTOR = 4
 """With a spool, the in-memory queue holds up to this many times `max_queue_size` spans (see __init__)."""
 DROP_WARNING_INTERVAL = 60.0
 """Seconds between two warnings about spans dropped at a full queue (each gives the figure)."""
-_full_lock = threading.Lock()
-_full_seen = [0]  # the queue-full drops warned about so far (one figure for every processor)
 
 
 class LiveMarkers:
@@ -203,15 +200,7 @@ class BatchExportProcessor(SpanProcessor):
         self._markers_max = max_queue_size
         self.companions: list[Companion] = []
         self._start_worker()
-        if hasattr(os, "register_at_fork"):
-            weak_self = weakref.ref(self)
-
-            def after_fork_in_child() -> None:
-                me = weak_self()
-                if me is not None:
-                    me._after_fork()
-
-            os.register_at_fork(after_in_child=after_fork_in_child)
+        STATE.at_fork(self, after_in_child=self._after_fork)
 
     def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._run, name=f"{_THREAD_PREFIX}export", daemon=True)
@@ -270,9 +259,9 @@ class BatchExportProcessor(SpanProcessor):
         # the new pipeline: exported once, not dropped.
         if not full and self.hand_on is not None and self.hand_on(span):
             return
-        COUNTERS.spans_dropped.add()
+        STATE.counters.spans_dropped.add()
         if full:  # warned about by the worker (the program's thread does no I/O)
-            COUNTERS.spans_dropped_queue_full.add()
+            STATE.counters.spans_dropped_queue_full.add()
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
@@ -333,7 +322,7 @@ class BatchExportProcessor(SpanProcessor):
                 try:
                     batch = self._prepare(batch)
                 except Exception as exc:  # never export or spill what could not be scrubbed
-                    COUNTERS.spans_dropped.add_many(len(batch))
+                    STATE.counters.spans_dropped.add_many(len(batch))
                     internal_error(f"preparing a batch for {self._exporter_name}", exc)
                     continue
             if spill:
@@ -364,7 +353,7 @@ class BatchExportProcessor(SpanProcessor):
             spool_full(spill, len(batch), self._exporter_name)
             return
         self._spilled = True
-        COUNTERS.spans_spooled.add_many(len(batch))
+        STATE.counters.spans_spooled.add_many(len(batch))
 
     def _unspill(self, *, everything: bool) -> None:
         """Hand spilled batches to the exporter, oldest first: until the queue needs the worker
@@ -393,19 +382,20 @@ class BatchExportProcessor(SpanProcessor):
                 raise
             if result is SpanExportResult.SUCCESS:
                 spill.done(item)
-                COUNTERS.spans_exported.add_many(item.count)
+                STATE.counters.spans_exported.add_many(item.count)
             else:  # the traces file cannot be written now: keep it, try again later
                 spill.release(item)
-                COUNTERS.export_errors.add()
+                STATE.counters.export_errors.add()
                 return
         self._spilled = bool(spill.pending())
 
     def _report_drops(self) -> None:
         """Warn about spans dropped at a full queue since the last time (at most once a minute)."""
-        dropped = COUNTERS.spans_dropped_queue_full.value
-        with _full_lock:
-            new = dropped - _full_seen[0] if dropped >= _full_seen[0] else dropped  # counters reset
-            _full_seen[0] = dropped
+        dropped = STATE.counters.spans_dropped_queue_full.value
+        with STATE.queue_full_lock:  # one figure for every processor
+            seen = STATE.queue_full_seen
+            new = dropped - seen if dropped >= seen else dropped  # the counters were reset
+            STATE.queue_full_seen = dropped
         if new:
             warn_every(
                 "queue-full",
@@ -428,16 +418,16 @@ class BatchExportProcessor(SpanProcessor):
                 delivered = deliver(batch)
             except Exception as exc:
                 if self._settle(batch):
-                    COUNTERS.export_errors.add()
-                    COUNTERS.spans_dropped.add_many(len(batch))
+                    STATE.counters.export_errors.add()
+                    STATE.counters.spans_dropped.add_many(len(batch))
                 internal_error(f"exporter {self._exporter_name}.export", exc)
                 return
             if self._settle(batch):
-                COUNTERS.spans_exported.add_many(delivered.exported)
-                COUNTERS.spans_spooled.add_many(delivered.spooled)
-                COUNTERS.spans_dropped.add_many(delivered.dropped)
+                STATE.counters.spans_exported.add_many(delivered.exported)
+                STATE.counters.spans_spooled.add_many(delivered.spooled)
+                STATE.counters.spans_dropped.add_many(delivered.dropped)
                 if delivered.failed:
-                    COUNTERS.export_errors.add()
+                    STATE.counters.export_errors.add()
             return
         try:
             result = self.exporter.export(batch)
@@ -446,10 +436,10 @@ class BatchExportProcessor(SpanProcessor):
             error = exc
         if self._settle(batch):  # else shutdown() gave up on this batch and counted it as dropped
             if result is SpanExportResult.SUCCESS:
-                COUNTERS.spans_exported.add_many(len(batch))
+                STATE.counters.spans_exported.add_many(len(batch))
             else:
-                COUNTERS.export_errors.add()
-                COUNTERS.spans_dropped.add_many(len(batch))
+                STATE.counters.export_errors.add()
+                STATE.counters.spans_dropped.add_many(len(batch))
                 warn_once(
                     f"export-failed-{id(self.exporter)}",
                     "sessiontrace: %s failed to export %d spans; failed batches are counted in "
@@ -534,11 +524,11 @@ class BatchExportProcessor(SpanProcessor):
             if salvage is not None and left:  # the SDK's OTLP exporter: spool them for the next run
                 try:
                     kept = salvage(in_flight, queued)
-                    COUNTERS.spans_spooled.add_many(kept.spooled)
+                    STATE.counters.spans_spooled.add_many(kept.spooled)
                     left = kept.dropped
                 except Exception as exc:
                     internal_error(f"exporter {self._exporter_name}.salvage", exc)
-            COUNTERS.spans_dropped.add_many(left)
+            STATE.counters.spans_dropped.add_many(left)
             if not left:
                 if close_exporter:
                     self._close_in_background()
@@ -554,7 +544,7 @@ class BatchExportProcessor(SpanProcessor):
                 self._close_in_background()
             return
         # Nothing is left when the worker finished (on_end stops queueing first); count it if so.
-        COUNTERS.spans_dropped.add_many(self._take_undelivered())
+        STATE.counters.spans_dropped.add_many(self._take_undelivered())
         finish = getattr(self.exporter, "finish", None)
         if finish is not None and close_exporter:  # the OTLP sender delivers what it can until then
             finish(deadline - min(0.1 * timeout, 0.2))

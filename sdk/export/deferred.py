@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from sdk.state import STATE
 
 
 class DeferredExporter(SpanExporter):
@@ -25,27 +25,23 @@ class DeferredExporter(SpanExporter):
         self._exporter: SpanExporter | None = None
         self._closed = False
         self.name = name
-        if hasattr(os, "register_at_fork"):
-            me = weakref.ref(self)
+        STATE.at_fork(
+            self,
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork_in_child,
+        )
 
-            def before() -> None:
-                exporter = me()
-                if exporter is not None:
-                    exporter._lock.acquire()  # a fork waits for a build in progress
+    def _before_fork(self) -> None:
+        self._lock.acquire()  # a fork waits for a build in progress
 
-            def after_in_parent() -> None:
-                exporter = me()
-                if exporter is not None:
-                    exporter._lock.release()
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
 
-            def after_in_child() -> None:
-                # The child builds its own exporter: the parent's holds its HTTP connections.
-                exporter = me()
-                if exporter is not None:
-                    exporter._lock = threading.Lock()
-                    exporter._exporter = None
-
-            os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
+    def _after_fork_in_child(self) -> None:
+        # The child builds its own exporter: the parent's holds its HTTP connections.
+        self._lock = threading.Lock()
+        self._exporter = None
 
     def start_building(self) -> None:
         """Build the real exporter in a thread of its own: the batch worker stays free to spill

@@ -26,11 +26,9 @@ counted in `spool_dropped`, and warned about once a minute with the figure. With
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -38,11 +36,11 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from sdk.counters import COUNTERS
 from sdk.export.encode import encode_spans
 from sdk.export.otlp import Endpoint, Sender, SendResult, make_sender
 from sdk.export.spool import Spool, SpoolFile
 from sdk.guard import internal_error, warn_every, warn_once
+from sdk.state import STATE
 
 logger = logging.getLogger("sessiontrace")
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
@@ -67,8 +65,8 @@ class Delivered(NamedTuple):
 
 def spool_full(spool: Spool, count: int, destination: str) -> None:
     """Count spans the spool had no room for, and warn (at most once a minute, with the figure)."""
-    COUNTERS.spool_dropped.add_many(count)
-    COUNTERS.spans_dropped.add_many(count)
+    STATE.counters.spool_dropped.add_many(count)
+    STATE.counters.spans_dropped.add_many(count)
     warn_every(
         f"spool-full-{spool.folder}",
         60.0,
@@ -110,25 +108,18 @@ class SpoolingExporter(SpanExporter):
         self._stop = threading.Event()  # set at shutdown: ends the sender's waits
         self._resender: threading.Thread | None = None
         self._resender_lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
-            me = weakref.ref(self)
+        STATE.at_fork(
+            self,
+            before=self._hold_for_fork,
+            after_in_parent=self._release_after_fork,
+            after_in_child=self._after_fork,
+        )
 
-            def before() -> None:
-                exporter = me()
-                if exporter is not None:
-                    exporter._lock.acquire()
+    def _hold_for_fork(self) -> None:
+        self._lock.acquire()  # a fork waits for a sender being built
 
-            def after_in_parent() -> None:
-                exporter = me()
-                if exporter is not None:
-                    exporter._lock.release()
-
-            def after_in_child() -> None:
-                exporter = me()
-                if exporter is not None:
-                    exporter._after_fork()
-
-            os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
+    def _release_after_fork(self) -> None:
+        self._lock.release()
 
     def _after_fork(self) -> None:
         # The child opens its own connections and runs its own sender; the parent's batches (in
@@ -209,7 +200,7 @@ class SpoolingExporter(SpanExporter):
                 self._fresh[name] = (data, count)
             self._mine.add(name)
         if waits:
-            COUNTERS.spans_spooled.add_many(count)
+            STATE.counters.spans_spooled.add_many(count)
         else:
             self._wake.set()
         self._start_resender()
@@ -307,7 +298,7 @@ class SpoolingExporter(SpanExporter):
                     self.spool.release(item)  # the sender's late answer, if it comes, deletes it again
             self._state.notify_all()
         if waiting:
-            COUNTERS.spans_spooled.add_many(waiting)
+            STATE.counters.spans_spooled.add_many(waiting)
             if self.spool is not None:
                 warn_once(
                     f"salvaged-{self.name}",
@@ -376,7 +367,7 @@ class SpoolingExporter(SpanExporter):
                 self._mine.difference_update(gone)
                 more = bool(self._fresh)
                 self._state.notify_all()
-            COUNTERS.spans_spooled.add_many(taken)
+            STATE.counters.spans_spooled.add_many(taken)
             return "sent" if more else "empty"
         sender = self._get_sender()
         for name in names:
@@ -391,7 +382,7 @@ class SpoolingExporter(SpanExporter):
             item = spool.claim(name, *fresh) if fresh is not None else spool.claim(name)
             if item is None:
                 if fresh is not None:  # another process took it from the spool and sends it
-                    COUNTERS.spans_spooled.add_many(fresh[1])
+                    STATE.counters.spans_spooled.add_many(fresh[1])
                 self._let_go(name)
                 continue
             timeout = self._timeout()
@@ -401,7 +392,7 @@ class SpoolingExporter(SpanExporter):
                     first_try, self._held = self._held, False
                     self._state.notify_all()
                     if first_try:
-                        COUNTERS.spans_spooled.add_many(item.count)
+                        STATE.counters.spans_spooled.add_many(item.count)
                     return "failed"
                 self._sending = item
             result = sender.send(item.data, timeout)
@@ -415,8 +406,8 @@ class SpoolingExporter(SpanExporter):
             if abandoned:  # shutdown put it back in the spool (and counted it) while we waited
                 if result.ok and spool.discard(item.name):
                     rejected = min(result.rejected, item.count)
-                    COUNTERS.spans_exported.add_many(item.count - rejected)
-                    COUNTERS.spans_dropped.add_many(rejected)
+                    STATE.counters.spans_exported.add_many(item.count - rejected)
+                    STATE.counters.spans_dropped.add_many(rejected)
                 return "failed"
             sent = self._settle(spool, item, result, first_try)
             self._let_go(name if sent else None)
@@ -438,13 +429,13 @@ class SpoolingExporter(SpanExporter):
         if result.ok:
             spool.done(item)
             rejected = min(result.rejected, item.count)
-            COUNTERS.spans_exported.add_many(item.count - rejected)
-            COUNTERS.spans_dropped.add_many(rejected)
+            STATE.counters.spans_exported.add_many(item.count - rejected)
+            STATE.counters.spans_dropped.add_many(rejected)
             with self._state:
                 self._down = False
                 self._state.notify_all()
             return True
-        COUNTERS.export_errors.add()
+        STATE.counters.export_errors.add()
         if result.retryable:
             spool.release(item)
             with self._state:
@@ -453,12 +444,12 @@ class SpoolingExporter(SpanExporter):
                 waiting = sum(count for _, count in self._fresh.values())
                 self._fresh.clear()  # they wait on disk until the backend is back
                 # Counted before flush() waiters, woken now, read the counters.
-                COUNTERS.spans_spooled.add_many(waiting + (item.count if first_try else 0))
+                STATE.counters.spans_spooled.add_many(waiting + (item.count if first_try else 0))
                 self._state.notify_all()
             self._warn_failure(result, spooled=True)
             return False
         spool.done(item)
-        COUNTERS.spans_dropped.add_many(item.count)
+        STATE.counters.spans_dropped.add_many(item.count)
         self._warn_failure(result, spooled=False)
         self._notify()
         return True

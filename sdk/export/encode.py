@@ -21,6 +21,8 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from sdk.state import STATE
+
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
@@ -37,8 +39,10 @@ _EMPTY_STATUS = b"\x7a\x00"  # Span.status present, code UNSET, no message
 _KIND = {0: b"\x30\x01", 1: b"\x30\x02", 2: b"\x30\x03", 3: b"\x30\x04", 4: b"\x30\x05"}
 
 _CACHE_MAX = 4096
-_pairs: dict[tuple[str, type, Any], bytes] = {}  # (key, value) -> one encoded KeyValue (its bytes)
-_groups: dict[int, tuple[object, bytes]] = {}  # id(resource or scope) -> (it, its encoded bytes)
+_PAIRS = "encoded attributes"
+"""STATE.caches kind: (key, type, value) -> one encoded KeyValue (its bytes)."""
+_GROUPS = "encoded resources and scopes"
+"""STATE.caches kind: id(resource or scope) -> (it, its encoded bytes)."""
 
 
 def _varint(n: int) -> bytes:
@@ -89,10 +93,11 @@ def _key_value(key: str, value: Any) -> bytes:
     """One KeyValue's bytes (empty when OpenTelemetry's encoder would skip the attribute)."""
     kind = type(value)
     cacheable = kind is str or kind is bool or kind is int or kind is float
+    pairs = STATE.caches[_PAIRS]
     if cacheable:
-        found = _pairs.get((key, kind, value))  # the type too: 1, 1.0 and True are equal keys
+        found = pairs.get((key, kind, value))  # the type too: 1, 1.0 and True are equal keys
         if found is not None:
-            return found
+            return bytes(found)
     encoded = _any_value(value)
     if encoded is None:
         return _fallback_key_value(key, value)
@@ -102,9 +107,9 @@ def _key_value(key: str, value: Any) -> bytes:
         return _fallback_key_value(key, value)
     pair = key_bytes + _field(b"\x12", encoded)
     if cacheable and (kind is not str or len(value) <= 256):
-        if len(_pairs) >= _CACHE_MAX:
-            _pairs.clear()
-        _pairs[(key, kind, value)] = pair
+        if len(pairs) >= _CACHE_MAX:
+            pairs.clear()
+        pairs[(key, kind, value)] = pair
     return pair
 
 
@@ -127,13 +132,14 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
 
 
 def _cached(obj: object, encode: Any) -> bytes:
-    found = _groups.get(id(obj))
+    groups = STATE.caches[_GROUPS]
+    found = groups.get(id(obj))
     if found is not None and found[0] is obj:
-        return found[1]
+        return bytes(found[1])
     data: bytes = encode(obj)
-    if len(_groups) >= 256:
-        _groups.clear()
-    _groups[id(obj)] = (obj, data)
+    if len(groups) >= 256:
+        groups.clear()
+    groups[id(obj)] = (obj, data)
     return data
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -31,10 +30,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from sdk.counters import COUNTERS
 from sdk.datadir import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, forget_ready, open_private
 from sdk.export.encode import encode_spans
 from sdk.guard import warn_once
+from sdk.state import STATE
 
 fcntl: Any
 try:
@@ -43,7 +42,6 @@ except ImportError:  # pragma: no cover - Windows: no locks; torn tails are stil
     fcntl = None
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
-_file_numbers = itertools.count(1)  # process-wide, so two exporters never pick the same file name
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -288,7 +286,7 @@ class OTLPJsonFileExporter(SpanExporter):
         self._recover()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self._prune(keep=self._max_bytes // 2)
-        path = self.folder / f"{stamp}-{os.getpid()}-{next(_file_numbers):06d}.jsonl"
+        path = self.folder / f"{stamp}-{os.getpid()}-{next(STATE.file_numbers):06d}.jsonl"
         fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         if fcntl is not None:
             with contextlib.suppress(OSError):
@@ -417,7 +415,7 @@ def repair_torn_tail(path: Path) -> None:
             os.unlink(path)
         else:
             os.ftruncate(fd, keep)
-        COUNTERS.torn_writes_recovered.add()
+        STATE.counters.torn_writes_recovered.add()
     except OSError:
         return
     finally:

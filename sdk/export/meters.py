@@ -19,7 +19,6 @@ shutdown of the metrics waits for the build, within its own timeout.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from opentelemetry.util.types import Attributes
 
 from sdk.counters import Counter
 from sdk.guard import internal_error
+from sdk.state import STATE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -350,29 +350,16 @@ class MetricsHandle:
         self.recorder.forked = True
 
 
-_handle: list[MetricsHandle] = []
-_handle_lock = threading.Lock()
-
-
 def metrics_handle() -> MetricsHandle:
     """The process's metrics handle, made (and its provider set globally, if none was) on first use."""
-    with _handle_lock:
-        if not _handle:
-            _handle.append(MetricsHandle())
-        return _handle[0]
+    with STATE.metrics_lock:
+        handle = STATE.metrics
+        if handle is None:
+            handle = STATE.metrics = MetricsHandle()
+            STATE.at_fork(handle, after_in_child=handle.after_fork)
+        return handle
 
 
 def existing_handle() -> MetricsHandle | None:
     """The metrics handle if one was made (a config with metrics off makes none)."""
-    return _handle[0] if _handle else None
-
-
-def _after_fork_in_child() -> None:
-    global _handle_lock
-    _handle_lock = threading.Lock()
-    if _handle:
-        _handle[0].after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return STATE.metrics

@@ -35,9 +35,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, ResourceMetrics
 from opentelemetry.sdk.resources import Resource
 
-from sdk.counters import COUNTERS
 from sdk.export.meters import SessionRecorder
 from sdk.guard import internal_error, warn_once
+from sdk.state import STATE
 from sdk.version import __version__
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class _SwappableReader(MetricReader):
         timeout = min(endpoint.timeout, max(self._deadline - time.monotonic(), 0.001))
         result = self._sender.send(data, timeout)
         if not result.ok:
-            COUNTERS.export_errors.add()
+            STATE.counters.export_errors.add()
             warn_once(
                 f"metrics-export-{endpoint.url}",
                 "sessiontrace: metrics could not be sent to %s (%s); they are sent again, cumulative, "
@@ -192,7 +192,7 @@ class MetricsPipeline:
 
         meter.create_observable_counter(
             "sessiontrace.sessions.started",
-            observe(lambda: COUNTERS.sessions_started.value),
+            observe(lambda: STATE.counters.sessions_started.value),
             unit="{session}",
             description="Sessions started.",
         )
@@ -220,8 +220,8 @@ class MetricsPipeline:
 
     @staticmethod
     def _reader_of(attribute: str) -> Any:
-        # Read through COUNTERS each time: sdk.testing.reset() replaces the counter objects.
-        return lambda: getattr(COUNTERS, attribute).value
+        # Read through STATE.counters each time: sdk.testing.reset() replaces the counter objects.
+        return lambda: getattr(STATE.counters, attribute).value
 
     def _observe_ended(self, _options: CallbackOptions) -> Iterable[Observation]:
         recorder = self.recorder

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdk.counters import COUNTERS
 from sdk.datadir import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, forget_ready, open_private
+from sdk.state import STATE
 
 fcntl: Any
 try:
@@ -99,19 +99,17 @@ class _Owner:
                     os.close(fd)
 
 
-_owner = _Owner()
-
-
-def _after_fork_in_child() -> None:
-    global _owner
-    for fd in _owner.locks.values():  # the parent's locks stay the parent's
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _owner = _Owner()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _owner() -> _Owner:
+    """This process's identity in spool folders (a new one in a forked child: the parent's locks
+    stay the parent's)."""
+    owner: _Owner | None = STATE.spool_owner
+    if owner is None or owner.pid != os.getpid():
+        if owner is not None:
+            for fd in owner.locks.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        owner = STATE.spool_owner = _Owner()
+    return owner
 
 
 def _lock_is_free(fd: int) -> bool:
@@ -125,8 +123,8 @@ def _lock_is_free(fd: int) -> bool:
 
 
 def _owner_alive(folder: Path, pid: int, token: str) -> bool:
-    if pid == _owner.pid:
-        return token == _owner.token  # same pid, other token: an earlier process (e.g. in a container)
+    if pid == _owner().pid:
+        return token == _owner().token  # same pid, other token: an earlier process (e.g. in a container)
     if fcntl is None:  # pragma: no cover - Windows
         try:
             os.kill(pid, 0)
@@ -220,7 +218,7 @@ class Spool:
 
     def _write(self, data: bytes, seq: int) -> str:
         ensure_data_dir(self.data_dir, "spool", self.key)
-        name = f"{time.time_ns():020d}-{_owner.token}-{os.getpid()}-{seq:06d}{SUFFIX}"
+        name = f"{time.time_ns():020d}-{_owner().token}-{os.getpid()}-{seq:06d}{SUFFIX}"
         temporary = self.folder / f".{name}{_TEMP}"
         fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
@@ -316,7 +314,7 @@ class Spool:
         if dead:
             with contextlib.suppress(OSError):
                 path.unlink()
-                COUNTERS.torn_writes_recovered.add()
+                STATE.counters.torn_writes_recovered.add()
 
     def _remove_free_locks(self) -> None:
         """Delete lock files no process holds (left by processes that were killed)."""
@@ -337,13 +335,13 @@ class Spool:
 
         `data` and `count`: the batch's bytes and spans when this process wrote it moments ago (not
         read again); otherwise they come from the file's content."""
-        if not _owner.hold(self.folder):
+        if not _owner().hold(self.folder):
             return None  # cannot prove ownership: leave the file to others
-        claimed = self.folder / f"{name}{_CLAIMED}{_owner.pid}.{_owner.token}"
+        claimed = self.folder / f"{name}{_CLAIMED}{_owner().pid}.{_owner().token}"
         try:
             os.rename(self.folder / name, claimed)
         except OSError:
-            _owner.release(self.folder)
+            _owner().release(self.folder)
             return None
         if data is None:
             loaded = self._load(claimed)
@@ -353,8 +351,8 @@ class Spool:
                 else:  # an empty file: what a crash of the whole machine mid-write can leave
                     with contextlib.suppress(OSError):
                         claimed.unlink()
-                        COUNTERS.torn_writes_recovered.add()
-                _owner.release(self.folder)
+                        STATE.counters.torn_writes_recovered.add()
+                _owner().release(self.folder)
                 return None
             data, count = loaded
         return SpoolFile(claimed, name, data, count)
@@ -402,13 +400,13 @@ class Spool:
                 if name in self._unremovable:
                     return
                 self._unremovable.add(name)
-        COUNTERS.spool_rejected.add()
+        STATE.counters.spool_rejected.add()
 
     def release(self, item: SpoolFile) -> None:
         """Put a claimed batch back, to be tried again."""
         with contextlib.suppress(OSError):
             os.rename(item.path, self.folder / item.name)
-        _owner.release(self.folder)
+        _owner().release(self.folder)
 
     def done(self, item: SpoolFile) -> None:
         """Forget a claimed batch (sent, or refused for good)."""
@@ -416,7 +414,7 @@ class Spool:
         with contextlib.suppress(OSError):
             size = os.stat(item.path, follow_symlinks=False).st_size
             item.path.unlink()
-        _owner.release(self.folder)
+        _owner().release(self.folder)
         self._unaccount(size)
 
     def close(self) -> None:

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 from typing import NamedTuple
 
 from sdk.display import printable
-
-_write_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _write_lock
-    _write_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+from sdk.state import STATE
 
 
 class SessionSummary(NamedTuple):
@@ -70,6 +58,6 @@ def print_summary(summary: SessionSummary) -> None:
     stream = sys.stdout if in_kernel() else sys.stderr
     if stream is not None:
         line = format_summary(summary) + "\n"
-        with _write_lock:
+        with STATE.summary_lock:
             stream.write(line)
             stream.flush()

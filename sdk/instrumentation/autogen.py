@@ -43,12 +43,11 @@ from sdk.session_core import (
     MAX_ID_LENGTH,
     Session,
     SessionState,
-    _current_session,
-    _registry,
     detach_quietly,
     session,
     session_for_trace,
 )
+from sdk.state import STATE
 
 MODULE = "autogen_core._single_threaded_agent_runtime"
 RUNTIME_CLASS = "SingleThreadedAgentRuntime"
@@ -87,7 +86,7 @@ def _capture(
 ) -> None:
     wrapped(*args, **kwargs)
     try:
-        setattr(instance, CARRY, _Carry(_current_session.get(), otel_context.get_current()))
+        setattr(instance, CARRY, _Carry(STATE.current_session.get(), otel_context.get_current()))
     except Exception as exc:
         internal_error("autogen envelope capture", exc)
 
@@ -117,13 +116,13 @@ def _dispatch(
 
 
 async def _carried(carry: _Carry, work: Awaitable[T]) -> T:
-    session_token = _current_session.set(carry.session)
+    session_token = STATE.current_session.set(carry.session)
     token = otel_context.attach(carry.context)
     try:
         return await work
     finally:
         detach_quietly(token)
-        _current_session.reset(session_token)
+        STATE.current_session.reset(session_token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ def _from_topic_wanted() -> bool:
 
 def _outside_sessions() -> bool:
     """No session in this context: none set, none owning the current span's trace, none in the baggage."""
-    local = _current_session.get()
+    local = STATE.current_session.get()
     if local is not None and local.state is SessionState.RUNNING:
         return False
     ctx = otel_context.get_current()
@@ -187,7 +186,7 @@ def _topic_session_for(owner: Any, topic: Any) -> Session | None:
         )
         return None
     with _lock:
-        found = _registry.by_id.get(source)
+        found = STATE.registry.by_id.get(source)
         if found is not None and found.state is SessionState.RUNNING:
             return found
         rt = runtime.current()
@@ -197,7 +196,7 @@ def _topic_session_for(owner: Any, topic: Any) -> Session | None:
         try:
             started = scope.start()
         except ValueError:  # another thread opened a session with this id just now
-            raced = _registry.by_id.get(source)
+            raced = STATE.registry.by_id.get(source)
             return raced if raced is not None and raced.state is SessionState.RUNNING else None
         sessions = _topic_sessions.get(owner)
         if sessions is None:

@@ -16,24 +16,20 @@ and is never a silent no-op.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
-import threading
 import types
 from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdk.guard import internal_error, warn_once
+from sdk.state import STATE
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
-_lock = threading.RLock()
-_applied: dict[str, tuple[object, str, object]] = {}
 
 
 def apply(name: str, owner: object, attribute: str, wrapper: Wrapper, *, via_wrapt: bool = False) -> bool:
@@ -43,8 +39,8 @@ def apply(name: str, owner: object, attribute: str, wrapper: Wrapper, *, via_wra
     ``inspect.iscoroutinefunction`` and introspection of the method stay as they were), as the
     patches of third-party clients do. Returns True when the patch was applied now.
     """
-    with _lock:
-        if name in _applied:
+    with STATE.patches_lock:
+        if name in STATE.patches:
             return False
         original = owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
         if not via_wrapt and isinstance(owner, type) and isinstance(original, types.FunctionType):
@@ -53,7 +49,7 @@ def apply(name: str, owner: object, attribute: str, wrapper: Wrapper, *, via_wra
             import wrapt  # over 100 ms to import (it loads asyncio): only when needed
 
             wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-        _applied[name] = (owner, attribute, original)
+        STATE.patches[name] = (owner, attribute, original)
         return True
 
 
@@ -67,8 +63,8 @@ def _method_wrapper(original: Callable[..., Any], wrapper: Wrapper) -> Callable[
 
 def remove(name: str) -> bool:
     """Put back what patch `name` replaced. Returns True when it was applied."""
-    with _lock:
-        entry = _applied.pop(name, None)
+    with STATE.patches_lock:
+        entry = STATE.patches.pop(name, None)
     if entry is None:
         return False
     owner, attribute, original = entry
@@ -78,26 +74,16 @@ def remove(name: str) -> bool:
 
 def is_applied(name: str) -> bool:
     """Whether patch `name` is in place."""
-    return name in _applied
+    return name in STATE.patches
 
 
 def applied() -> list[str]:
     """The names of the patches in place."""
-    with _lock:
-        return sorted(_applied)
+    with STATE.patches_lock:
+        return sorted(STATE.patches)
 
 
-def _after_fork_in_child() -> None:
-    # A lock another thread held at fork time stays held forever in the child.
-    global _lock
-    _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _AfterImport:
+class AfterImport:
     """Runs callbacks right after a module is first imported (a post-import hook, as wrapt has).
 
     A meta-path finder needs only find_spec(); subclassing importlib.abc.MetaPathFinder would import
@@ -134,19 +120,19 @@ class _AfterImport:
         loader.exec_module = exec_then_call
 
 
-_after_import = _AfterImport()
-
-
 def when_imported(module_name: str, callback: Callable[[types.ModuleType], None]) -> None:
     """Call `callback(module)` now if the module is imported, else right after it is imported."""
     module = sys.modules.get(module_name)
     if module is not None:
         callback(module)
         return
-    with _lock:
-        _after_import.pending.setdefault(module_name, []).append(callback)
-        if _after_import not in sys.meta_path:
-            sys.meta_path.insert(0, _after_import)
+    with STATE.patches_lock:
+        finder = STATE.after_import
+        if finder is None:
+            finder = STATE.after_import = AfterImport()
+        finder.pending.setdefault(module_name, []).append(callback)
+        if finder not in sys.meta_path:
+            sys.meta_path.insert(0, finder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +208,6 @@ class Instrumentor:
         self.package = package
         self.supported = supported
         self.patches = patches
-        self._wanted = False
-        self._hooked: set[str] = set()
-        self._version_ok: bool | None = None
 
     def instrumentation_dependencies(self) -> tuple[str, ...]:
         """The supported versions, as OpenTelemetry's instrumentors declare them (``openai >= 1.68, < 4``)."""
@@ -233,14 +216,14 @@ class Instrumentor:
     @property
     def instrumented(self) -> bool:
         """Whether the patches are wanted (applied now, or when the library is imported)."""
-        return self._wanted
+        return STATE.instrumented.get(self.name, False)
 
     def instrument(self) -> None:
         """Patch the library now if it is imported, else right after it is (at most once per process)."""
-        self._wanted = True
+        STATE.instrumented[self.name] = True
         for module_name in dict.fromkeys(p.module for p in self.patches):
-            if module_name not in self._hooked:
-                self._hooked.add(module_name)
+            if (self.name, module_name) not in STATE.hooked_modules:
+                STATE.hooked_modules.add((self.name, module_name))
                 when_imported(module_name, self._on_import)
             module = sys.modules.get(module_name)
             if module is not None:  # imported while the patches were not wanted (after uninstrument())
@@ -248,16 +231,17 @@ class Instrumentor:
 
     def uninstrument(self) -> None:
         """Put the library's original methods back (a later `instrument()` patches again)."""
-        self._wanted = False
+        STATE.instrumented[self.name] = False
         for patch in self.patches:
             remove(patch.name)
 
     def version_supported(self) -> bool:
         """Whether the installed version is in the supported range (warned about once if not)."""
-        if self._version_ok is None:
+        ok = STATE.version_checked.get(self.name)
+        if ok is None:
             version = installed_version(self.package)
-            self._version_ok = version is not None and in_range(version, self.supported)
-            if version is not None and not self._version_ok:
+            ok = STATE.version_checked[self.name] = version is not None and in_range(version, self.supported)
+            if version is not None and not ok:
                 warn_once(
                     f"instrument-version-{self.name}",
                     "sessiontrace: %s %s is outside the range this SDK supports (%s); its calls are "
@@ -266,10 +250,10 @@ class Instrumentor:
                     version,
                     self.supported,
                 )
-        return self._version_ok
+        return ok
 
     def _on_import(self, module: types.ModuleType) -> None:
-        if not self._wanted or not self.version_supported():
+        if not self.instrumented or not self.version_supported():
             return
         for patch in self.patches:
             if patch.module != module.__name__:

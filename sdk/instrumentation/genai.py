@@ -29,11 +29,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, write_attributes
-from sdk.counters import COUNTERS
 from sdk.guard import internal_error
 from sdk.pricing import PricingTable, table_for
 from sdk.redaction import Redactor, redactor_for
 from sdk.session_core import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
+from sdk.state import STATE
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
@@ -282,7 +282,7 @@ class LLMCall:
         if cost is not None:
             attrs[COST] = round(cost, 10)
         elif model and (self.input_tokens is not None or self.output_tokens is not None):
-            COUNTERS.llm_calls_unpriced.add()
+            STATE.counters.llm_calls_unpriced.add()
         if self.capture and self.output:
             attrs[OUTPUT_MESSAGES] = self.settings.redactor.json(self.output)
         output = attrs.pop(OUTPUT_MESSAGES, None)
@@ -302,7 +302,7 @@ class LLMCall:
                     self.settings.redactor, call["arguments"]
                 )
             span.add_event(TOOL_CALL_EVENT, event)
-        COUNTERS.llm_calls.add()
+        STATE.counters.llm_calls.add()
         session = session_for_trace(span.get_span_context().trace_id)
         counted_error = session is not None  # record_error() counts the error of a span in a session's trace
         if session is None:
@@ -582,14 +582,11 @@ def _result(
 # ---------------------------------------------------------------------------------------------
 # Metrics (the GenAI client metrics, through the OpenTelemetry metrics API)
 
-_instruments: dict[int, tuple[Any, Any, Any]] = {}
-_instruments_lock = threading.Lock()
-
 
 def _meter_instruments() -> tuple[Any, Any, Any]:
     provider = getattr(runtime.current(), "meter_provider", None)
     key = id(provider)
-    found = _instruments.get(key)
+    found = STATE.genai_instruments.get(key)
     if found is not None:
         return found
     from opentelemetry import metrics
@@ -621,10 +618,10 @@ def _meter_instruments() -> tuple[Any, Any, Any]:
             explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
         ),
     )
-    with _instruments_lock:
-        if len(_instruments) > 8:
-            _instruments.clear()
-        _instruments[key] = made
+    with STATE.genai_instruments_lock:
+        if len(STATE.genai_instruments) > 8:
+            STATE.genai_instruments.clear()
+        STATE.genai_instruments[key] = made
     return made
 
 

@@ -21,7 +21,6 @@ is: W3C by default, or what ``OTEL_PROPAGATORS`` chose) in `SessionPropagator`:
 
 from __future__ import annotations
 
-import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -40,9 +39,9 @@ from opentelemetry.propagators.textmap import (
 
 from sdk import runtime
 from sdk.guard import internal_error
-from sdk.session_core import SessionState, _current_session, inbound_session
+from sdk.session_core import SessionState, inbound_session
+from sdk.state import STATE
 
-_lock = threading.Lock()
 _DESTINATION_KEYS = ("server.address", "net.peer.name", "url.full", "http.url")
 
 
@@ -134,7 +133,7 @@ def _with_session_for_destination(ctx: Context) -> Context:
         return ctx
     from sdk.context import _outgoing_context
 
-    local = _current_session.get()
+    local = STATE.current_session.get()
     if local is not None and local.state is not SessionState.RUNNING:
         local = None
     return _outgoing_context(ctx, local)
@@ -145,7 +144,7 @@ def apply(outbound: bool) -> None:
 
     `outbound`: whether trusted outgoing requests carry the session (`propagate_session`).
     """
-    with _lock:
+    with STATE.propagation_lock:
         current: Any = propagate.get_global_textmap()
         if not isinstance(current, SessionPropagator):
             current = SessionPropagator(current)
@@ -155,7 +154,7 @@ def apply(outbound: bool) -> None:
 
 def remove() -> None:
     """Put the wrapped propagator back, if ours is still the global one."""
-    with _lock:
+    with STATE.propagation_lock:
         current: Any = propagate.get_global_textmap()
         if isinstance(current, SessionPropagator):
             propagate.set_global_textmap(current.inner)

@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from sdk.context import Wrapped
 from sdk.instrumentation import base
-from sdk.session_core import _current_session
+from sdk.state import STATE
 
 EXECUTOR_PATCH = "concurrent.futures.ThreadPoolExecutor.submit"
 PROCESS_POOL_PATCH = "concurrent.futures.ProcessPoolExecutor.submit"
@@ -32,7 +32,7 @@ THREAD_PATCH = "threading.Thread.start"
 
 def _bind_current(fn: Callable[..., Any]) -> Callable[..., Any] | None:
     """`fn` bound to the current session and context, or None when there is nothing to carry."""
-    session = _current_session.get()
+    session = STATE.current_session.get()
     ctx = otel_context.get_current()
     if session is None and not trace.get_current_span(ctx).get_span_context().is_valid:
         return None
@@ -55,7 +55,7 @@ def _submit_to_process(
     # The wrapper pickles as W3C headers; in the worker it flushes after the call (workers may
     # leave through os._exit()).
     if args and not isinstance(args[0], Wrapped):
-        bound = Wrapped(args[0], _current_session.get(), otel_context.get_current())
+        bound = Wrapped(args[0], STATE.current_session.get(), otel_context.get_current())
         return wrapped(bound, *args[1:], **kwargs)
     return wrapped(*args, **kwargs)
 

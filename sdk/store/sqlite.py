@@ -9,16 +9,15 @@ are short (at most CHUNK records), so readers (the CLI) and other processes wait
 from __future__ import annotations
 
 import functools
-import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sdk.datadir import ensure_data_dir, make_private_file
+from sdk.state import STATE
 from sdk.store import (
     SegmentUpdate,
     SessionRecord,
@@ -69,7 +68,13 @@ class SQLiteStore(SessionStore):
         self._data_dir = data_dir
         self._lock = threading.Lock()
         self._ready = False
-        _STORES.add(self)
+        # A fork waits for a transaction in progress (no SQLite state crosses a fork).
+        STATE.at_fork(
+            self,
+            before=self._hold_for_fork,
+            after_in_parent=self._release_after_fork,
+            after_in_child=self.after_fork,
+        )
 
     @property
     def description(self) -> str:
@@ -247,33 +252,15 @@ class SQLiteStore(SessionStore):
         )
         return int(deleted) > 0
 
+    def _hold_for_fork(self) -> None:
+        self._lock.acquire()
+
+    def _release_after_fork(self) -> None:
+        self._lock.release()
+
     def after_fork(self) -> None:
         self._lock = threading.Lock()
 
 
 def _insert_rows(rows: list[tuple[str, str, str | None, float, str]], conn: sqlite3.Connection) -> None:
     conn.executemany(_UPSERT, rows)
-
-
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for store in list(_STORES):
-        store._lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for store in list(_STORES):
-        store._lock.release()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )

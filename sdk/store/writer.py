@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sdk.counters import COUNTERS
 from sdk.datadir import O_NOFOLLOW, O_NONBLOCK, ensure_data_dir, open_private
 from sdk.guard import internal_error, warn_every, warn_once
+from sdk.state import STATE
 from sdk.store import SegmentUpdate, SessionRecord, SessionStore, Usage, apply_update, dumps, loads
 
 fcntl: Any
@@ -125,7 +125,7 @@ class StoreWriter:
             internal_error("session store overflow", exc)
             written = False
         if written:
-            COUNTERS.store_spilled.add()
+            STATE.counters.store_spilled.add()
             warn_once(
                 "session-store-behind",
                 "sessiontrace: the session store (%s) is more than %d session starts/ends behind; "
@@ -142,8 +142,8 @@ class StoreWriter:
             self._start_thread()
 
     def _drop(self) -> None:
-        COUNTERS.store_errors.add()
-        COUNTERS.store_dropped.add()
+        STATE.counters.store_errors.add()
+        STATE.counters.store_dropped.add()
         warn_every(
             "session-store-dropped",
             60.0,
@@ -161,7 +161,7 @@ class StoreWriter:
         RETRY_AFTER seconds instead of waiting on a store that is down each time (the
         background writer keeps retrying)."""
         if time.monotonic() < self._down_until:
-            COUNTERS.store_errors.add()
+            STATE.counters.store_errors.add()
             return None
         try:
             result = operation()
@@ -323,7 +323,7 @@ class StoreWriter:
         if len(self._pending) > MAX_PENDING:
             # The store has been failing for a while: keep the newest, count what is given up.
             self._pending.pop(next(iter(self._pending)))
-            COUNTERS.store_errors.add()
+            STATE.counters.store_errors.add()
 
     def _write(self) -> None:
         if not self._pending_starts and not self._pending:
@@ -517,7 +517,7 @@ def _parse(line: bytes) -> tuple[str, SessionRecord | SegmentUpdate] | None:
 
 def store_failed(store: SessionStore, exc: BaseException) -> None:
     """Count a failed store operation and warn once: sessions go on without persistence."""
-    COUNTERS.store_errors.add()
+    STATE.counters.store_errors.add()
     warn_once(
         "session-store-down",
         "sessiontrace: the session store (%s) failed: %s. Sessions go on without persistence "
