@@ -16,19 +16,10 @@ from sdk.counters import Stats
 from sdk.decorators import agent, event, task, tool, workflow
 from sdk.instrumentation import instrument, uninstrument
 from sdk.lifecycle import config, flush, init, shutdown, stats
-from sdk.session_core import (
-    Session,
-    SessionInfo,
-    SessionScope,
-    SessionState,
-    SessionWarning,
-    current_session,
-    end_session,
-    score,
-    session,
-    sessions,
-    start_session,
-)
+from sdk.scores import score
+from sdk.semconv import SessionState, SessionWarning
+from sdk.session_api import SessionInfo, SessionScope, end_session, session, sessions, start_session
+from sdk.session_core import Session, current_session
 from sdk.settings import Config, ConfigError
 from sdk.version import __version__
 
@@ -78,13 +69,12 @@ __all__ = [
     "workflow",
 ]
 
-_LAZY = {
-    "Score",
-    "SessionRecord",
-    "SessionStore",
-    "Usage",
-}  # sdk.store costs import time; load it on first use
-_LAZY_RECORDS = {"SessionRow", "SpanRecorder", "SpanRow", "read_sessions", "read_spans"}  # and sdk.records
+_LAZY = frozenset(
+    {"Score", "SessionRecord", "SessionStore", "Usage"}
+)  # sdk.store costs import time; load it on first use
+_LAZY_RECORDS = frozenset(
+    {"SessionRow", "SpanRecorder", "SpanRow", "read_sessions", "read_spans"}
+)  # and sdk.records
 
 
 def __getattr__(name: str) -> Any:

@@ -43,8 +43,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from sdk.display import printable
-from sdk.settings import Config, ConfigError, load_config, mask_url
+from sdk.display import mask_url, printable
+from sdk.settings import Config, ConfigError, load_config
 from sdk.version import __version__
 
 if TYPE_CHECKING:

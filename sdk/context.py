@@ -23,31 +23,20 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sdk import runtime
-from sdk.session_core import (
-    REMOTE_SESSION_KEY,
-    SESSION_ID,
-    Session,
-    SessionState,
-    auto_session,
-    detach_quietly,
-    inbound_session,
-    session_for_trace,
-)
+from sdk.inbound import inbound_session
+from sdk.semconv import REMOTE_SESSION_KEY, SESSION_ID, SessionState
+from sdk.session_core import Session, auto_session, detach_quietly, session_for_trace
 from sdk.state import STATE
+from sdk.w3c import W3C, extract_w3c
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
-
-def _outgoing_context(ctx: Context, local: Session | None) -> Context:
+def outgoing_context(ctx: Context, local: Session | None) -> Context:
     """`ctx` with the session its work belongs to written in: that session's id in the baggage, and
     its span as the parent when `ctx` has no span.
 
@@ -83,7 +72,7 @@ def inject(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[st
     local = STATE.current_session.get()
     if local is not None and local.state is not SessionState.RUNNING:
         local = None
-    _PROPAGATOR.inject(target, context=_outgoing_context(otel_context.get_current(), local))
+    W3C.inject(target, context=outgoing_context(otel_context.get_current(), local))
     return target
 
 
@@ -100,12 +89,6 @@ def extract(
     """
     ctx, _, _ = inbound_session(extract_w3c(carrier, context), peer)
     return ctx
-
-
-def extract_w3c(carrier: Mapping[str, str], context: Context | None = None) -> Context:
-    """W3C trace context and baggage from headers, exactly as sent: no trust decision made yet."""
-    lowered = {str(k).lower(): v for k, v in carrier.items()}
-    return _PROPAGATOR.extract(lowered, context=context)
 
 
 def session_id_from(context: Context | None = None) -> str | None:
@@ -165,7 +148,7 @@ class Wrapped(Generic[P, R]):
         carrier = self._carrier
         if carrier is None and self._ctx is not None:
             carrier = {}
-            _PROPAGATOR.inject(carrier, context=_outgoing_context(self._ctx, self._session))
+            W3C.inject(carrier, context=outgoing_context(self._ctx, self._session))
         return (_rebuild, (self.fn, carrier))
 
     def __repr__(self) -> str:

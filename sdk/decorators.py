@@ -21,10 +21,11 @@ from sdk import runtime
 from sdk.attributes import to_attributes, write_attributes
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import redactor_for
-from sdk.session_core import SPAN_KIND, Session, _Activation, current_session, detach_quietly, end_span
+from sdk.semconv import SPAN_KIND
+from sdk.session_core import Activation, Session, current_session, detach_quietly, end_span
 
 if TYPE_CHECKING:
-    from sdk.session_core import SessionScope
+    from sdk.session_api import SessionScope
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,10 +86,10 @@ class _SessionRun:
         pass
 
     def enter(self) -> object:
-        return _Activation(self.session)
+        return Activation(self.session)
 
     def exit(self, token: object) -> None:
-        assert isinstance(token, _Activation)
+        assert isinstance(token, Activation)
         token.undo()
 
     def finish(self, exc: BaseException | None) -> None:

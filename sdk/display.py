@@ -1,4 +1,4 @@
-"""Text from users shown on a terminal: control characters escaped, so it cannot drive the terminal.
+"""Text shown to people: user text escaped for a terminal, URLs without their passwords.
 
 Session names, user ids, tags, end reasons and span names come from the program's users. Printed
 raw, an ESC or OSC sequence in one of them changes the window title, clears the screen or forges
@@ -6,6 +6,9 @@ a line of output. Every CLI and console line passes such text through `printable
 """
 
 from __future__ import annotations
+
+import re
+import urllib.parse
 
 
 def printable(text: object) -> str:
@@ -31,3 +34,18 @@ def _escape(ch: str) -> str:
     if code <= 0xFFFF:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#]*@")
+
+
+def mask_url(text: str) -> str:
+    """Hide a password in a URL's user info (``https://user:***@host``)."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # malformed (e.g. a bad IPv6 host): mask what looks like user:password@
+        return _USERINFO_PASSWORD.sub(r"\1***@", text)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return text

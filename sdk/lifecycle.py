@@ -19,14 +19,9 @@ from sdk import runtime, tracing
 from sdk.counters import Stats
 from sdk.guard import internal_error
 from sdk.reaper import reaper
-from sdk.session_core import (
-    SessionState,
-    auto_session,
-    end_open_sessions,
-    open_sessions,
-    set_ended_session_grace,
-    start_auto_session,
-)
+from sdk.semconv import SessionState
+from sdk.session_api import end_open_sessions, start_auto_session
+from sdk.session_core import auto_session, open_sessions, set_ended_session_grace
 from sdk.settings import Config, load_config
 from sdk.state import STATE
 

@@ -32,9 +32,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from sdk import runtime
+from sdk.context import session_id_from
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
-from sdk.session_core import SESSION_ID, Session, SessionState
+from sdk.semconv import SESSION_ID, SessionState
+from sdk.session_core import Session
 from sdk.settings import Config, Source
 from sdk.state import STATE
 
@@ -85,7 +87,6 @@ def current_ids() -> tuple[str, str, str]:
 
 
 def _baggage_session_id(ctx: Any) -> str | None:
-    from sdk.context import session_id_from
 
     return session_id_from(ctx)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from sdk.guard import internal_error
-from sdk.session_core import end_idle_sessions
+from sdk.session_api import end_idle_sessions
 from sdk.state import STATE
 
 

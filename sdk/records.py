@@ -39,8 +39,10 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 
-import sdk
+from sdk import runtime
 from sdk.export.jsonl import trace_files, trace_lines
+from sdk.lifecycle import config as current_config
+from sdk.session_api import sessions as open_session_infos
 
 if TYPE_CHECKING:
     from sdk.store import SessionRecord, SessionStore
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 DEFAULT_RECORDED_SPANS = 5_000
 """How many ended spans a `SpanRecorder` keeps by default (the oldest are forgotten first)."""
 
+READ_FLUSH_TIMEOUT = 2.0
+"""Seconds a read waits for this process's queued session-store writes (its own ended sessions)."""
 SESSION_KIND = "session"
 MARKER_KIND = "session.start"
 LLM_KIND = "llm"
@@ -405,7 +409,7 @@ class SpanRecorder(SpanProcessor):
         from sdk.export.scrub import scrub_spans
         from sdk.redaction import scrubber_for
 
-        cleaned = scrub_spans(spans, scrubber_for(sdk.config()))
+        cleaned = scrub_spans(spans, scrubber_for(current_config()))
         return list(_request_rows(spans_to_otlp_json(cleaned).get("resourceSpans", ())))
 
     def clear(self) -> None:
@@ -425,7 +429,7 @@ class SpanRecorder(SpanProcessor):
 
 def traces_folder(data_dir: Path | str | None = None) -> Path:
     """``<data_dir>/traces``: where the file exporter writes (`data_dir` default: the setting)."""
-    root = Path(data_dir) if data_dir is not None else Path(sdk.config().data_dir)
+    root = Path(data_dir) if data_dir is not None else Path(current_config().data_dir)
     return root / "traces"
 
 
@@ -469,7 +473,7 @@ def _gather(
     store: str | SessionStore | None,
     recorder: SpanRecorder | None,
 ) -> _Sources:
-    config = sdk.config()
+    config = current_config()
     root = Path(data_dir) if data_dir is not None else Path(config.data_dir)
     spans = local_span_rows(root / "traces")
     seen = {(s.trace_id, s.span_id) for s in spans}
@@ -478,6 +482,10 @@ def _gather(
     records: list[SessionRecord] = []
     from sdk.store import SessionStore
 
+    writer = runtime.current().store_writer
+    if writer is not None and (store is None or store is writer.store):
+        # Read this process's own writes: the sessions it ended are queued for the store still.
+        writer.flush(READ_FLUSH_TIMEOUT)
     opened = (
         store
         if isinstance(store, SessionStore)
@@ -489,7 +497,7 @@ def _gather(
         finally:
             if opened is not store:
                 opened.close()
-    live = [info for info in sdk.sessions() if info.session.span.get_span_context().is_valid]
+    live = [info for info in open_session_infos() if info.session.span.get_span_context().is_valid]
     return _Sources(spans, records, live)
 
 

@@ -19,11 +19,12 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 from opentelemetry.sdk.trace import SpanProcessor
 
 from sdk.budget import Budget
+from sdk.display import mask_url
 from sdk.trust import PRIVATE, TrustRules
 
 if TYPE_CHECKING:
@@ -104,8 +105,8 @@ class _Invalid(Exception):
 # Parsers: each takes a value from any layer (text from env, TOML values, Python objects from
 # init()) and returns the typed value, or raises _Invalid with what was expected.
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _bool(value: object) -> bool:
@@ -383,11 +384,21 @@ def _not_disabled(value: object) -> bool:
 STORE_NAMES = ("sqlite", "memory", "none")
 
 
+@runtime_checkable
+class StoreLike(Protocol):
+    """What a `session_store` instance must have (a `sdk.store.SessionStore`; this layer does not
+    import the stores)."""
+
+    def begin_segment(self, record: Any, *, resume: bool) -> Any: ...
+
+    def update(self, updates: Any) -> None: ...
+
+    def get(self, session_id: str) -> Any: ...
+
+
 def _session_store(value: object) -> Any:
     """`sqlite`, `sqlite:PATH`, `memory`, `none`, a ``redis://`` / ``rediss://`` URL, or a SessionStore."""
-    from sdk.store import SessionStore
-
-    if isinstance(value, SessionStore):
+    if isinstance(value, StoreLike):
         return value
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(
@@ -510,7 +521,7 @@ def _pricing(value: object) -> Any:
     """A JSON file's path or a mapping of model prices, validated now (see sdk.pricing)."""
     if value is None:
         return None
-    from sdk.pricing import PricingError, load_overrides
+    from sdk.pricing import PricingError, load_overrides  # its table costs import time: at use only
 
     try:
         return load_overrides(value)
@@ -1377,21 +1388,6 @@ class Config:
             values[key] = _parse(setting, setting.parse, raw, source)
             sources[key] = source
         return replace(self, **values, sources=sources)
-
-
-_USERINFO_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#]*@")
-
-
-def mask_url(text: str) -> str:
-    """Hide a password in a URL's user info (``https://user:***@host``)."""
-    try:
-        parts = urllib.parse.urlsplit(text)
-    except ValueError:  # malformed (e.g. a bad IPv6 host): mask what looks like user:password@
-        return _USERINFO_PASSWORD.sub(r"\1***@", text)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return text
 
 
 class _Masked:

@@ -8,6 +8,7 @@ its one span processor (see runtime.py) and updates the resource of every tracer
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,12 +25,14 @@ from opentelemetry.sdk.trace import (
     Tracer,
     TracerProvider,
 )
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import Link
 from opentelemetry.util.types import Attributes
 
 from sdk import runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.session_core import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, SegmentIds
+from sdk.semconv import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID
 from sdk.state import STATE
 from sdk.version import __version__
 
@@ -159,6 +162,53 @@ def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
         if attrs.maxlen is not None and len(attrs._dict) >= attrs.maxlen:
             del attrs._dict[next(iter(attrs._dict))]
         attrs._dict[SESSION_ID] = session_id
+
+
+class SegmentIds(IdGenerator):
+    """The SDK tracer's id generator: the wrapped one's ids, except for a resumed segment's span.
+
+    A resumed segment's span must have the stored trace id and the span id claimed in the store
+    before it started; `forced()` hands those to the next span this thread starts.
+    """
+
+    def __init__(self, inner: IdGenerator) -> None:
+        self.inner = inner
+        self._local = threading.local()
+        self.forcing = 0
+
+    def generate_span_id(self) -> int:
+        if self.forcing:
+            span_id = getattr(self._local, "span_id", None)
+            if span_id is not None:
+                self._local.span_id = None
+                return int(span_id)
+        return self.inner.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        if self.forcing:
+            trace_id = getattr(self._local, "trace_id", None)
+            if trace_id is not None:
+                self._local.trace_id = None
+                return int(trace_id)
+        return self.inner.generate_trace_id()
+
+    def start_span(
+        self,
+        tracer: trace.Tracer,
+        ids: tuple[int, int],
+        name: str,
+        context: Context,
+        links: list[Link],
+        start_time: int,
+    ) -> trace.Span:
+        """Start a root span with exactly these (trace id, span id)."""
+        self.forcing += 1
+        self._local.trace_id, self._local.span_id = ids
+        try:
+            return tracer.start_span(name, context=context, links=links, start_time=start_time)
+        finally:
+            self._local.trace_id = self._local.span_id = None
+            self.forcing -= 1
 
 
 class SessionTracer(Tracer):

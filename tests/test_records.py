@@ -80,6 +80,15 @@ def test_read_sessions_merges_the_store_the_local_traces_and_this_process(llm):
     assert "process" in auto.sources
 
 
+def test_read_sessions_sees_a_session_this_process_just_ended(tmp_path):
+    """No flush, no wait: a session ended a moment ago is read from the store (its queued write goes first)."""
+    sdk.init(service_name="records", console_summary=False, exporter="none")
+    with sdk.session("just-now", user_id="u-9") as ended:
+        pass
+    rows = sdk.read_sessions(user="u-9")
+    assert [(r.id, r.state, r.sources) for r in rows] == [(ended.id, "success", ("store",))]
+
+
 def test_read_sessions_filters_by_session_prefix_user_state_tag_and_time(llm):
     """Filters combine; a session id may be a unique prefix; times may be epoch seconds, datetimes, '1h' or ISO text."""
     made = record_day(llm)

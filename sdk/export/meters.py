@@ -328,7 +328,7 @@ class MetricsHandle:
     def _build(self) -> None:
         self._hurry.wait(BUILD_DELAY)
         try:
-            from sdk.export.metrics import MetricsPipeline
+            from sdk.export.metrics import MetricsPipeline  # imports the metrics SDK: off init()'s path
 
             pipeline = MetricsPipeline(self.recorder)
             self.recorder.attach(pipeline.duration)

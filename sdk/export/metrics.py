@@ -35,12 +35,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, ResourceMetrics
 from opentelemetry.sdk.resources import Resource
 
-from sdk.export.meters import SessionRecorder
 from sdk.guard import internal_error, warn_once
 from sdk.state import STATE
 from sdk.version import __version__
 
 if TYPE_CHECKING:
+    from sdk.export.meters import SessionRecorder
     from sdk.export.otlp import Endpoint, Sender
 
 METER_NAME = "sessiontrace"

@@ -20,6 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from sdk.display import mask_url
 from sdk.settings import DEFAULT_OTLP_GRPC_ENDPOINT, Config, Source
 
 if TYPE_CHECKING:
@@ -87,7 +88,6 @@ class Endpoint(NamedTuple):
 
     def describe(self) -> str:
         """``otlp grpc http://host:4317`` (no credentials: a password in the URL is masked)."""
-        from sdk.settings import mask_url
 
         return f"otlp {self.protocol} {mask_url(self.url)}"
 

@@ -27,7 +27,6 @@ removed by ``INSTRUMENTOR.uninstrument()``; this module imports nothing of autog
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
@@ -37,16 +36,12 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from sdk import runtime
+from sdk.context import session_id_from
 from sdk.guard import internal_error, warn_once
 from sdk.instrumentation.base import Instrumentor, Patch
-from sdk.session_core import (
-    MAX_ID_LENGTH,
-    Session,
-    SessionState,
-    detach_quietly,
-    session,
-    session_for_trace,
-)
+from sdk.semconv import MAX_ID_LENGTH, SessionState
+from sdk.session_api import session
+from sdk.session_core import Session, detach_quietly, session_for_trace
 from sdk.state import STATE
 
 MODULE = "autogen_core._single_threaded_agent_runtime"
@@ -69,12 +64,6 @@ class _Carry(NamedTuple):
 
 SUPPORTED = ">=0.4.9,<0.8"
 """The autogen-core versions whose runtime the patches are written for (docs/compatibility.md)."""
-_lock = threading.Lock()
-# Topic sessions this integration started, per runtime, until the runtime stops (weak both ways:
-# a runtime or an ended session that nobody else holds goes away).
-_topic_sessions: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[str, Session]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +153,6 @@ def _outside_sessions() -> bool:
     span_context = trace.get_current_span(ctx).get_span_context()
     if span_context.is_valid and session_for_trace(span_context.trace_id) is not None:
         return False
-    from sdk.context import session_id_from
 
     return session_id_from(ctx) is None
 
@@ -185,7 +173,7 @@ def _topic_session_for(owner: Any, topic: Any) -> Session | None:
             MAX_ID_LENGTH,
         )
         return None
-    with _lock:
+    with STATE.autogen_lock:
         found = STATE.registry.by_id.get(source)
         if found is not None and found.state is SessionState.RUNNING:
             return found
@@ -198,9 +186,9 @@ def _topic_session_for(owner: Any, topic: Any) -> Session | None:
         except ValueError:  # another thread opened a session with this id just now
             raced = STATE.registry.by_id.get(source)
             return raced if raced is not None and raced.state is SessionState.RUNNING else None
-        sessions = _topic_sessions.get(owner)
+        sessions = STATE.autogen_topic_sessions.get(owner)
         if sessions is None:
-            sessions = _topic_sessions[owner] = weakref.WeakValueDictionary()
+            sessions = STATE.autogen_topic_sessions[owner] = weakref.WeakValueDictionary()
         sessions[source] = started
         return started
 
@@ -225,8 +213,8 @@ def end_topic_sessions(owner: Any) -> int:
     Called when the runtime stops. Sessions it joined (opened elsewhere with the same id) are left
     to whoever opened them.
     """
-    with _lock:
-        sessions = _topic_sessions.pop(owner, None)
+    with STATE.autogen_lock:
+        sessions = STATE.autogen_topic_sessions.pop(owner, None)
         running = [s for s in (sessions.values() if sessions is not None else ()) if not s.ended]
     for topic_session in running:
         topic_session.end(SessionState.SUCCESS, STOPPED_REASON)

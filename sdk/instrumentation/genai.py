@@ -32,7 +32,8 @@ from sdk.attributes import to_attribute_value, write_attributes
 from sdk.guard import internal_error
 from sdk.pricing import PricingTable, table_for
 from sdk.redaction import Redactor, redactor_for
-from sdk.session_core import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
+from sdk.semconv import SPAN_KIND
+from sdk.session_core import Session, current_session, detach_quietly, end_span, session_for_trace
 from sdk.state import STATE
 
 OPERATION = "gen_ai.operation.name"

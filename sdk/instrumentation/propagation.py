@@ -38,8 +38,10 @@ from opentelemetry.propagators.textmap import (
 )
 
 from sdk import runtime
+from sdk.context import outgoing_context
 from sdk.guard import internal_error
-from sdk.session_core import SessionState, inbound_session
+from sdk.inbound import inbound_session
+from sdk.semconv import SessionState
 from sdk.state import STATE
 
 _DESTINATION_KEYS = ("server.address", "net.peer.name", "url.full", "http.url")
@@ -131,12 +133,11 @@ def _with_session_for_destination(ctx: Context) -> Context:
     config = runtime.current().config
     if config is None or not config.send_session_to.allows_destination(destination_host(ctx)):
         return ctx
-    from sdk.context import _outgoing_context
 
     local = STATE.current_session.get()
     if local is not None and local.state is not SessionState.RUNNING:
         local = None
-    return _outgoing_context(ctx, local)
+    return outgoing_context(ctx, local)
 
 
 def apply(outbound: bool) -> None:

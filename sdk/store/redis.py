@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sdk.settings import mask_url
+from sdk.display import mask_url
 from sdk.store import (
     SegmentUpdate,
     SessionRecord,

@@ -1,0 +1,222 @@
+"""The house rules, checked: imports run one way through the layers, with no cycle, and no module keeps mutable state.
+
+Layers, lowest first (a module may import its own layer and those below, never above):
+
+0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
+   budget, semconv, w3c, version
+1. settings
+2. export, store
+3. runtime, tracing
+4. session_core, inbound, session_api, scores, context, decorators, reaper
+5. instrumentation, logs
+6. lifecycle, testing
+7. the face (``sdk``), cli, records, upload, __main__
+8. notebook_ext (through the face only)
+
+Imports under ``if TYPE_CHECKING:`` do not run and are not counted; function-level imports are.
+docs/architecture.md explains each layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(
+        [
+            "sdk.counters",
+            "sdk.state",
+            "sdk.guard",
+            "sdk.display",
+            "sdk.trust",
+            "sdk.redaction",
+            "sdk.attributes",
+            "sdk.datadir",
+            "sdk.pricing",
+            "sdk.budget",
+            "sdk.semconv",
+            "sdk.w3c",
+            "sdk.version",
+        ],
+        0,
+    ),
+    "sdk.settings": 1,
+    "sdk.export": 2,
+    "sdk.store": 2,
+    "sdk.runtime": 3,
+    "sdk.tracing": 3,
+    **dict.fromkeys(
+        [
+            "sdk.session_core",
+            "sdk.inbound",
+            "sdk.session_api",
+            "sdk.scores",
+            "sdk.context",
+            "sdk.decorators",
+            "sdk.reaper",
+        ],
+        4,
+    ),
+    "sdk.instrumentation": 5,
+    "sdk.logs": 5,
+    "sdk.lifecycle": 6,
+    "sdk.testing": 6,
+    "sdk": 7,
+    "sdk.cli": 7,
+    "sdk.records": 7,
+    "sdk.upload": 7,
+    "sdk.__main__": 7,
+    "notebook_ext": 8,
+}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def modules() -> dict[str, Path]:
+    paths = [*ROOT.glob("sdk/**/*.py"), *ROOT.glob("notebook_ext/*.py")]
+    return {module_name(p): p for p in paths}
+
+
+MODULES = modules()
+
+
+def layer(name: str) -> int:
+    """The layer of a module: its own entry, else its package's."""
+    probe = name
+    while probe:
+        if probe in LAYERS:
+            return LAYERS[probe]
+        probe = probe.rpartition(".")[0]
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS (and docs/architecture.md)")
+
+
+def resolve(name: str) -> str | None:
+    """The module of ours an imported name refers to (``from sdk import runtime`` -> sdk.runtime)."""
+    probe = name
+    while probe:
+        if probe in MODULES:
+            return probe
+        probe = probe.rpartition(".")[0]
+    return None
+
+
+def imports(path: Path) -> Iterator[tuple[str, int]]:
+    """(module of ours imported, line) for every import that runs: top level and in functions."""
+    tree = ast.parse(path.read_text())
+
+    def walk(node: ast.AST, type_only: bool) -> Iterator[tuple[str, int]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                yield from walk(child, True)
+                continue
+            if not type_only and isinstance(child, ast.Import):
+                for alias in child.names:
+                    found = resolve(alias.name)
+                    if found:
+                        yield found, child.lineno
+            elif not type_only and isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                for alias in child.names:
+                    found = resolve(f"{child.module}.{alias.name}") or resolve(child.module)
+                    if found:
+                        yield found, child.lineno
+            yield from walk(child, type_only)
+
+    yield from walk(tree, False)
+
+
+def graph() -> dict[str, set[str]]:
+    return {
+        name: {target for target, _ in imports(path) if target != name and not name.startswith(target + ".")}
+        for name, path in MODULES.items()
+    }
+
+
+def test_every_import_runs_down_the_layers():
+    """No module imports a module of a higher layer, at top level or inside a function."""
+    backwards = [
+        f"{name}:{line} imports {target} (layer {layer(target)} > {layer(name)})"
+        for name, path in MODULES.items()
+        for target, line in imports(path)
+        if layer(target) > layer(name)
+    ]
+    assert backwards == []
+
+
+def test_there_is_no_import_cycle():
+    """The import graph (function-level imports included) has no cycle."""
+    edges = graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_notebook_ext_uses_only_the_face():
+    """notebook_ext imports nothing of sdk but the face (``import sdk``)."""
+    for name, path in MODULES.items():
+        if name.startswith("notebook_ext"):
+            for target, line in imports(path):
+                assert target == "sdk" or target.startswith("notebook_ext"), f"{name}:{line} imports {target}"
+
+
+MUTABLE_CALLS = {
+    "set",
+    "dict",
+    "list",
+    "deque",
+    "defaultdict",
+    "OrderedDict",
+    "Lock",
+    "RLock",
+    "Event",
+    "count",
+}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("sdk")))
+def test_modules_keep_no_mutable_state(name):
+    """A module's top level holds constants only: no module-level list, dict, set, lock or counter that is changed later, no ``global``."""
+    tree = ast.parse(MODULES[name].read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)], "a `global` statement"
+    if name == "sdk.state":
+        return  # the one place mutable state lives
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if value is None:
+            continue
+        called = value.func if isinstance(value, ast.Call) else None
+        called_name = (
+            called.attr
+            if isinstance(called, ast.Attribute)
+            else called.id
+            if isinstance(called, ast.Name)
+            else ""
+        )
+        target = ast.unparse(node.targets[0] if isinstance(node, ast.Assign) else node.target)
+        if target == "__all__":
+            continue  # read by the import system, never changed
+        assert called_name not in MUTABLE_CALLS, f"{name}: {target} = {ast.unparse(value)}"
+        if isinstance(value, (ast.List, ast.Set)) or (isinstance(value, ast.Dict) and target.islower()):
+            raise AssertionError(
+                f"{name}: {target} looks mutable; constants are UPPER_CASE tuples or mappings"
+            )
