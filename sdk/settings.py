@@ -458,6 +458,28 @@ def _instrument(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+SESSION_SOURCES = (
+    "autogen.topic",
+    "langgraph.thread_id",
+    "openai_agents.group_id",
+    "openai_agents.session",
+    "openai_agents.conversation_id",
+)
+"""Framework conversation ids the `session_from` setting can make session ids
+(sdk.instrumentation.framework_sessions.SOURCES: a test keeps them equal)."""
+
+
+def _session_from(value: object) -> tuple[str, ...]:
+    """Names from SESSION_SOURCES (a list, or text separated by commas), or `none`."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return ()
+    names = _names(value)
+    for name in names:
+        if name not in SESSION_SOURCES:
+            raise _Invalid(f"unknown source {_show(name)}; known: {', '.join(SESSION_SOURCES)} (or none)")
+    return names
+
+
 def _list_items(value: object, what: str, separators: str) -> list[object]:
     """The items of a list setting: a list, a JSON list, or text split at `separators` (a regex)."""
     if isinstance(value, str):
@@ -1065,8 +1087,21 @@ SETTINGS: dict[str, Setting] = {
             False,
             "autogen-core: a message published from outside any session to a topic whose source is X "
             "is handled in session X (started on first use, resumed from the session store, ended "
-            "when the runtime stops). Off by default: a topic source is not always a session id.",
+            "when the runtime stops). Off by default: a topic source is not always a session id. "
+            "The older spelling of `session_from` = `autogen.topic`, kept working.",
             _env("SESSIONTRACE_SESSION_FROM_TOPIC"),
+        ),
+        Setting(
+            "session_from",
+            _session_from,
+            (),
+            "Agent framework conversation ids that become session ids: `autogen.topic`, "
+            "`langgraph.thread_id`, `openai_agents.group_id`, `openai_agents.session`, "
+            "`openai_agents.conversation_id` (a list, or names separated by commas). Work a framework "
+            "runs outside any session for conversation X runs in session X: joined if open, else "
+            "started (resumed from the session store), with `gen_ai.conversation.id` X. Off by "
+            "default: see docs/integrations.md.",
+            _env("SESSIONTRACE_SESSION_FROM"),
         ),
         Setting(
             "log_correlation",
@@ -1279,6 +1314,7 @@ class Config:
     accept_session_from: InboundTrust
     instrument_autogen: bool
     session_from_topic: bool
+    session_from: tuple[str, ...]
     log_correlation: bool
     export_logs: bool
     logs_endpoint: str | None
