@@ -429,8 +429,9 @@ def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
     raise _Invalid("expected a callable taking the Session, or a list of them")
 
 
-INSTRUMENTABLE = ("openai", "anthropic")  # sdk.instrumentation.LLM_LIBRARIES (a test keeps them equal)
-"""The LLM client libraries the SDK can instrument (docs/instrumentation.md)."""
+INSTRUMENTABLE = ("openai", "anthropic", "openai_agents")
+"""The libraries the SDK can instrument: LLM clients, then agent frameworks (docs/instrumentation.md;
+sdk.instrumentation.LLM_LIBRARIES + FRAMEWORKS: a test keeps them equal)."""
 
 
 def _instrument(value: object) -> tuple[str, ...]:
@@ -977,8 +978,9 @@ SETTINGS: dict[str, Setting] = {
             "instrument",
             _instrument,
             INSTRUMENTABLE,
-            "LLM client libraries to instrument: a list of names (`openai`, `anthropic`), `all` "
-            "(default: every supported library, patched when it is imported) or `none`.",
+            "Libraries to instrument: a list of names (LLM clients `openai`, `anthropic`; agent "
+            "framework `openai_agents`), `all` (default: every supported library, patched when it "
+            "is imported) or `none`.",
             _env("SESSIONTRACE_INSTRUMENT"),
         ),
         Setting(
