@@ -429,7 +429,7 @@ def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
     raise _Invalid("expected a callable taking the Session, or a list of them")
 
 
-INSTRUMENTABLE = ("openai", "anthropic", "openai_agents")
+INSTRUMENTABLE = ("openai", "anthropic", "openai_agents", "langgraph")
 """The libraries the SDK can instrument: LLM clients, then agent frameworks (docs/instrumentation.md;
 sdk.instrumentation.LLM_LIBRARIES + FRAMEWORKS: a test keeps them equal)."""
 
@@ -979,8 +979,8 @@ SETTINGS: dict[str, Setting] = {
             _instrument,
             INSTRUMENTABLE,
             "Libraries to instrument: a list of names (LLM clients `openai`, `anthropic`; agent "
-            "framework `openai_agents`), `all` (default: every supported library, patched when it "
-            "is imported) or `none`.",
+            "frameworks `openai_agents`, `langgraph`), `all` (default: every supported library, "
+            "patched when it is imported) or `none`.",
             _env("SESSIONTRACE_INSTRUMENT"),
         ),
         Setting(

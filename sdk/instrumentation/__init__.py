@@ -18,13 +18,14 @@ LIBRARIES = {
     "anthropic": "sdk.instrumentation.anthropic",
     "autogen": "sdk.instrumentation.autogen",
     "openai_agents": "sdk.instrumentation.agents",
+    "langgraph": "sdk.instrumentation.langgraph",
 }
 """Library name -> the module holding its `INSTRUMENTOR` (imported on first use: each imports nothing
 of its library until that library is imported)."""
 
 LLM_LIBRARIES = ("openai", "anthropic")
 """The LLM client libraries the `instrument` setting chooses among."""
-FRAMEWORKS = ("openai_agents",)
+FRAMEWORKS = ("openai_agents", "langgraph")
 """The agent frameworks the `instrument` setting chooses among (besides autogen-core, which has its own)."""
 
 
