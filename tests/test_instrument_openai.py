@@ -605,6 +605,17 @@ def test_uninstrument_and_shutdown_restore_the_originals(captured, client):
         sdk.uninstrument("langchain")
 
 
+def test_uninstrument_also_stops_methods_captured_while_patched(captured, client):
+    """A method captured while patched (with_raw_response keeps the bound create) records nothing after uninstrument()."""
+    raw = client.chat.completions.with_raw_response
+    sdk.uninstrument("openai")
+    raw.create(model=MODEL, messages=PROMPT).parse()
+    assert llm_spans(captured) == []
+    sdk.instrument("openai")
+    raw.create(model=MODEL, messages=PROMPT).parse()
+    assert len(llm_spans(captured)) == 1
+
+
 def test_instrument_setting_chooses_libraries(client):
     """instrument=['anthropic'] leaves openai alone; instrument='none' patches nothing."""
     captured = capture(instrument=["anthropic"])

@@ -420,6 +420,8 @@ def _sync_wrapper(api: str) -> Wrapper:
 
         from sdk.instrumentation import genai
 
+        if not INSTRUMENTOR.instrumented:  # a method captured while patched (with_raw_response's)
+            return wrapped(*args, **kwargs)
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
         mode = _raw_mode(kwargs)
@@ -446,6 +448,8 @@ def _async_wrapper(api: str) -> Wrapper:
 
         from sdk.instrumentation import genai
 
+        if not INSTRUMENTOR.instrumented:
+            return wrapped(*args, **kwargs)
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
         mode = _raw_mode(kwargs)
