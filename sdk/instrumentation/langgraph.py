@@ -116,11 +116,12 @@ def _begin(instance: Any) -> Callable[[tuple[Any, ...], dict[str, Any]], _GraphR
         if not rt.enabled:
             return None
         try:
-            thread_id = frameworks.conversation_id(_thread_of(args, kwargs))
+            given = _thread_of(args, kwargs)
+            thread_id = frameworks.conversation_id(given)
             target = None
-            if thread_id is not None:
+            if given is not None:  # session_for warns (once) about an id that cannot be a session id
                 target = frameworks.session_for(
-                    THREAD_ID, thread_id, name=SESSION_NAME, attributes={THREAD_ID: thread_id}
+                    THREAD_ID, given, name=SESSION_NAME, attributes={THREAD_ID: thread_id or ""}
                 )
             name = getattr(instance, "name", None)
             name = name if isinstance(name, str) and name else "LangGraph"
