@@ -221,6 +221,53 @@ FIXED_TOOL_CALL = ToolCall("call_1", "get_weather", json.dumps(TOOL_ARGUMENTS))
 """What model ``tool-call`` always asks for."""
 
 
+def chat_reply(body: dict[str, Any]) -> tuple[str, ToolCall | None, str]:
+    """What the server answers a chat completions request with: (text, tool call or None, completion id)."""
+    model = str(body.get("model", ""))
+    text = answer_for(_last_user_text(body.get("messages")))
+    if model.startswith(SCRIPT):
+        return (
+            text,
+            scripted_tool_call(body.get("tools"), chat_turn(body.get("messages"))),
+            new_id("chatcmpl-"),
+        )
+    return text, FIXED_TOOL_CALL if model == "tool-call" else None, "chatcmpl-1"
+
+
+def chat_completion(model: str, text: str, call: ToolCall | None, completion_id: str) -> dict[str, Any]:
+    """A chat completion's JSON body (not streamed), as the server sends it; the benchmarks replay it in process."""
+    message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
+    if call:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        ]
+    data: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "system_fingerprint": "fp_test",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if call else "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": INPUT_TOKENS,
+            "completion_tokens": OUTPUT_TOKENS,
+            "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+        },
+    }
+    if model == "no-usage":
+        del data["usage"]
+        data["brand_new_field"] = {"nested": [1, 2, 3]}
+        data["choices"][0]["another_new_field"] = True
+    return data
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -302,54 +349,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- OpenAI ----------------------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any], model: str) -> None:
-        text = answer_for(_last_user_text(body.get("messages")))
-        completion_id = "chatcmpl-1"
-        call = FIXED_TOOL_CALL if model == "tool-call" else None
-        if model.startswith(SCRIPT):
-            completion_id = new_id("chatcmpl-")
-            call = scripted_tool_call(body.get("tools"), chat_turn(body.get("messages")))
+        text, call, completion_id = chat_reply(body)
         if body.get("stream"):
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(_chat_events(model, text, call, usage, completion_id))
             return
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": None if call else text,
-            "refusal": None,
-        }
-        if call:
-            message["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }
-            ]
-        data: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": CREATED,
-            "model": model,
-            "system_fingerprint": "fp_test",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": "tool_calls" if call else "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": INPUT_TOKENS,
-                "completion_tokens": OUTPUT_TOKENS,
-                "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
-            },
-        }
-        if model == "no-usage":
-            del data["usage"]
-            data["brand_new_field"] = {"nested": [1, 2, 3]}
-            data["choices"][0]["another_new_field"] = True
-        self._json(data)
+        self._json(chat_completion(model, text, call, completion_id))
 
     def _responses(self, body: dict[str, Any], model: str) -> None:
         text = answer_for(_last_user_text(body.get("input")))
