@@ -118,6 +118,13 @@ def check_sessions(spans: Sequence[ReadableSpan], traces: Mapping[str, int]) -> 
     return per_session
 
 
+def open_traces() -> dict[str, int]:
+    """The sessions open in this process: id -> trace id."""
+    import sdk
+
+    return {info.id: int(info.trace_id, 16) for info in sdk.sessions()}
+
+
 def llm_spans(spans: Iterable[ReadableSpan]) -> list[ReadableSpan]:
     """The model-call spans."""
     return [s for s in spans if (s.attributes or {}).get("sessiontrace.span.kind") == "llm"]

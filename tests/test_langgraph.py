@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from frameworks import check_sessions, children, llm_spans, loopback_only, work_spans
+from frameworks import check_sessions, children, llm_spans, loopback_only, open_traces, work_spans
 from llm_server import LLMServer, answer_for
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -96,11 +96,6 @@ def offline():
 def server():
     with LLMServer() as running:
         yield running
-
-
-def open_traces() -> dict[str, int]:
-    """Open session id -> trace id."""
-    return {info.id: int(info.trace_id, 16) for info in sdk.sessions()}
 
 
 def config(thread: str) -> dict:

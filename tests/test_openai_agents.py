@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 
 import pytest
-from frameworks import check_sessions, children, llm_spans, loopback_only, work_spans
+from frameworks import check_sessions, children, llm_spans, loopback_only, open_traces, work_spans
 from llm_server import LLMServer, answer_for
 
 import sdk
@@ -101,11 +101,6 @@ async def turn(text: str, conversation: str, *, stream: bool, **kwargs) -> str:
     else:
         result = await Runner.run(TRIAGE, text, context=context, **kwargs)
     return str(result.final_output)
-
-
-def open_traces() -> dict[str, int]:
-    """Open session id -> trace id."""
-    return {info.id: int(info.trace_id, 16) for info in sdk.sessions()}
 
 
 def test_a_run_is_a_workflow_of_agents_handoff_tool_and_one_span_per_model_call(server):
