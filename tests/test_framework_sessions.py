@@ -18,7 +18,7 @@ SOURCE = "langgraph.thread_id"
 
 
 def test_the_setting_names_the_same_sources_as_the_integrations():
-    """sdk.config's list of sources and the integrations' table are the same names."""
+    """sdk.settings' list of sources and the integrations' table are the same names."""
     assert set(SESSION_SOURCES) == set(frameworks.SOURCES)
 
 

@@ -82,7 +82,7 @@ SOURCES: dict[str, FrameworkSource] = {
     "openai_agents.session": FrameworkSource("openai-agents", "Runner.run(..., session=SQLiteSession(X))"),
     "openai_agents.conversation_id": FrameworkSource("openai-agents", "Runner.run(..., conversation_id=X)"),
 }
-"""Every source, by its `session_from` name (sdk.config.SESSION_SOURCES lists the same names)."""
+"""Every source, by its `session_from` name (sdk.settings.SESSION_SOURCES lists the same names)."""
 
 
 class _Owned:
