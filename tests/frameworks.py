@@ -90,6 +90,17 @@ def loopback_only() -> Iterator[None]:
     assert not seen, f"network access beyond loopback: {Counter(seen).most_common(5)}"
 
 
+def skip_unless_asked(config: Any) -> None:
+    """Skip a heavy test (marker `frameworks`) unless the run asked for it with ``-m frameworks``."""
+    import pytest
+
+    expression = str(config.getoption("-m") or "")
+    if "frameworks" not in expression or "not frameworks" in expression:
+        pytest.skip(
+            "heavy (a cached Python 3.12 venv, second processes): run with python -m pytest -m frameworks"
+        )
+
+
 def is_session_span(span: ReadableSpan) -> bool:
     """A session's span (or its live marker)."""
     return (span.attributes or {}).get("sessiontrace.span.kind") == "session"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from backends import cached_venv
-from frameworks import NETWORK_LOG
+from frameworks import NETWORK_LOG, skip_unless_asked
 from llm_server import LLMServer
 from otlp_receiver import OTLPReceiver
 from test_multi_tenant import ServerProcess, child_env, finished_spans
@@ -49,8 +49,9 @@ def python_312() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def swarm_python() -> str:
+def swarm_python(pytestconfig) -> str:
     """The venv's python, with Agency Swarm and sessiontrace's dependencies (not sessiontrace: it comes from this checkout)."""
+    skip_unless_asked(pytestconfig)
     python = python_312()
     if python is None:
         pytest.skip(
@@ -124,7 +125,9 @@ def test_ten_users_five_messages_across_a_restart_each_chat_one_session_and_trac
         requests = len(llm.requests)
         spans = finished_spans(receiver.spans)
     assert all("internal_errors=0" in output for output in outputs), outputs
-    assert not network_log.exists() or network_log.read_text() == ""
+    assert (
+        network_log.read_text() == ""
+    )  # the guard ran in the servers (it writes the file at exit) and saw nothing
 
     chats = {f"t-chat-{i}" for i in range(USERS)}
     segments = defaultdict(list)

@@ -12,7 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from frameworks import check_sessions, children, llm_spans, loopback_only, open_traces, work_spans
+from frameworks import (
+    check_sessions,
+    children,
+    llm_spans,
+    loopback_only,
+    open_traces,
+    skip_unless_asked,
+    work_spans,
+)
 from llm_server import LLMServer, answer_for
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -225,8 +233,11 @@ with loopback_only(), LLMServer() as server, SqliteSaver.from_conn_string({check
 
 @pytest.mark.frameworks
 @pytest.mark.subprocess
-def test_a_thread_resumed_from_its_checkpoint_in_a_second_process_continues_its_session_trace(tmp_path):
+def test_a_thread_resumed_from_its_checkpoint_in_a_second_process_continues_its_session_trace(
+    tmp_path, pytestconfig
+):
     """Acceptance: 10 threads with SqliteSaver checkpoints; a second process resumes each: same session, same trace, next segment, history continued."""
+    skip_unless_asked(pytestconfig)
     script = tmp_path / "resume.py"
     script.write_text(
         RESUME_SCRIPT.format(
