@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 
 import pytest
@@ -153,3 +154,29 @@ def _outside(call):
     thread.start()
     thread.join()
     return result[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_new_framework_locks():
+    """Locks the parent holds at fork time (session lookup, the Agents SDK bridge, the LangChain handler) are free in the child."""
+    from sdk.instrumentation import agents, langgraph
+
+    locks = [
+        lambda: frameworks._OWNED.lock,
+        lambda: frameworks._OWNED.stripes[0],
+        lambda: agents.BRIDGE._lock,
+        lambda: langgraph.HANDLER._lock,
+    ]
+    held = [get() for get in locks]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: every lock must be takeable at once
+            ok = all(get().acquire(timeout=1) for get in locks)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for lock in held:
+            lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -63,6 +63,7 @@ from sdk.guard import internal_error
 from sdk.instrumentation import frameworks
 from sdk.instrumentation.base import Instrumentor, Patch, when_imported
 from sdk.session_core import SPAN_KIND, Session, current_session, detach_quietly, end_span, session_for_trace
+from sdk.state import STATE
 
 T = TypeVar("T")
 
@@ -134,6 +135,12 @@ class SessionBridge:
         self._lock = threading.Lock()
         self._traces: dict[str, _Trace] = {}
         self._spans: dict[str, _Open] = {}
+
+    def after_fork_in_child(self) -> None:
+        """A new lock, and none of the parent's traces and spans in progress (they end there)."""
+        self._lock = threading.Lock()
+        self._traces = {}
+        self._spans = {}
 
     # -- traces ---------------------------------------------------------------------------
 
@@ -507,7 +514,10 @@ class _Registration:
         self.lock = threading.Lock()
         self.processor: Any = None
         self.provider: Any = None
-        self.hooked = False
+
+    def after_fork_in_child(self) -> None:
+        """A new lock (one held by another thread at fork time would stay held)."""
+        self.lock = threading.Lock()
 
     def register(self, module: Any = None) -> None:
         """Add the processor to the current trace provider's, unless it is there (instrumented only)."""
@@ -530,6 +540,10 @@ class _Registration:
 BRIDGE = SessionBridge()
 """The one bridge of the process (registered once; inert while uninstrumented)."""
 _registration = _Registration()
+STATE.at_fork(BRIDGE, after_in_child=BRIDGE.after_fork_in_child)
+STATE.at_fork(_registration, after_in_child=_registration.after_fork_in_child)
+_HOOK = ("openai_agents", "agents (processor)")
+"""Its key in STATE.hooked_modules: the post-import hook that registers the processor is set once."""
 
 
 class _AgentsInstrumentor(Instrumentor):
@@ -539,8 +553,8 @@ class _AgentsInstrumentor(Instrumentor):
         super().instrument()
         if "agents" in sys.modules:
             _registration.register()
-        elif not _registration.hooked:
-            _registration.hooked = True
+        elif _HOOK not in STATE.hooked_modules:
+            STATE.hooked_modules.add(_HOOK)
             when_imported("agents", _registration.register)
 
     def uninstrument(self) -> None:

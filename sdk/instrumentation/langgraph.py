@@ -57,6 +57,7 @@ from sdk.session_core import (
     end_span,
     session_for_trace,
 )
+from sdk.state import STATE
 
 PACKAGE = "langgraph"
 SUPPORTED = ">=1.0,<2"
@@ -268,6 +269,11 @@ class CallbackHandler:
         self._runs: dict[UUID, _Run] = {}
         self._lock = threading.Lock()
 
+    def after_fork_in_child(self) -> None:
+        """A new lock, and none of the parent's runs in progress."""
+        self._lock = threading.Lock()
+        self._runs = {}
+
     def _put(self, run_id: UUID, run: _Run) -> None:
         with self._lock:
             self._runs[run_id] = run
@@ -435,7 +441,10 @@ class _Registration:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.handler: Any = None
-        self.hooked = False
+
+    def after_fork_in_child(self) -> None:
+        """A new lock (one held by another thread at fork time would stay held)."""
+        self.lock = threading.Lock()
 
     def register(self, module: Any = None) -> None:
         if not INSTRUMENTOR.instrumented:
@@ -487,6 +496,10 @@ def _forward(name: str) -> Callable[..., None]:
 
 
 _registration = _Registration()
+STATE.at_fork(HANDLER, after_in_child=HANDLER.after_fork_in_child)
+STATE.at_fork(_registration, after_in_child=_registration.after_fork_in_child)
+_HOOK = ("langgraph", "langchain_core.tracers.context (handler)")
+"""Its key in STATE.hooked_modules: the post-import hook that registers the handler is set once."""
 
 
 class _LangGraphInstrumentor(Instrumentor):
@@ -496,8 +509,8 @@ class _LangGraphInstrumentor(Instrumentor):
         super().instrument()
         if "langchain_core.tracers.context" in sys.modules:
             _registration.register()
-        elif not _registration.hooked:
-            _registration.hooked = True
+        elif _HOOK not in STATE.hooked_modules:
+            STATE.hooked_modules.add(_HOOK)
             when_imported("langchain_core.tracers.context", _registration.register)
 
     def uninstrument(self) -> None:
