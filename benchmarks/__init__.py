@@ -14,6 +14,7 @@ BENCHMARKS = (
     "session_start_end",
     "throughput",
     "llm_call",
+    "frameworks",
     "backend_down",
     "sustained",
     "memory",

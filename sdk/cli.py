@@ -188,6 +188,8 @@ class DoctorReport:
     exporter_note: str
     details: dict[str, str] = field(default_factory=dict)
     check: CheckResult | None = None
+    session_from: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """Framework id -> session mappings: (source, framework, where the id comes from, on/off)."""
 
     @property
     def ok(self) -> bool:
@@ -206,6 +208,10 @@ class DoctorReport:
                 **self.details,
                 "check": None if self.check is None else {"ok": self.check.ok, "message": self.check.message},
             },
+            "session_from": [
+                {"source": source, "framework": framework, "id": where, "state": state}
+                for source, framework, where, state in self.session_from
+            ],
             "ok": self.ok,
         }
 
@@ -221,6 +227,14 @@ class DoctorReport:
         if self.check is not None:
             rows.append(("check", self.check.message))
         lines += _aligned(rows)
+        if self.session_from:
+            lines += ["", "framework conversation ids -> sessions (session_from):"]
+            lines += _aligned(
+                [
+                    ("SOURCE", "FRAMEWORK", "STATE", "ID"),
+                    *((s, f, st, w) for s, f, w, st in self.session_from),
+                ]
+            )
         lines += ["", "result: ok" if self.ok else "result: a check failed (exit status 1)"]
         return "\n".join(lines)
 
@@ -253,12 +267,15 @@ def doctor_command(*, as_json: bool, prog: str = "sessiontrace") -> int:
 
 def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorReport:
     """The doctor report for `config`, running the exporter's check (network or disk)."""
+    from sdk.instrumentation import frameworks
+
     report = DoctorReport(
         versions=versions(),
         config_file=str(config.config_file) if config.config_file is not None else None,
         settings=config.explain(),
         exporter=config.exporter_kind,
         exporter_note="",
+        session_from=frameworks.describe(config),
     )
     kind = config.exporter_kind
     if not config.enabled:

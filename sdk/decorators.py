@@ -102,7 +102,7 @@ Begin = Callable[[tuple[Any, ...], dict[str, Any]], "_Scope | None"]
 """Starts one call's scope, given the call's arguments (None: run the call unrecorded)."""
 
 
-def _wrap(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
+def wrap_call(fn: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
     """Wrap `fn` (sync, async, generator or async generator) so each call runs in `begin()`'s scope."""
     if inspect.isasyncgenfunction(fn):
         return _wrap_async_generator(fn, begin)
@@ -399,7 +399,7 @@ class SpanDecorator:
             def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
                 span_name = name or (name_or_fn if isinstance(name_or_fn, str) else None) or func.__name__
                 returns = not (inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func))
-                return _wrap(func, _span_begin(kind, span_name, attributes, func, capture, returns))
+                return wrap_call(func, _span_begin(kind, span_name, attributes, func, capture, returns))
 
             return _rewrap_descriptor(fn, wrap)
 
@@ -426,7 +426,7 @@ def wrap_in_session(fn: F, scope: SessionScope) -> F:
         def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Scope:
             return _SessionRun(scope.start(default_name))
 
-        return _wrap(func, begin)
+        return wrap_call(func, begin)
 
     wrapped: F = _rewrap_descriptor(fn, wrap)
     return wrapped

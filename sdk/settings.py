@@ -440,8 +440,9 @@ def _callbacks(value: object) -> tuple[Callable[..., Any], ...]:
     raise _Invalid("expected a callable taking the Session, or a list of them")
 
 
-INSTRUMENTABLE = ("openai", "anthropic")  # sdk.instrumentation.LLM_LIBRARIES (a test keeps them equal)
-"""The LLM client libraries the SDK can instrument (docs/instrumentation.md)."""
+INSTRUMENTABLE = ("openai", "anthropic", "openai_agents", "langgraph")
+"""The libraries the SDK can instrument: LLM clients, then agent frameworks (docs/instrumentation.md;
+sdk.instrumentation.LLM_LIBRARIES + FRAMEWORKS: a test keeps them equal)."""
 
 
 def _instrument(value: object) -> tuple[str, ...]:
@@ -467,6 +468,28 @@ def _instrument(value: object) -> tuple[str, ...]:
         if name.strip().lower() not in out:
             out.append(name.strip().lower())
     return tuple(out)
+
+
+SESSION_SOURCES = (
+    "autogen.topic",
+    "langgraph.thread_id",
+    "openai_agents.group_id",
+    "openai_agents.session",
+    "openai_agents.conversation_id",
+)
+"""Framework conversation ids the `session_from` setting can make session ids
+(sdk.instrumentation.framework_sessions.SOURCES: a test keeps them equal)."""
+
+
+def _session_from(value: object) -> tuple[str, ...]:
+    """Names from SESSION_SOURCES (a list, or text separated by commas), or `none`."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return ()
+    names = _names(value)
+    for name in names:
+        if name not in SESSION_SOURCES:
+            raise _Invalid(f"unknown source {_show(name)}; known: {', '.join(SESSION_SOURCES)} (or none)")
+    return names
 
 
 def _list_items(value: object, what: str, separators: str) -> list[object]:
@@ -966,8 +989,9 @@ SETTINGS: dict[str, Setting] = {
             "instrument",
             _instrument,
             INSTRUMENTABLE,
-            "LLM client libraries to instrument: a list of names (`openai`, `anthropic`), `all` "
-            "(default: every supported library, patched when it is imported) or `none`.",
+            "Libraries to instrument: a list of names (LLM clients `openai`, `anthropic`; agent "
+            "frameworks `openai_agents`, `langgraph`), `all` (default: every supported library, "
+            "patched when it is imported) or `none`.",
             _env("SESSIONTRACE_INSTRUMENT"),
         ),
         Setting(
@@ -1076,8 +1100,21 @@ SETTINGS: dict[str, Setting] = {
             False,
             "autogen-core: a message published from outside any session to a topic whose source is X "
             "is handled in session X (started on first use, resumed from the session store, ended "
-            "when the runtime stops). Off by default: a topic source is not always a session id.",
+            "when the runtime stops). Off by default: a topic source is not always a session id. "
+            "The older spelling of `session_from` = `autogen.topic`, kept working.",
             _env("SESSIONTRACE_SESSION_FROM_TOPIC"),
+        ),
+        Setting(
+            "session_from",
+            _session_from,
+            (),
+            "Agent framework conversation ids that become session ids: `autogen.topic`, "
+            "`langgraph.thread_id`, `openai_agents.group_id`, `openai_agents.session`, "
+            "`openai_agents.conversation_id` (a list, or names separated by commas). Work a framework "
+            "runs outside any session for conversation X runs in session X: joined if open, else "
+            "started (resumed from the session store), with `gen_ai.conversation.id` X. Off by "
+            "default: see docs/integrations.md.",
+            _env("SESSIONTRACE_SESSION_FROM"),
         ),
         Setting(
             "log_correlation",
@@ -1290,6 +1327,7 @@ class Config:
     accept_session_from: InboundTrust
     instrument_autogen: bool
     session_from_topic: bool
+    session_from: tuple[str, ...]
     log_correlation: bool
     export_logs: bool
     logs_endpoint: str | None

@@ -28,6 +28,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdk.counters import Counters
+from sdk.semconv import SessionState
 
 if TYPE_CHECKING:
     import logging
@@ -113,6 +114,11 @@ class Registry:
                     candidates.sort(key=lambda s: s.last_active_ns)
                     evict = candidates[:excess]
         return evict
+
+    def running(self, session_id: str) -> Session | None:
+        """The open session with this id, if it has not started ending."""
+        found = self.by_id.get(session_id)
+        return found if found is not None and found.state is SessionState.RUNNING else None
 
     def remove(self, session: Session) -> bool:
         """Forget an ended session; True when it was the auto session."""
@@ -240,6 +246,10 @@ class ProcessState:
         self.previous_excepthook: Any = None
         self._hooks: list[tuple[weakref.ref[Any], _Hook | None, _Hook | None, _Hook | None]] = []
         self._hooks_lock = threading.Lock()
+        self.integrations: dict[str, Any] = {}
+        """Objects a third-party library holds for the life of the process (the Agents SDK's trace
+        processor, LangChain's callback handler), by name: made once by `integration`, never reset."""
+        self.integrations_lock = threading.Lock()
         self._fresh()
 
     def _fresh(self) -> None:
@@ -279,10 +289,6 @@ class ProcessState:
         self.caches_lock = threading.Lock()
         self.genai_instruments: dict[int, tuple[Any, Any, Any]] = {}
         self.genai_instruments_lock = threading.Lock()
-        self.autogen_lock = threading.Lock()
-        self.autogen_topic_sessions: weakref.WeakKeyDictionary[
-            Any, weakref.WeakValueDictionary[str, Session]
-        ] = weakref.WeakKeyDictionary()
 
     def cached(self, kind: str, key: Hashable, make: Callable[[], T], limit: int = 32) -> T:
         """`make()`, built once per `key` among the `kind` cache's entries (cleared past `limit`)."""
@@ -294,6 +300,21 @@ class ProcessState:
                 if len(cache) >= limit:
                     cache.clear()
                 cache[key] = found
+        return found
+
+    def integration(self, name: str, make: Callable[[], T]) -> T:
+        """The process's one `make()` under `name`, made on first use; its ``after_fork_in_child``
+        method, if any, runs in a forked child."""
+        found: T | None = self.integrations.get(name)
+        if found is not None:
+            return found
+        with self.integrations_lock:
+            found = self.integrations.get(name)
+            if found is None:
+                found = self.integrations[name] = make()
+                after = getattr(found, "after_fork_in_child", None)
+                if after is not None:
+                    self.at_fork(found, after_in_child=after)
         return found
 
     def reset(self) -> None:
@@ -364,7 +385,7 @@ class ProcessState:
         self.private_folders_lock = threading.Lock()
         self.caches_lock = threading.Lock()
         self.genai_instruments_lock = threading.Lock()
-        self.autogen_lock = threading.Lock()
+        self.integrations_lock = threading.Lock()
         self.counters.after_fork()
         for session in list(self.registry.by_id.values()):
             session.after_fork()

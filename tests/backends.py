@@ -45,8 +45,8 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "sessiontrace-test"
 
 
-def cached_venv(name: str, requirement: str) -> Path:
-    """A virtual environment with `requirement` installed, built once per machine and version."""
+def cached_venv(name: str, requirement: str, *more: str, python: str = sys.executable) -> Path:
+    """A virtual environment of `python` with `requirement` (and `more`) installed, built once per machine and version."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     venv = root / name
@@ -57,7 +57,7 @@ def cached_venv(name: str, requirement: str) -> Path:
             return venv
         if venv.exists():
             subprocess.run(["rm", "-rf", str(venv)], check=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
         install = subprocess.run(
             [
                 str(venv / "bin" / "python"),
@@ -67,6 +67,7 @@ def cached_venv(name: str, requirement: str) -> Path:
                 "--quiet",
                 "--disable-pip-version-check",
                 requirement,
+                *more,
             ],
             capture_output=True,
             text=True,
@@ -78,7 +79,7 @@ def cached_venv(name: str, requirement: str) -> Path:
             if _NETWORK_ERRORS.search(output):
                 pytest.skip(f"cannot install {requirement}: PyPI is unreachable ({output.strip()[-300:]})")
             pytest.fail(f"installing {requirement} failed:\n{output[-3000:]}")
-        ready.write_text(requirement, encoding="utf-8")
+        ready.write_text(" ".join((requirement, *more)), encoding="utf-8")
     return venv
 
 

@@ -394,6 +394,114 @@ def test_responses_stream_error_event_marks_the_span(captured, client):
     assert span.attributes["error.type"] == "server_error"
 
 
+def assert_complete(span, response_id: str, finish: str) -> None:
+    """The span holds what the response said: id, usage, finish reason."""
+    assert span.attributes["gen_ai.response.id"] == response_id
+    assert span.attributes["gen_ai.usage.input_tokens"] == INPUT_TOKENS
+    assert span.attributes["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
+    assert tuple(span.attributes["gen_ai.response.finish_reasons"]) == (finish,)
+
+
+def test_with_raw_response_records_the_parsed_result(captured, client):
+    """with_raw_response (LangChain's non-streaming path): chat and responses spans get id, usage and finish reason."""
+    with sdk.session("s"):
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT)
+        assert raw.headers["x-request-id"] == "req_test"
+        assert raw.parse().choices[0].message.content == answer_for(PROMPT[0]["content"])
+        raw = client.responses.with_raw_response.create(model=MODEL, input="Hi there")
+        assert raw.parse().output_text == answer_for("Hi there")
+    chat, responses = llm_spans(captured)
+    assert_complete(chat, "chatcmpl-1", "stop")
+    assert_complete(responses, "resp_1", "completed")
+    assert chat.parent.span_id == captured.named("s").context.span_id
+
+
+def test_with_raw_response_async_and_streamed(captured, aclient):
+    """with_raw_response on the async client, plain and stream=True: the streamed span ends when its stream ends."""
+
+    async def main():
+        async with aclient() as client:
+            raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT)
+            raw.parse()
+            raw = await client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=PROMPT, stream=True, stream_options={"include_usage": True}
+            )
+            stream = raw.parse()
+            assert isinstance(stream, openai.AsyncStream)
+            assert raw.parse() is stream  # parsed again: the same (recorded) stream
+            assert len(llm_spans(captured)) == 1  # the streamed call is still open
+            async for _chunk in stream:
+                pass
+
+    asyncio.run(main())
+    plain, streamed = llm_spans(captured)
+    assert_complete(plain, "chatcmpl-1", "stop")
+    assert_complete(streamed, "chatcmpl-1", "stop")
+    assert streamed.attributes["sessiontrace.stream.end"] == "completed"
+
+
+def test_with_streaming_response_ends_when_the_stream_is_read(captured, client):
+    """with_streaming_response, streamed: the span is open until the parsed stream is read, then holds its result."""
+    with client.responses.with_streaming_response.create(
+        model=MODEL, input="Hi there", stream=True
+    ) as response:
+        stream = response.parse()
+        assert llm_spans(captured) == []  # the headers arrived; the answer has not
+        events = [event.type for event in stream]
+    assert events[-1] == "response.completed"
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=PROMPT) as response:
+        assert response.parse().choices[0].finish_reason == "stop"
+    streamed, plain = llm_spans(captured)
+    assert_complete(streamed, "resp_1", "completed")
+    assert streamed.attributes["sessiontrace.stream.end"] == "completed"
+    assert_complete(plain, "chatcmpl-1", "stop")
+
+
+def test_async_with_streaming_response_ends_when_the_stream_is_read(captured, aclient):
+    """The async client's with_streaming_response (the Agents SDK's streamed path): the span ends with the stream."""
+
+    async def main():
+        async with aclient() as client:
+            manager = client.responses.with_streaming_response.create(
+                model=MODEL, input="Hi there", stream=True
+            )
+            async with manager as response:
+                stream = await response.parse()
+                assert llm_spans(captured) == []
+                events = [event.type async for event in stream]
+            assert events[-1] == "response.completed"
+            async with client.chat.completions.with_streaming_response.create(
+                model=MODEL, messages=PROMPT, stream=True, stream_options={"include_usage": True}
+            ) as response:
+                async for _chunk in await response.parse():
+                    pass
+
+    asyncio.run(main())
+    responses, chat = llm_spans(captured)
+    assert_complete(responses, "resp_1", "completed")
+    assert_complete(chat, "chatcmpl-1", "stop")
+    assert {responses.attributes["sessiontrace.stream.end"], chat.attributes["sessiontrace.stream.end"]} == {
+        "completed"
+    }
+
+
+def test_streaming_response_closed_or_dropped_unread_ends_the_span(captured, client):
+    """A streaming response closed before it is parsed, or dropped unparsed, still ends its span once."""
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=PROMPT):
+        pass
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=PROMPT, stream=True
+    ) as r:
+        next(iter(r.parse()))  # one chunk, then the block closes the response
+    client.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT, stream=True)
+    gc.collect()
+    spans = llm_spans(captured)
+    assert len(spans) == 3
+    assert "gen_ai.usage.input_tokens" not in spans[0].attributes
+    assert spans[1].attributes["sessiontrace.stream.end"] == "closed"
+    assert "sessiontrace.stream.end" not in spans[2].attributes
+
+
 def test_embeddings(captured, client, aclient):
     """embeddings.create (sync and async): operation embeddings, input tokens, the vector unchanged."""
     result = client.embeddings.create(model="text-embedding-3-small", input="hello")
@@ -495,6 +603,17 @@ def test_uninstrument_and_shutdown_restore_the_originals(captured, client):
     assert vars(Completions)["create"] is original
     with pytest.raises(ValueError, match="unknown library"):
         sdk.uninstrument("langchain")
+
+
+def test_uninstrument_also_stops_methods_captured_while_patched(captured, client):
+    """A method captured while patched (with_raw_response keeps the bound create) records nothing after uninstrument()."""
+    raw = client.chat.completions.with_raw_response
+    sdk.uninstrument("openai")
+    raw.create(model=MODEL, messages=PROMPT).parse()
+    assert llm_spans(captured) == []
+    sdk.instrument("openai")
+    raw.create(model=MODEL, messages=PROMPT).parse()
+    assert len(llm_spans(captured)) == 1
 
 
 def test_instrument_setting_chooses_libraries(client):

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 import sdk
-from sdk.instrumentation import LIBRARIES, LLM_LIBRARIES, instrumentor
+from sdk.instrumentation import FRAMEWORKS, LIBRARIES, LLM_LIBRARIES, instrumentor
 from sdk.instrumentation.base import Instrumentor, Patch, applied, in_range, release
 from sdk.settings import INSTRUMENTABLE
 
@@ -47,7 +47,7 @@ def test_version_ranges(version, spec, expected):
 
 def test_every_library_declares_its_supported_range_in_opentelemetrys_shape():
     """Each built-in instrumentor declares its package and range (instrumentation_dependencies), and the installed test versions are inside them."""
-    assert set(LLM_LIBRARIES) == set(INSTRUMENTABLE)
+    assert set(LLM_LIBRARIES + FRAMEWORKS) == set(INSTRUMENTABLE)
     for name in LIBRARIES:
         inst = instrumentor(name)
         (dependency,) = inst.instrumentation_dependencies()

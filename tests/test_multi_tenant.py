@@ -49,13 +49,19 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """The example server as a child process on a free port of 127.0.0.1."""
+    """The example server (or `program`, another that prints the same line) as a child process on a free port of 127.0.0.1."""
 
-    def __init__(self, cwd: Path, env: dict[str, str], *args: str) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        env: dict[str, str],
+        *args: str,
+        program: tuple[str, ...] = (sys.executable, str(SERVER)),
+    ) -> None:
         self.stderr_path = cwd / "server.stderr"
         self._stderr = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), "--port", "0", *args],
+            [*program, "--port", "0", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

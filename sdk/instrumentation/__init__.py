@@ -1,7 +1,8 @@
 """The SDK's instrumentors: which libraries it can record, and turning them on and off.
 
-`init()` instruments what the `instrument` setting lists (and autogen-core when
-`instrument_autogen` is on); `sdk.instrument()` and `sdk.uninstrument()` do it by hand. Each
+`init()` instruments what the `instrument` setting lists — LLM clients and agent frameworks — (and
+autogen-core when `instrument_autogen` is on); `sdk.instrument()` and `sdk.uninstrument()` do it
+by hand. Each
 library is patched once, right after it is imported (or at once if it already is): see
 `sdk.instrumentation.base.Instrumentor`.
 """
@@ -16,12 +17,16 @@ LIBRARIES = {
     "openai": "sdk.instrumentation.openai",
     "anthropic": "sdk.instrumentation.anthropic",
     "autogen": "sdk.instrumentation.autogen",
+    "openai_agents": "sdk.instrumentation.agents",
+    "langgraph": "sdk.instrumentation.langgraph",
 }
 """Library name -> the module holding its `INSTRUMENTOR` (imported on first use: each imports nothing
 of its library until that library is imported)."""
 
 LLM_LIBRARIES = ("openai", "anthropic")
-"""The libraries the `instrument` setting chooses among."""
+"""The LLM client libraries the `instrument` setting chooses among."""
+FRAMEWORKS = ("openai_agents", "langgraph")
+"""The agent frameworks the `instrument` setting chooses among (besides autogen-core, which has its own)."""
 
 
 def instrumentor(name: str) -> Instrumentor:
@@ -34,12 +39,12 @@ def instrumentor(name: str) -> Instrumentor:
 
 
 def configure(libraries: tuple[str, ...], *, autogen: bool) -> None:
-    """Instrument exactly these LLM client libraries, and autogen-core when `autogen` (init() calls this).
+    """Instrument exactly these libraries (LLM clients, frameworks), and autogen-core when `autogen` (init() calls this).
 
     A library that is not imported yet is patched right after its import; one that is not
     installed costs nothing.
     """
-    for name in LLM_LIBRARIES:
+    for name in LLM_LIBRARIES + FRAMEWORKS:
         if name in libraries:
             instrumentor(name).instrument()
         else:
@@ -51,12 +56,12 @@ def configure(libraries: tuple[str, ...], *, autogen: bool) -> None:
 
 
 def instrument(*libraries: str) -> None:
-    """Instrument the named libraries (default: every LLM client library: openai, anthropic).
+    """Instrument the named libraries (default: every LLM client library and agent framework).
 
     `init()` already does this for what the `instrument` setting lists; this is for after
     `uninstrument()`, or to add a library by hand. Lasts until the next `init()` or `shutdown()`.
     """
-    for name in libraries or LLM_LIBRARIES:
+    for name in libraries or LLM_LIBRARIES + FRAMEWORKS:
         instrumentor(name).instrument()
 
 

@@ -12,13 +12,14 @@ it for a span link, not as the parent). Three kinds of patch fix that:
   context their envelope recorded. A handler's spans (autogen's own ``autogen process ...``
   spans, the user's, an LLM client's) sit in the publisher's trace and session, whatever
   context ``runtime.start()`` was called in, with autogen-core's tracing on or off.
-- **Topic sessions** (the `session_from_topic` setting, off by default). A message published
-  from outside any session to ``TopicId(type, source=X)`` is published and handled in session
-  X: started on first use (resumed from the session store when one is configured), used again
-  by later messages, and ended as `success` when the runtime stops (``stop``,
-  ``stop_when_idle``, ``stop_when``, ``close``). `sdk.shutdown()`, the exit handler and
-  `session_idle_timeout` end it too; the next message to X then resumes it. A session X already
-  open in the process (``sdk.session(session_id=X)``) is joined, not ended by the runtime.
+- **Topic sessions** (``session_from=["autogen.topic"]``, or the older `session_from_topic`;
+  off by default). A message published from outside any session to ``TopicId(type, source=X)``
+  is published and handled in session X (`sdk.instrumentation.frameworks`): started on
+  first use (resumed from the session store when one is configured), used again by later
+  messages, and ended as `success` when the runtime stops (``stop``, ``stop_when_idle``,
+  ``stop_when``, ``close``). `sdk.shutdown()`, the exit handler and `session_idle_timeout` end it
+  too; the next message to X then resumes it. A session X already open in the process
+  (``sdk.session(session_id=X)``) is joined, not ended by the runtime.
 
 A message published or sent from inside a session is handled in that session, whatever its
 topic. Every patch is applied once per process (right after ``autogen_core`` is imported) and
@@ -27,7 +28,6 @@ removed by ``INSTRUMENTOR.uninstrument()``; this module imports nothing of autog
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
@@ -35,13 +35,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from sdk import runtime
-from sdk.context import session_id_from
-from sdk.guard import internal_error, warn_once
+from sdk.guard import internal_error
+from sdk.instrumentation import frameworks
 from sdk.instrumentation.base import Instrumentor, Patch
-from sdk.semconv import MAX_ID_LENGTH, SessionState
-from sdk.session_api import session
-from sdk.session_core import Session, detach_quietly, session_for_trace
+from sdk.session_core import Session, detach_quietly
 from sdk.state import STATE
 
 MODULE = "autogen_core._single_threaded_agent_runtime"
@@ -93,7 +90,7 @@ def _dispatch(
         carry = getattr(envelope, CARRY, None)
         if carry is None and hasattr(envelope, "topic_id"):
             # A publish envelope made without the capture patch (queued before apply(), say).
-            topic = _topic_session_for(instance, envelope.topic_id) if _outside_sessions() else None
+            topic = _topic_session_for(instance, envelope.topic_id)
             if topic is not None:
                 carry = _Carry(topic, trace.set_span_in_context(topic.span, Context()))
     except Exception as exc:
@@ -123,9 +120,8 @@ def _publish(
 ) -> Any:
     topic_session: Session | None = None
     try:
-        if _from_topic_wanted() and _outside_sessions():
-            topic = args[1] if len(args) > 1 else kwargs.get("topic_id")
-            topic_session = _topic_session_for(instance, topic)
+        topic = args[1] if len(args) > 1 else kwargs.get("topic_id")
+        topic_session = _topic_session_for(instance, topic)
     except Exception as exc:
         internal_error("autogen publish_message", exc)
     work = wrapped(*args, **kwargs)
@@ -139,58 +135,20 @@ async def _published_in(topic_session: Session, work: Awaitable[T]) -> T:
         return await work
 
 
-def _from_topic_wanted() -> bool:
-    config = runtime.current().config
-    return config is not None and config.enabled and config.session_from_topic
-
-
-def _outside_sessions() -> bool:
-    """No session in this context: none set, none owning the current span's trace, none in the baggage."""
-    local = STATE.current_session.get()
-    if local is not None and local.state is SessionState.RUNNING:
-        return False
-    ctx = otel_context.get_current()
-    span_context = trace.get_current_span(ctx).get_span_context()
-    if span_context.is_valid and session_for_trace(span_context.trace_id) is not None:
-        return False
-
-    return session_id_from(ctx) is None
-
-
 def _topic_session_for(owner: Any, topic: Any) -> Session | None:
-    """The session for a topic's source: the open one with that id, else a new (or resumed) one."""
-    if not _from_topic_wanted():
+    """The session for a topic's source (see `frameworks.session_for`), owned by the runtime."""
+    if not frameworks.wanted(frameworks.AUTOGEN_TOPIC):
         return None
-    source = getattr(topic, "source", None)
     topic_type = getattr(topic, "type", None)
-    if not isinstance(source, str) or not source.strip():
-        return None
-    if len(source) > MAX_ID_LENGTH or not source.isprintable():
-        warn_once(
-            "autogen-topic-source",
-            "sessiontrace: session_from_topic: a topic source is not a valid session id (at most %d "
-            "printable characters); such messages are handled outside any session",
-            MAX_ID_LENGTH,
-        )
-        return None
-    with STATE.autogen_lock:
-        found = STATE.registry.by_id.get(source)
-        if found is not None and found.state is SessionState.RUNNING:
-            return found
-        rt = runtime.current()
-        name = topic_type if isinstance(topic_type, str) and topic_type else "autogen"
-        attributes = {TOPIC_TYPE: name, TOPIC_SOURCE: source}
-        scope = session(name, session_id=source, resume=rt.store is not None, attributes=attributes)
-        try:
-            started = scope.start()
-        except ValueError:  # another thread opened a session with this id just now
-            raced = STATE.registry.by_id.get(source)
-            return raced if raced is not None and raced.state is SessionState.RUNNING else None
-        sessions = STATE.autogen_topic_sessions.get(owner)
-        if sessions is None:
-            sessions = STATE.autogen_topic_sessions[owner] = weakref.WeakValueDictionary()
-        sessions[source] = started
-        return started
+    name = topic_type if isinstance(topic_type, str) and topic_type else "autogen"
+    source = getattr(topic, "source", None)
+    return frameworks.session_for(
+        frameworks.AUTOGEN_TOPIC,
+        source if isinstance(source, str) else None,
+        name=name,
+        attributes={TOPIC_TYPE: name, TOPIC_SOURCE: source},
+        owner=owner,
+    )
 
 
 def _stopping(
@@ -213,12 +171,7 @@ def end_topic_sessions(owner: Any) -> int:
     Called when the runtime stops. Sessions it joined (opened elsewhere with the same id) are left
     to whoever opened them.
     """
-    with STATE.autogen_lock:
-        sessions = STATE.autogen_topic_sessions.pop(owner, None)
-        running = [s for s in (sessions.values() if sessions is not None else ()) if not s.ended]
-    for topic_session in running:
-        topic_session.end(SessionState.SUCCESS, STOPPED_REASON)
-    return len(running)
+    return frameworks.end_owned(owner, STOPPED_REASON)
 
 
 _RUNTIME_METHODS: tuple[tuple[str, Callable[..., Any]], ...] = (

@@ -63,6 +63,19 @@ SERVER_PORT = "server.port"
 
 SUPPRESS_KEY = otel_context.create_key("sessiontrace-llm-call")
 """Set in the context while an instrumented client call runs (the client's own spans check it)."""
+FRAMEWORK_MODEL_CALL = otel_context.create_key("sessiontrace-framework-model-call")
+"""Set by an agent framework's bridge around a model call the framework makes: a `ModelCallMark`
+that `start()` marks, so the bridge records the call itself only when no client call recorded it."""
+
+
+class ModelCallMark:
+    """Whether an instrumented client call ran inside a framework's model call (see FRAMEWORK_MODEL_CALL)."""
+
+    __slots__ = ("recorded",)
+
+    def __init__(self) -> None:
+        self.recorded = False
+
 
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 _DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -356,6 +369,9 @@ def start(
     rt = runtime.current()
     if not rt.enabled:
         return None
+    mark = otel_context.get_value(FRAMEWORK_MODEL_CALL)
+    if isinstance(mark, ModelCallMark):
+        mark.recorded = True  # this call's span is the model call's (even one a budget stops)
     session = session_of_call()
     if session is not None:
         session.check_budget()  # over budget: BudgetExceeded reaches the caller, nothing is sent

@@ -4,11 +4,18 @@ Patched (sync and async, streaming included): ``chat.completions.create``, ``res
 and ``embeddings.create``: see `INSTRUMENTOR`. Each call is one span following the OpenTelemetry
 GenAI conventions; see docs/instrumentation.md.
 
+Calls through ``with_raw_response`` and ``with_streaming_response`` (LangChain and the OpenAI
+Agents SDK make theirs so) return a response object instead of the result. Their span reads the
+result when it is parsed: at once for a raw response whose body has arrived, else when the
+program calls ``parse()``; a stream that ``parse()`` returns is recorded like any other, and the
+span ends when the stream does (or when the response is closed unread).
+
 This module imports neither `openai` nor the span machinery until `openai` is imported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdk.instrumentation.base import Instrumentor, Patch, Wrapper
@@ -393,15 +400,44 @@ _HANDLERS: dict[str, tuple[Any, Any]] = {
 """Per API: (read a response into the call, make a stream's accumulator)."""
 
 
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+"""The header the client's ``with_raw_response`` (``true``, ``raw``) and ``with_streaming_response``
+(``stream``) wrappers add to the call's ``extra_headers``: the method then returns a response object."""
+
+
+def _raw_mode(kwargs: dict[str, Any]) -> str | None:
+    """``raw`` or ``stream`` when the call returns a response object rather than its result."""
+    headers = kwargs.get("extra_headers")
+    value = headers.get(_RAW_RESPONSE_HEADER) if isinstance(headers, Mapping) else None
+    if value in ("true", "raw"):
+        return "raw"
+    return "stream" if value == "stream" else None
+
+
 def _sync_wrapper(api: str) -> Wrapper:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from openai import Stream
 
         from sdk.instrumentation import genai
 
+        if not INSTRUMENTOR.instrumented:  # a method captured while patched (with_raw_response's)
+            return wrapped(*args, **kwargs)
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
-        return genai.call_sync(call, wrapped, args, kwargs, on_result, on_stream, Stream)
+        mode = _raw_mode(kwargs)
+        if call is None or mode is None:
+            return genai.call_sync(call, wrapped, args, kwargs, on_result, on_stream, Stream)
+        token = call.enter()
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.exit(token)
+            call.end(exc)
+            raise
+        call.exit(token)
+        from sdk.instrumentation.openai_responses import recorded
+
+        return recorded(call, api, _HANDLERS[api], mode, kwargs.get("stream") is True, response)
 
     return wrapper
 
@@ -412,11 +448,32 @@ def _async_wrapper(api: str) -> Wrapper:
 
         from sdk.instrumentation import genai
 
+        if not INSTRUMENTOR.instrumented:
+            return wrapped(*args, **kwargs)
         on_result, on_stream = _HANDLERS[api]
         call = _start(instance, api, kwargs)
-        return genai.call_async(call, wrapped, args, kwargs, on_result, on_stream, AsyncStream)
+        mode = _raw_mode(kwargs)
+        if call is None or mode is None:
+            return genai.call_async(call, wrapped, args, kwargs, on_result, on_stream, AsyncStream)
+        return _raw_async(call, api, mode, wrapped, args, kwargs)
 
     return wrapper
+
+
+async def _raw_async(
+    call: LLMCall, api: str, mode: str, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    token = call.enter()
+    try:
+        response = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.exit(token)
+        call.end(exc)
+        raise
+    call.exit(token)
+    from sdk.instrumentation.openai_responses import recorded
+
+    return recorded(call, api, _HANDLERS[api], mode, kwargs.get("stream") is True, response)
 
 
 _PATCHED = (
