@@ -35,8 +35,12 @@ class Counter:
 
     @property
     def value(self) -> int:
-        # repr is "count(N)" where N is the next value to be returned.
-        return int(repr(self._count)[6:-1]) - 1 + self._many
+        return counted(self._count) + self._many
+
+
+def counted(count: itertools.count[int]) -> int:
+    """How many values an ``itertools.count(1)`` has given (its repr is "count(N)", N the next)."""
+    return int(repr(count)[6:-1]) - 1
 
 
 class Counters:

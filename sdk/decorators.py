@@ -95,7 +95,7 @@ class _SessionRun:
     def finish(self, exc: BaseException | None) -> None:
         if not self.done:
             self.done = True
-            self.session._end_for(exc)
+            self.session.end_for(exc)
 
 
 Begin = Callable[[tuple[Any, ...], dict[str, Any]], "_Scope | None"]

@@ -282,7 +282,7 @@ def _exporter(config: Config, url: str) -> Any:
     )
 
 
-class _Export:
+class LogExport:
     """One log export pipeline: a LoggerProvider with a batch processor, and its root-logger handler."""
 
     def __init__(self, key: tuple[Any, ...], provider: LoggerProvider, handler: SessionLogHandler) -> None:
@@ -334,7 +334,7 @@ def _start_export(config: Config) -> None:
         if current is not None and current.key == key:
             return
         exporter = _exporter(config, url)
-        replacement: _Export | None = None
+        replacement: LogExport | None = None
         if exporter is not None:
             from opentelemetry.sdk._logs import LoggerProvider
             from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -348,7 +348,7 @@ def _start_export(config: Config) -> None:
                     max_queue_size=config.max_queue_size,
                 )
             )
-            replacement = _Export(key, provider, SessionLogHandler(provider))
+            replacement = LogExport(key, provider, SessionLogHandler(provider))
             logging.getLogger().addHandler(replacement.handler)
         STATE.log_export = replacement
         if not STATE.log_exit_hook:

@@ -465,5 +465,5 @@ def wait_for_replaced(timeout: float, count_undelivered: bool = False) -> bool:
     if count_undelivered:
         for old in late:
             for batch in old.batches:
-                STATE.counters.spans_dropped.add_many(batch._take_undelivered())
+                STATE.counters.spans_dropped.add_many(batch.take_undelivered())
     return not late

@@ -64,6 +64,18 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _Claimed(NamedTuple):
+    """A resumed session's segment, as claimed in the store: where its span goes and what came before."""
+
+    segment: int
+    ids: tuple[int, int]
+    """(trace id, span id) the segment's span must have."""
+    previous: Link | None
+    """A link to the previous segment's span, if there is one."""
+    spent: Spent
+    """What the earlier segments used (for the budget)."""
+
+
 def start(
     name: str | None,
     *,
@@ -78,97 +90,56 @@ def start(
     peer: str | None = None,
     budget: Budget | None = None,
 ) -> Session:
+    """Make a session (see the module docstring): the work behind `session()` and `start_session()`."""
     rt = runtime.current()
-    start_context = ROOT_CONTEXT
-    continued = False
-    inbound: Inbound | None = None
-    if parent is not None:
-        inbound = remote_parent(parent, peer)
-        start_context = inbound.context
-        continued = inbound.adopted is not None
-        if session_id is None:
-            session_id = inbound.adopted
+    inbound = remote_parent(parent, peer) if parent is not None else None
+    continued = inbound is not None and inbound.adopted is not None
+    if inbound is not None and session_id is None:
+        session_id = inbound.adopted
     config = rt.config
     if overrides:
         if config is None:
             raise RuntimeError("per-session overrides need sdk.init() first")
         config = config.with_overrides(overrides)
     sid = new_session_id() if session_id is None else check_id(session_id)
-    if name is None:
-        name = "session"
-    elif not isinstance(name, str) or not name:
-        raise ValueError(f"session name must be a non-empty string, got {name!r}")
+    name = _checked_name(name)
     if user_id is not None and not isinstance(user_id, str):
         raise ValueError(f"user_id must be a string, got {user_id!r}")
     tag_tuple = check_tags(tags)
-    outer = None if auto or parent is not None else current_session()
-    if outer is not None and outer.auto:
-        outer = None
-    max_length = config.attribute_max_length if config else 4096
-
     if resume and session_id is None:
         raise ValueError("resume=True needs the session_id of the session to resume")
     if not continued and not resume and sid in STATE.registry.by_id:
         raise ValueError(
             f"a session with id {sid!r} is already open in this process; end it first or choose another id"
         )
-    span: Span = trace.INVALID_SPAN
+    outer = None if auto or parent is not None else current_session()
+    if outer is not None and outer.auto:
+        outer = None
     started_ns = time.time_ns()
-    segment = 1
-    forced: tuple[int, int] | None = None
-    previous: Link | None = None
-    prior: Spent | None = None
-    if resume and rt.enabled:
-        stored = _begin_segment(rt, sid, name, user_id, tag_tuple, started_ns)
-        if stored is not None:
-            prior = _spent_by(stored.segments[:-1])
-            latest = stored.segments[-1]
-            segment = latest.number
-            forced = (int(stored.trace_id, 16), int(latest.span_id, 16))
-            if len(stored.segments) > 1:
-                before = stored.segments[-2]
-                previous = Link(
-                    trace.SpanContext(
-                        int(stored.trace_id, 16), int(before.span_id, 16), True, trace.TraceFlags(1)
-                    ),
-                    {SESSION_ID: sid, SESSION_SEGMENT: before.number},
-                )
+    claimed = _claim_segment(rt, sid, name, user_id, tag_tuple, started_ns) if resume and rt.enabled else None
+    span: Span = trace.INVALID_SPAN
     if rt.enabled:
         try:
+            max_length = config.attribute_max_length if config else 4096
             attrs = to_attributes(attributes, max_length)
-            attrs[SESSION_ID] = sid
-            attrs[SESSION_NAME] = to_attribute_value(name, max_length)
-            attrs[SESSION_STATE] = "running"
-            attrs[SPAN_KIND] = "session"
-            if tag_tuple:
-                attrs[SESSION_TAGS] = tuple(to_attribute_value(list(tag_tuple), max_length))  # type: ignore[arg-type]
-            if user_id is not None:
-                attrs[USER_ID] = to_attribute_value(user_id, max_length)
-            if auto:
-                attrs[SESSION_AUTO] = True
-            if continued:
-                attrs[SESSION_CONTINUED] = True
-            elif inbound is not None and inbound.claimed is not None:
-                attrs[INBOUND_SESSION_ID] = inbound.claimed
-            if forced is not None:
-                attrs[SESSION_SEGMENT] = segment
-                attrs[SESSION_RESUMED] = previous is not None
-            links = []
-            if outer is not None:
-                attrs[SESSION_PARENT_ID] = outer.id
-                links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
-            if previous is not None:
-                links.append(previous)
-            if inbound is not None and inbound.link is not None:
-                links.append(inbound.link)
-            if forced is not None:
-                span = start_with_ids(rt, forced, name, start_context, links, started_ns)
-            else:
-                span = rt.tracer.start_span(name, context=start_context, links=links, start_time=started_ns)
-            write_attributes(span, attrs)
+            span = _session_span(
+                rt,
+                sid,
+                name,
+                user_id,
+                tag_tuple,
+                attrs,
+                max_length,
+                auto,
+                outer,
+                inbound,
+                claimed,
+                started_ns,
+            )
         except Exception as exc:
             internal_error("session start", exc)
-            span = trace.INVALID_SPAN
+    if budget is None and config is not None:
+        budget = config.session_budget
     session = Session(
         session_id=sid,
         name=name,
@@ -179,25 +150,108 @@ def start(
         parent_id=outer.id if outer is not None else None,
         auto=auto,
         started_ns=started_ns,
-        segment=segment,
+        segment=claimed.segment if claimed is not None else 1,
         continued=continued,
+        budget=BudgetState(budget, claimed.spent if claimed else None)
+        if budget is not None and budget.limited
+        else None,
     )
-    if budget is None and config is not None:
-        budget = config.session_budget
-    if budget is not None and budget.limited:
-        session._budget = BudgetState(budget, prior)
+    # A resume whose claim failed (the store is down) is not written later either: a plain write
+    # would replace the stored record, and its earlier segments with it. Nor is a continued
+    # session, whose record is its owner's.
+    _register(rt, session, stored=resume or continued)
+    return session
+
+
+def _checked_name(name: object) -> str:
+    if name is None:
+        return "session"
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"session name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _claim_segment(
+    rt: runtime.Runtime, sid: str, name: str, user_id: str | None, tags: tuple[str, ...], started_ns: int
+) -> _Claimed | None:
+    """The next segment of session `sid`, claimed in the store; None when there is no store or it failed."""
+    stored = _begin_segment(rt, sid, name, user_id, tags, started_ns)
+    if stored is None:
+        return None
+    latest = stored.segments[-1]
+    trace_id = int(stored.trace_id, 16)
+    previous = None
+    if len(stored.segments) > 1:
+        before = stored.segments[-2]
+        previous = Link(
+            trace.SpanContext(trace_id, int(before.span_id, 16), True, trace.TraceFlags(1)),
+            {SESSION_ID: sid, SESSION_SEGMENT: before.number},
+        )
+    return _Claimed(
+        latest.number, (trace_id, int(latest.span_id, 16)), previous, _spent_by(stored.segments[:-1])
+    )
+
+
+def _session_span(
+    rt: runtime.Runtime,
+    sid: str,
+    name: str,
+    user_id: str | None,
+    tags: tuple[str, ...],
+    attrs: dict[str, Any],
+    max_length: int,
+    auto: bool,
+    outer: Session | None,
+    inbound: Inbound | None,
+    claimed: _Claimed | None,
+    started_ns: int,
+) -> Span:
+    """The session's root span, started with its attributes and links (the user's `attrs` first)."""
+    attrs[SESSION_ID] = sid
+    attrs[SESSION_NAME] = to_attribute_value(name, max_length)
+    attrs[SESSION_STATE] = "running"
+    attrs[SPAN_KIND] = "session"
+    links: list[Link] = []
+    if tags:
+        attrs[SESSION_TAGS] = tuple(to_attribute_value(list(tags), max_length))  # type: ignore[arg-type]
+    if user_id is not None:
+        attrs[USER_ID] = to_attribute_value(user_id, max_length)
+    if auto:
+        attrs[SESSION_AUTO] = True
+    if inbound is not None:
+        if inbound.adopted is not None:
+            attrs[SESSION_CONTINUED] = True
+        elif inbound.claimed is not None:
+            attrs[INBOUND_SESSION_ID] = inbound.claimed
+    if outer is not None:
+        attrs[SESSION_PARENT_ID] = outer.id
+        links.append(Link(outer.span.get_span_context(), {SESSION_ID: outer.id}))
+    if claimed is not None:
+        attrs[SESSION_SEGMENT] = claimed.segment
+        attrs[SESSION_RESUMED] = claimed.previous is not None
+        if claimed.previous is not None:
+            links.append(claimed.previous)
+    if inbound is not None and inbound.link is not None:
+        links.append(inbound.link)
+    context = inbound.context if inbound is not None else ROOT_CONTEXT
+    if claimed is not None:
+        span = start_with_ids(rt, claimed.ids, name, context, links, started_ns)
+    else:
+        span = rt.tracer.start_span(name, context=context, links=links, start_time=started_ns)
+    write_attributes(span, attrs)
+    return span
+
+
+def _register(rt: runtime.Runtime, session: Session, *, stored: bool) -> None:
+    """Add a new session to the open ones and tell the listeners; end the least active past the limit."""
+    config = session.config
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
-    evicted = STATE.registry.add(
-        session, continued=continued or resume, limit=limit
-    )  # ValueError: duplicate id
+    evicted = STATE.registry.add(session, continued=stored, limit=limit)  # ValueError: duplicate id
     if session.auto:
         tell_auto_listeners(True)
     STATE.counters.sessions_started.add()
     if rt.session_listeners:
-        # A resume whose claim failed (the store is down) is not written later either: a plain
-        # write would replace the stored record, and its earlier segments with it. Nor is a
-        # continued session, whose record is its owner's.
-        rt.session_started(session, stored=resume or continued)
+        rt.session_started(session, stored=stored)
     if evicted:
         warn_once(
             "max-open-sessions",
@@ -207,7 +261,6 @@ def start(
         )
         for old in evicted:
             old.end(SessionState.INDETERMINATE, "max_open_sessions")
-    return session
 
 
 def _spent_by(segments: Iterable[Segment]) -> Spent:
@@ -308,7 +361,7 @@ def start_session(
         peer=peer,
         budget=budget,
     )
-    session._activation = Activation(session)
+    session.activate()
     if not session.ended:
         ident = threading.get_ident()
         with STATE.registry.lock:
@@ -464,7 +517,7 @@ class SessionScope:
         activation = entered[index][1]
         _entered.set(entered[:index] + entered[index + 1 :])
         activation.undo()
-        activation.session._end_for(exc)
+        activation.session.end_for(exc)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()

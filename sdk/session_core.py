@@ -8,6 +8,7 @@ sessions start and end is in `sdk.session_api`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
@@ -24,7 +25,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent
-from sdk.counters import Counter
+from sdk.counters import counted
 from sdk.export.summary import SessionSummary, print_summary
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
@@ -143,6 +144,7 @@ class Session:
         started_ns: int,
         segment: int = 1,
         continued: bool = False,
+        budget: BudgetState | None = None,
     ) -> None:
         self.id = session_id
         self.continued = continued
@@ -167,14 +169,14 @@ class Session:
         self._ended_ns: int | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._spans = Counter()
-        self._spans.add()
+        self._spans = itertools.count(1)
+        next(self._spans)  # the session's own span
         self._activation: Activation | None = None
         self._activated: Activation | None = None
         self._ended_elsewhere = False
         self._show_summary: bool | None = config.console_summary if config else None
         self._usage = [0, 0, 0, 0.0, 0]  # LLM calls, input tokens, output tokens, cost (USD), errors
-        self._budget: BudgetState | None = None
+        self._budget = budget
 
     @property
     def state(self) -> SessionState:
@@ -199,7 +201,7 @@ class Session:
     @property
     def span_count(self) -> int:
         """Spans started in this session so far, the session's own span included."""
-        return self._spans.value
+        return counted(self._spans)
 
     @property
     def usage(self) -> Usage:
@@ -213,7 +215,9 @@ class Session:
 
         with self._lock:
             calls, tokens_in, tokens_out, cost, errors = self._usage
-        return Usage(self._spans.value, int(calls), int(tokens_in), int(tokens_out), float(cost), int(errors))
+        return Usage(
+            counted(self._spans), int(calls), int(tokens_in), int(tokens_out), float(cost), int(errors)
+        )
 
     def add_llm_usage(
         self,
@@ -235,7 +239,7 @@ class Session:
 
     def note_span(self) -> None:
         """Count a span started in this session (the span processor calls this for every span)."""
-        self._spans.add()
+        next(self._spans)
         self.last_active_ns = STATE.clock.monotonic_ns()
 
     @property
@@ -421,6 +425,10 @@ class Session:
                 return session
         return None
 
+    def activate(self) -> None:
+        """Make this session current in this context until it ends (what `start_session()` does)."""
+        self._activation = Activation(self)
+
     def end(self, state: SessionState | str = SessionState.SUCCESS, reason: str | None = None) -> None:
         """End the session as `success`, `fail` or `indeterminate`. Ending an ended session does nothing."""
         parsed = parse_state(state)
@@ -471,7 +479,7 @@ class Session:
             except Exception as exc:
                 internal_error("session summary", exc)
 
-    def _end_for(self, exc: BaseException | None) -> None:
+    def end_for(self, exc: BaseException | None) -> None:
         """End the session as its `with` block or decorated call finished (with `exc` escaping, if any)."""
         if exc is None:
             self.end(SessionState.SUCCESS)
@@ -518,7 +526,7 @@ class Session:
         reason = stored_text(self._reason, config) if self._reason is not None else None
         return stored_text(self.name, config), user, tuple(stored_text(t, config) for t in self._tags), reason
 
-    def _store_record(self) -> SessionRecord:
+    def store_record(self) -> SessionRecord:
         """This session as a new store record with one segment, as it is now (the store writer calls this)."""
         from sdk.store import Segment, SessionRecord, owner_id
 
@@ -545,7 +553,7 @@ class Session:
             ),
         )
 
-    def _store_update(self) -> SegmentUpdate:
+    def store_update(self) -> SegmentUpdate:
         """This segment's state and counters now (the store writer calls this)."""
         from sdk.store import SegmentUpdate
 

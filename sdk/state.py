@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from sdk.export.meters import MetricsHandle
     from sdk.instrumentation.base import AfterImport
-    from sdk.logs import _Export
+    from sdk.logs import LogExport
     from sdk.reaper import Reaper
     from sdk.runtime import Runtime
     from sdk.session_core import Session
@@ -274,7 +274,7 @@ class ProcessState:
         self.warned_lock = threading.Lock()
         self.tallies: dict[str, Any] = {}
         # logs: the OTLP log export.
-        self.log_export: _Export | None = None
+        self.log_export: LogExport | None = None
         self.log_export_lock = threading.Lock()
         # export: the console summary's writes, file names, the spool's owner, warnings, metrics.
         self.summary_lock = threading.Lock()

@@ -210,6 +210,26 @@ def test_store_overflow_goes_to_disk_and_every_session_reaches_the_store(monkeyp
     assert list((DATA / "store-overflow").iterdir()) == []
 
 
+def test_an_overflow_file_still_being_appended_to_ends_once_the_writer_is_close_behind(tmp_path):
+    """The writer reads a short rest of the overflow file and ends the file in one step under its lock:
+    a program that keeps starting sessions cannot keep the file (and its cost) alive for ever."""
+    sdk.init(exporter="none", console_summary=False, session_store="memory")
+    store = runtime.current().store
+    assert store is not None
+    overflow = store_writer.Overflow(tmp_path, store)
+    sessions = []
+    for n in range(10):
+        with sdk.session(f"s{n}") as s:
+            sessions.append(s)
+    for s in sessions:
+        assert overflow.append("s", s.store_record())
+    assert overflow.active
+    lines = overflow.read(limit=3)  # more than the limit: the whole rest, as the file ends
+    assert [item.id for _, item in lines] == [s.id for s in sessions]
+    assert not overflow.active
+    assert list((tmp_path / "store-overflow").iterdir()) == []
+
+
 # -- crashes ----------------------------------------------------------------------------------
 
 KILLED = """

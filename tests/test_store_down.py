@@ -132,10 +132,10 @@ class StubSession:
     last_active_ns: int = field(default_factory=time.time_ns)
     state: str = "running"
 
-    def _store_record(self) -> SessionRecord:
+    def store_record(self) -> SessionRecord:
         return record(self.id, span=self.span_id)
 
-    def _store_update(self) -> SegmentUpdate:
+    def store_update(self) -> SegmentUpdate:
         ended = time.time() if self.state != "running" else None
         return SegmentUpdate(
             self.id, self.span_id, time.time(), Usage(spans=3), state=self.state, ended=ended

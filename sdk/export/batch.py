@@ -458,7 +458,7 @@ class BatchExportProcessor(SpanProcessor):
             self._inflight = None
             return True
 
-    def _take_undelivered(self) -> int:
+    def take_undelivered(self) -> int:
         """Remove what is queued and the batch in flight; return how many spans that was."""
         in_flight, queued = self._take_undelivered_spans()
         return len(queued) + (len(in_flight) if in_flight is not None else 0)
@@ -544,7 +544,7 @@ class BatchExportProcessor(SpanProcessor):
                 self._close_in_background()
             return
         # Nothing is left when the worker finished (on_end stops queueing first); count it if so.
-        STATE.counters.spans_dropped.add_many(self._take_undelivered())
+        STATE.counters.spans_dropped.add_many(self.take_undelivered())
         finish = getattr(self.exporter, "finish", None)
         if finish is not None and close_exporter:  # the OTLP sender delivers what it can until then
             finish(deadline - min(0.1 * timeout, 0.2))

@@ -339,7 +339,7 @@ def _tool_finished(span: Span, data: Any) -> None:
     if not settings.capture:
         return
     if data.input is not None:
-        span.set_attribute("gen_ai.tool.call.arguments", genai._arguments_text(settings.redactor, data.input))
+        span.set_attribute("gen_ai.tool.call.arguments", genai.arguments_text(settings.redactor, data.input))
     if data.output is not None:
         output = (
             data.output if isinstance(data.output, (str, int, float, bool, list, dict)) else str(data.output)
@@ -362,7 +362,7 @@ def _record_model_call(agents_span: Any, entry: _Open) -> None:
     def fill(call: genai.LLMCall) -> None:
         call.extra[TRACE_ID] = str(agents_span.trace_id)
         if response is not None:
-            openai_instrumentation._responses_result(call, response)
+            openai_instrumentation.responses_result(call, response)
             return
         usage = getattr(data, "usage", None)
         if isinstance(usage, dict):

@@ -312,7 +312,7 @@ class LLMCall:
                 event["gen_ai.tool.call.id"] = str(call["id"])
             event["gen_ai.tool.type"] = str(call.get("type") or "function")
             if self.capture and call.get("arguments") is not None:
-                event["gen_ai.tool.call.arguments"] = _arguments_text(
+                event["gen_ai.tool.call.arguments"] = arguments_text(
                     self.settings.redactor, call["arguments"]
                 )
             span.add_event(TOOL_CALL_EVENT, event)
@@ -331,7 +331,7 @@ class LLMCall:
         _record_metrics(self, model, error, (now - self.started_ns) / 1e9)
 
 
-def _arguments_text(redactor: Redactor, arguments: Any) -> str:
+def arguments_text(redactor: Redactor, arguments: Any) -> str:
     if isinstance(arguments, str):
         try:
             import json

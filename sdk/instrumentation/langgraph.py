@@ -338,7 +338,7 @@ class CallbackHandler:
         settings = genai.settings_now(runtime.current())
         if settings.capture:
             plain = value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
-            span.set_attribute(key, genai._arguments_text(settings.redactor, plain))
+            span.set_attribute(key, genai.arguments_text(settings.redactor, plain))
 
     # -- model calls ----------------------------------------------------------------------
 

@@ -290,7 +290,7 @@ class _ChatStream:
             call.output.append({"role": "assistant", "parts": parts, "finish_reason": self.finish.get(index)})
 
 
-def _responses_result(call: LLMCall, result: Any) -> None:
+def responses_result(call: LLMCall, result: Any) -> None:
     from sdk.instrumentation.genai import get, text_part, tool_call_part
 
     _identity(call, result)
@@ -335,7 +335,7 @@ class _ResponsesStream:
         kind = get(event, "type")
         response = get(event, "response")
         if kind in ("response.completed", "response.incomplete", "response.failed") and response is not None:
-            _responses_result(call, response)
+            responses_result(call, response)
             self.complete = True
         elif response is not None:
             _identity(call, response)
@@ -395,7 +395,7 @@ def _start(instance: Any, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
 _HANDLERS: dict[str, tuple[Any, Any]] = {
     "chat": (_chat_result, _ChatStream),
     "embeddings": (_embeddings_result, None),
-    "responses": (_responses_result, _ResponsesStream),
+    "responses": (responses_result, _ResponsesStream),
 }
 """Per API: (read a response into the call, make a stream's accumulator)."""
 

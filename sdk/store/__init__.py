@@ -11,6 +11,7 @@ folder, safe for several processes on one host) and `RedisStore` (many processes
 
 from __future__ import annotations
 
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -443,18 +444,17 @@ def open_store(spec: Any, data_dir: Path, expiry: float | None) -> SessionStore 
     return RedisStore(spec, expiry=expiry)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
 def dumps(record: SessionRecord) -> str:
     """A record as compact JSON text: nested arrays in field order (records are NamedTuples, which
     json encodes in C; several times faster than the `to_json` objects)."""
-    import json
-
-    return json.dumps(record, separators=(",", ":"))
+    return _ENCODER.encode(record)
 
 
 def loads(text: str | bytes) -> SessionRecord:
     """The inverse of `dumps`."""
-    import json
-
     session_id, name, trace_id, user_id, tags, segments, *rest = json.loads(text)
     return SessionRecord(
         session_id,

@@ -9,6 +9,7 @@ are short (at most CHUNK records), so readers (the CLI) and other processes wait
 from __future__ import annotations
 
 import functools
+import json
 import random
 import threading
 import time
@@ -49,8 +50,14 @@ CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_activity);
 
 _UPSERT = "INSERT OR REPLACE INTO sessions (id, state, user_id, last_activity, record) VALUES (?, ?, ?, ?, ?)"
 
+ROWS_PER_STATEMENT = 199
+"""Rows one INSERT writes (5 values each: under SQLite's oldest limit of 999 variables). Each
+statement step releases the GIL, and a thread that releases it waits up to the switch interval
+(5 ms) to get it back from a busy thread: row by row, the writer could not keep up with a program
+that starts sessions in a loop."""
+
 BUSY_TIMEOUT_MS = 5_000
-CHUNK = 256  # records per transaction
+CHUNK = 1_000  # records per transaction
 
 
 class SQLiteStore(SessionStore):
@@ -173,12 +180,16 @@ class SQLiteStore(SessionStore):
 
     def update(self, updates: Sequence[SegmentUpdate]) -> None:
         def apply(chunk: Sequence[SegmentUpdate], conn: sqlite3.Connection) -> None:
+            records = _load_many(conn, {u.session_id for u in chunk})
+            changed: dict[str, SessionRecord] = {}
             for update in chunk:
-                record = self._load(conn, update.session_id)
+                record = records.get(update.session_id)
                 if record is not None:
                     updated = apply_update(record, update)
                     if updated is not record:
-                        self._write(conn, updated)
+                        records[update.session_id] = changed[update.session_id] = updated
+            rows = [(r.id, r.state, r.user_id, r.last_activity, dumps(r)) for r in changed.values()]
+            _insert_rows(rows, conn)
 
         for start in range(0, len(updates), CHUNK):
             self._run(functools.partial(apply, updates[start : start + CHUNK]), write=True)
@@ -263,4 +274,34 @@ class SQLiteStore(SessionStore):
 
 
 def _insert_rows(rows: list[tuple[str, str, str | None, float, str]], conn: sqlite3.Connection) -> None:
-    conn.executemany(_UPSERT, rows)
+    """Write `rows` (id, state, user id, last activity, record) in a few multi-row statements."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        part = rows[start : start + ROWS_PER_STATEMENT]
+        values = ",".join(("(?, ?, ?, ?, ?)",) * len(part))
+        conn.execute(_UPSERT.removesuffix("(?, ?, ?, ?, ?)") + values, [v for row in part for v in row])
+
+
+def _load_many(conn: sqlite3.Connection, ids: set[str]) -> dict[str, SessionRecord]:
+    """The stored records of `ids` (those there are), read as one row (see ROWS_PER_STATEMENT)."""
+    import sqlite3
+
+    found: dict[str, SessionRecord] = {}
+    wanted = list(ids)
+    for start in range(0, len(wanted), ROWS_PER_STATEMENT * 5):
+        part = wanted[start : start + ROWS_PER_STATEMENT * 5]
+        marks = ",".join("?" * len(part))
+        try:
+            (texts,) = conn.execute(
+                f"SELECT json_group_array(record) FROM sessions WHERE id IN ({marks})", part
+            ).fetchone()
+            rows = json.loads(texts)
+        except sqlite3.OperationalError as exc:  # a SQLite built without JSON functions: row by row
+            if "json_group_array" not in str(exc):
+                raise
+            rows = [
+                text for (text,) in conn.execute(f"SELECT record FROM sessions WHERE id IN ({marks})", part)
+            ]
+        for text in rows:
+            record = loads(text)
+            found[record.id] = record
+    return found

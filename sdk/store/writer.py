@@ -46,6 +46,8 @@ MAX_QUEUED = 5_000  # starts and ends not yet taken by the writer thread (each h
 MAX_OVERFLOW_BYTES = 64 * 1024 * 1024
 REPLAY_CHUNK = 1_000  # overflow lines the writer applies per write
 BATCH_DELAY = 0.05
+FINISH_BYTES = 1024 * 1024
+"""An overflow file with at most this much left unread is read to its end under its lock."""
 RETRY_AFTER = 5.0
 
 
@@ -55,9 +57,9 @@ class Stored(Protocol):
     id: str
     last_active_ns: int
 
-    def _store_record(self) -> SessionRecord: ...
+    def store_record(self) -> SessionRecord: ...
 
-    def _store_update(self) -> SegmentUpdate: ...
+    def store_update(self) -> SegmentUpdate: ...
 
 
 class StoreWriter:
@@ -67,7 +69,7 @@ class StoreWriter:
         """`overflow_dir`: the data folder, for the overflow file (None: no overflow, drops past the queue)."""
         self.store = store
         self.interval = interval
-        self._overflow = _Overflow(overflow_dir, store) if overflow_dir is not None else None
+        self._overflow = Overflow(overflow_dir, store) if overflow_dir is not None else None
         self._ops: collections.deque[tuple[str, Stored]] = collections.deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -88,7 +90,7 @@ class StoreWriter:
         if overflow is not None and (overflow.active or len(self._ops) >= MAX_QUEUED):
             self._running[id(session)] = (session, session.last_active_ns)
             if not stored:
-                self._spill("s", session._store_record())
+                self._spill("s", session.store_record())
             return
         if len(self._ops) >= MAX_QUEUED:
             self._drop()
@@ -104,7 +106,7 @@ class StoreWriter:
         overflow = self._overflow
         if overflow is not None and (overflow.active or len(self._ops) >= MAX_QUEUED):
             self._running.pop(id(session), None)
-            self._spill("e", session._store_update())
+            self._spill("e", session.store_update())
             return
         if len(self._ops) >= MAX_QUEUED:
             self._drop()
@@ -279,10 +281,10 @@ class StoreWriter:
             else:
                 self._running.pop(id(session), None)
                 if id(session) not in unwritten:
-                    self._queue_update(session._store_update())
+                    self._queue_update(session.store_update())
         for session in unwritten.values():
             # Built now, so a session that already ended is written once, with its end.
-            record = session._store_record()
+            record = session.store_record()
             self._pending_starts[record.id] = record
 
     def _collect_activity(self) -> None:
@@ -295,7 +297,7 @@ class StoreWriter:
             active = session.last_active_ns
             if active != written:
                 self._running[key] = (session, active)
-                self._queue_update(session._store_update())
+                self._queue_update(session.store_update())
 
     def _replay(self) -> bool:
         """Apply the next chunk of the overflow file; False when there is nothing (left) to apply."""
@@ -348,7 +350,7 @@ class StoreWriter:
                 self._pending_starts.pop(next(iter(self._pending_starts)))
 
 
-class _Overflow:
+class Overflow:
     """The overflow file of one writer: one line per start (``s<TAB>record``) or end
     (``e<TAB>update``), in the order they happened.
 
@@ -414,6 +416,13 @@ class _Overflow:
             if fd is None or at >= size:
                 self._finish()
                 return []
+            if size - at <= FINISH_BYTES:
+                # The rest, and the end of the file, at once: were it read outside the lock, a
+                # program that keeps starting sessions would append as fast as the writer reads,
+                # and the file would never end.
+                tail = os.pread(fd, size - at, at)
+                self._finish()
+                return [parsed for line in tail.split(b"\n") if line and (parsed := _parse(line)) is not None]
         data = os.pread(fd, min(size - at, 4 * 1024 * 1024), at)
         lines = data.split(b"\n")[:-1][:limit]
         self._read_at = at + sum(len(line) + 1 for line in lines)
