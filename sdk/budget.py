@@ -7,14 +7,21 @@ process (``on_exceed="raise"``), or goes ahead with a ``session.budget_exceeded`
 session span and the `on_budget_exceeded` callbacks called (``on_exceed="warn"``). See
 docs/budgets.md.
 
-This module is a base helper: it imports nothing of the SDK.
+This module is a base helper: it imports only the SDK's other base helpers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
+
+from opentelemetry.trace import Span
+
+from sdk.guard import internal_error, warn_once
+from sdk.semconv import SESSION_BUDGET_EXCEEDED
+from sdk.state import STATE
 
 LIMITS = ("max_cost_usd", "max_tokens", "max_llm_calls", "max_duration_s", "max_errors", "max_repeats")
 """The limits a Budget can set, in the order they are checked."""
@@ -174,3 +181,38 @@ class BudgetState:
         if budget.max_repeats is not None and self.repeat_count > budget.max_repeats:
             return "max_repeats", budget.max_repeats, self.repeat_count
         return None
+
+
+def report_exceeded(
+    span: Span,
+    error: BudgetExceeded,
+    state: BudgetState,
+    callbacks: Sequence[Callable[[Any, BudgetExceeded], Any]],
+) -> None:
+    """A limit found exceeded for the first time: the ``session.budget_exceeded`` event on the session's
+    span, and the `on_budget_exceeded` callbacks (one that raises is counted and logged once)."""
+    try:
+        span.add_event(
+            "session.budget_exceeded",
+            {
+                "session.budget.limit": error.limit,
+                "session.budget.maximum": error.maximum,
+                "session.budget.used": error.used,
+                "session.budget.on_exceed": state.budget.on_exceed,
+            },
+        )
+        span.set_attribute(SESSION_BUDGET_EXCEEDED, list(state.exceeded))
+    except Exception as exc:
+        internal_error("session budget event", exc)
+    for callback in callbacks:
+        try:
+            callback(error.session, error)
+        except Exception as exc:
+            STATE.counters.callback_errors.add()
+            warn_once(
+                f"callback-on_budget_exceeded-{type(exc).__name__}",
+                "sessiontrace: an on_budget_exceeded callback raised %s: %s (further errors are "
+                "counted in sdk.stats().callback_errors)",
+                type(exc).__name__,
+                exc,
+            )

@@ -696,7 +696,14 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = sessions.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+    _add_list_parser(actions, common)
+    _add_show_parser(actions, common)
+    _add_end_parser(actions, common)
+    parser: argparse.ArgumentParser = sessions
+    return parser
 
+
+def _add_list_parser(actions: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser(
         "list",
         parents=[common],
@@ -733,6 +740,8 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
         help=f"show at most N sessions (default {DEFAULT_LIMIT}; 0: all)",
     )
 
+
+def _add_show_parser(actions: Any, common: argparse.ArgumentParser) -> None:
     show = actions.add_parser(
         "show",
         parents=[common],
@@ -742,6 +751,8 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
     )
     show.add_argument("session_id", metavar="ID", help="the session id, or a prefix of exactly one")
 
+
+def _add_end_parser(actions: Any, common: argparse.ArgumentParser) -> None:
     end = actions.add_parser(
         "end",
         parents=[common],
@@ -758,8 +769,6 @@ def add_sessions_parser(commands: Any) -> argparse.ArgumentParser:
         help="the state to end with (default: indeterminate)",
     )
     end.add_argument("--reason", default="ended by CLI", help="the end reason (default: 'ended by CLI')")
-    parser: argparse.ArgumentParser = sessions
-    return parser
 
 
 class _SessionsError(Exception):
@@ -1028,10 +1037,11 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
                 str(r.usage.spans),
                 f"{r.usage.input_tokens + r.usage.output_tokens:,}",
                 format_cost(r.usage.cost_usd),
+                _short(_scores_text(r), 30),
             )
             for r in records
         ]
-        header = ("ID", "NAME", "USER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST")
+        header = ("ID", "NAME", "USER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST", "SCORES")
         print("\n".join(_table(header, rows, right=frozenset({5, 6, 7, 8}))))
     if more:
         print(
@@ -1044,6 +1054,12 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
 # -- show ---------------------------------------------------------------------------------------
 
 
+def _scores_text(record: SessionRecord) -> str:
+    """The latest value of each score name, ``name=value, ...`` (``-`` for none)."""
+    latest = {score.name: score.value for score in sorted(record.scores, key=lambda score: score.at)}
+    return ", ".join(f"{name}={value}" for name, value in latest.items()) or "-"
+
+
 def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
     from sdk.store import is_stale
 
@@ -1053,34 +1069,45 @@ def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
     if options.json:
         print(json.dumps({"session": session_json(record, stale=stale), "spans": tree}, indent=2))
         return 0
+    lines = [f"session {printable(record.id)}", ""]
+    lines += _aligned(_show_fields(record, stale, sessions.description))
+    lines += ["", f"segments ({len(record.segments)}):"]
+    lines += _segment_lines(record)
+    if record.scores:
+        lines += ["", f"scores ({len(record.scores)}):"]
+        lines += _score_lines(record)
+    lines.append("")
+    lines += _span_tree_lines(tree, record, sessions.traces)
+    print("\n".join(lines))
+    return 0
+
+
+def _show_fields(record: SessionRecord, stale: bool, store: str) -> list[tuple[str, str]]:
     usage = record.usage
     state = record.state + (" (stale)" if stale else "")
     if record.reason:
         state += f": {record.reason}"
-    lines = [f"session {printable(record.id)}", ""]
-    lines += _aligned(
-        [
-            ("name", record.name),
-            ("state", state),
-            ("user", record.user_id or "-"),
-            ("tags", ", ".join(record.tags) or "-"),
-            ("trace id", record.trace_id),
-            ("started", format_time(record.started)),
-            ("last active", format_time(record.last_activity)),
-            ("ended", format_time(record.ended)),
-            ("duration", format_duration(session_duration(record))),
-            ("spans", str(usage.spans)),
-            ("llm calls", str(usage.llm_calls)),
-            (
-                "tokens",
-                f"{usage.input_tokens + usage.output_tokens:,} (input {usage.input_tokens:,}, output {usage.output_tokens:,})",
-            ),
-            ("cost", format_cost(usage.cost_usd)),
-            ("errors", str(usage.errors)),
-            ("store", sessions.description),
-        ]
-    )
-    lines += ["", f"segments ({len(record.segments)}):"]
+    tokens = usage.input_tokens + usage.output_tokens
+    return [
+        ("name", record.name),
+        ("state", state),
+        ("user", record.user_id or "-"),
+        ("tags", ", ".join(record.tags) or "-"),
+        ("trace id", record.trace_id),
+        ("started", format_time(record.started)),
+        ("last active", format_time(record.last_activity)),
+        ("ended", format_time(record.ended)),
+        ("duration", format_duration(session_duration(record))),
+        ("spans", str(usage.spans)),
+        ("llm calls", str(usage.llm_calls)),
+        ("tokens", f"{tokens:,} (input {usage.input_tokens:,}, output {usage.output_tokens:,})"),
+        ("cost", format_cost(usage.cost_usd)),
+        ("errors", str(usage.errors)),
+        ("store", store),
+    ]
+
+
+def _segment_lines(record: SessionRecord) -> list[str]:
     header = ("#", "SPAN ID", "OWNER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST", "REASON")
     rows = [
         (
@@ -1097,27 +1124,42 @@ def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:
         )
         for s in record.segments
     ]
-    lines += ["  " + line for line in _table(header, rows, right=frozenset({0, 5, 6, 7, 8}))]
-    lines.append("")
+    return ["  " + line for line in _table(header, rows, right=frozenset({0, 5, 6, 7, 8}))]
+
+
+def _score_lines(record: SessionRecord) -> list[str]:
+    header = ("NAME", "VALUE", "SOURCE", "GIVEN", "COMMENT")
+    rows = [
+        (
+            printable(s.name),
+            printable(str(s.value)),
+            printable(s.source),
+            format_time(s.at),
+            printable(s.comment or ""),
+        )
+        for s in record.scores
+    ]
+    return ["  " + line for line in _table(header, rows, right=frozenset({1}))]
+
+
+def _span_tree_lines(tree: list[dict[str, Any]] | None, record: SessionRecord, traces: Path) -> list[str]:
     if tree is None:
-        lines.append(f"spans: no local traces ({sessions.traces} does not exist)")
-    elif not tree:
-        lines.append(f"spans: none of this session's spans are in {sessions.traces}")
-    else:
-        lines.append(f"spans (from {sessions.traces}):")
-        numbers = {s.span_id: s.number for s in record.segments}
-        flat = list(_walk(tree, 0))
-        width = max(len("  " * depth + printable(node["name"])) for node, depth in flat)
-        for node, depth in flat:
-            label = ("  " * depth + printable(node["name"])).ljust(width)
-            notes = ""
-            if node["status"] == "error":
-                notes += "  ERROR"
-            if depth == 0 and node["span_id"] in numbers:
-                notes += f"  (segment {numbers[node['span_id']]})"
-            lines.append(f"  {label}  {format_duration(node['duration']):>8}{notes}")
-    print("\n".join(lines))
-    return 0
+        return [f"spans: no local traces ({traces} does not exist)"]
+    if not tree:
+        return [f"spans: none of this session's spans are in {traces}"]
+    lines = [f"spans (from {traces}):"]
+    numbers = {s.span_id: s.number for s in record.segments}
+    flat = list(_walk(tree, 0))
+    width = max(len("  " * depth + printable(node["name"])) for node, depth in flat)
+    for node, depth in flat:
+        label = ("  " * depth + printable(node["name"])).ljust(width)
+        notes = ""
+        if node["status"] == "error":
+            notes += "  ERROR"
+        if depth == 0 and node["span_id"] in numbers:
+            notes += f"  (segment {numbers[node['span_id']]})"
+        lines.append(f"  {label}  {format_duration(node['duration']):>8}{notes}")
+    return lines
 
 
 def span_tree(folder: Path, trace_id: str) -> list[dict[str, Any]]:

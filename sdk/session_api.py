@@ -59,6 +59,7 @@ from sdk.state import STATE
 from sdk.tracing import SegmentIds
 
 if TYPE_CHECKING:
+    from sdk.settings import Config
     from sdk.store import Segment, SessionRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,45 +102,21 @@ def start(
         if config is None:
             raise RuntimeError("per-session overrides need sdk.init() first")
         config = config.with_overrides(overrides)
-    sid = new_session_id() if session_id is None else check_id(session_id)
-    name = _checked_name(name)
-    if user_id is not None and not isinstance(user_id, str):
-        raise ValueError(f"user_id must be a string, got {user_id!r}")
-    tag_tuple = check_tags(tags)
-    if resume and session_id is None:
-        raise ValueError("resume=True needs the session_id of the session to resume")
-    if not continued and not resume and sid in STATE.registry.by_id:
-        raise ValueError(
-            f"a session with id {sid!r} is already open in this process; end it first or choose another id"
-        )
+    sid, name, tag_tuple = _checked_identity(name, session_id, user_id, tags, resume, fresh=not continued)
     outer = None if auto or parent is not None else current_session()
     if outer is not None and outer.auto:
         outer = None
     started_ns = time.time_ns()
     claimed = _claim_segment(rt, sid, name, user_id, tag_tuple, started_ns) if resume and rt.enabled else None
+    identity = _Identity(sid, name, user_id, tag_tuple, auto, started_ns)
     span: Span = trace.INVALID_SPAN
     if rt.enabled:
         try:
             max_length = config.attribute_max_length if config else 4096
             attrs = to_attributes(attributes, max_length)
-            span = _session_span(
-                rt,
-                sid,
-                name,
-                user_id,
-                tag_tuple,
-                attrs,
-                max_length,
-                auto,
-                outer,
-                inbound,
-                claimed,
-                started_ns,
-            )
+            span = _session_span(rt, identity, attrs, max_length, outer, inbound, claimed)
         except Exception as exc:
             internal_error("session start", exc)
-    if budget is None and config is not None:
-        budget = config.session_budget
     session = Session(
         session_id=sid,
         name=name,
@@ -152,9 +129,7 @@ def start(
         started_ns=started_ns,
         segment=claimed.segment if claimed is not None else 1,
         continued=continued,
-        budget=BudgetState(budget, claimed.spent if claimed else None)
-        if budget is not None and budget.limited
-        else None,
+        budget=_budget_state(budget, config, claimed),
     )
     # A resume whose claim failed (the store is down) is not written later either: a plain write
     # would replace the stored record, and its earlier segments with it. Nor is a continued
@@ -163,12 +138,32 @@ def start(
     return session
 
 
-def _checked_name(name: object) -> str:
+def _checked_identity(
+    name: object,
+    session_id: str | None,
+    user_id: object,
+    tags: Iterable[str] | str | None,
+    resume: bool,
+    *,
+    fresh: bool,
+) -> tuple[str, str, tuple[str, ...]]:
+    """(id, name, tags) of a session to start, checked (ValueError naming what is wrong); `fresh`:
+    not continuing a caller's session, so the id must not be open here already (unless resumed)."""
     if name is None:
-        return "session"
-    if not isinstance(name, str) or not name:
+        name = "session"
+    elif not isinstance(name, str) or not name:
         raise ValueError(f"session name must be a non-empty string, got {name!r}")
-    return name
+    sid = new_session_id() if session_id is None else check_id(session_id)
+    if user_id is not None and not isinstance(user_id, str):
+        raise ValueError(f"user_id must be a string, got {user_id!r}")
+    tag_tuple = check_tags(tags)
+    if resume and session_id is None:
+        raise ValueError("resume=True needs the session_id of the session to resume")
+    if fresh and not resume and sid in STATE.registry.by_id:
+        raise ValueError(
+            f"a session with id {sid!r} is already open in this process; end it first or choose another id"
+        )
+    return sid, name, tag_tuple
 
 
 def _claim_segment(
@@ -192,21 +187,39 @@ def _claim_segment(
     )
 
 
+class _Identity(NamedTuple):
+    """Who a session to start is (checked)."""
+
+    sid: str
+    name: str
+    user_id: str | None
+    tags: tuple[str, ...]
+    auto: bool
+    started_ns: int
+
+
+def _budget_state(
+    budget: Budget | None, config: Config | None, claimed: _Claimed | None
+) -> BudgetState | None:
+    """The session's budget (its own, else the setting's) with what earlier segments spent; None: unlimited."""
+    if budget is None and config is not None:
+        budget = config.session_budget
+    if budget is None or not budget.limited:
+        return None
+    return BudgetState(budget, claimed.spent if claimed is not None else None)
+
+
 def _session_span(
     rt: runtime.Runtime,
-    sid: str,
-    name: str,
-    user_id: str | None,
-    tags: tuple[str, ...],
+    identity: _Identity,
     attrs: dict[str, Any],
     max_length: int,
-    auto: bool,
     outer: Session | None,
     inbound: Inbound | None,
     claimed: _Claimed | None,
-    started_ns: int,
 ) -> Span:
     """The session's root span, started with its attributes and links (the user's `attrs` first)."""
+    sid, name, user_id, tags, auto, started_ns = identity
     attrs[SESSION_ID] = sid
     attrs[SESSION_NAME] = to_attribute_value(name, max_length)
     attrs[SESSION_STATE] = "running"

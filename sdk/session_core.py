@@ -24,14 +24,13 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
-from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent
+from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent, report_exceeded
 from sdk.counters import counted
 from sdk.export.summary import SessionSummary, print_summary
-from sdk.guard import internal_error, warn_once
+from sdk.guard import internal_error
 from sdk.redaction import scrubber_for
 from sdk.semconv import (
     MAX_ID_LENGTH,
-    SESSION_BUDGET_EXCEEDED,
     SESSION_END_REASON,
     SESSION_ERRORS,
     SESSION_LLM_CALLS,
@@ -281,7 +280,7 @@ class Session:
         error = BudgetExceeded(*found, self)
         if found[0] not in state.exceeded:
             state.exceeded[found[0]] = None
-            self._report_budget(error, state)
+            report_exceeded(self.span, error, state, self.config.on_budget_exceeded if self.config else ())
         if state.budget.on_exceed == "raise":
             raise error
 
@@ -298,34 +297,6 @@ class Session:
             key = (name, object())
         with self._lock:
             state.note_tool_call(key)
-
-    def _report_budget(self, error: BudgetExceeded, state: BudgetState) -> None:
-        try:
-            self.span.add_event(
-                "session.budget_exceeded",
-                {
-                    "session.budget.limit": error.limit,
-                    "session.budget.maximum": error.maximum,
-                    "session.budget.used": error.used,
-                    "session.budget.on_exceed": state.budget.on_exceed,
-                },
-            )
-            self.span.set_attribute(SESSION_BUDGET_EXCEEDED, list(state.exceeded))
-        except Exception as exc:
-            internal_error("session budget event", exc)
-        callbacks = self.config.on_budget_exceeded if self.config is not None else ()
-        for callback in callbacks:
-            try:
-                callback(self, error)
-            except Exception as exc:
-                STATE.counters.callback_errors.add()
-                warn_once(
-                    f"callback-on_budget_exceeded-{type(exc).__name__}",
-                    "sessiontrace: an on_budget_exceeded callback raised %s: %s (further errors are "
-                    "counted in sdk.stats().callback_errors)",
-                    type(exc).__name__,
-                    exc,
-                )
 
     @property
     def span_id(self) -> str:
@@ -519,57 +490,35 @@ class Session:
             usage.errors,
         )
 
-    def _stored_identity(self) -> tuple[str, str | None, tuple[str, ...], str | None]:
-        """(name, user id, tags, reason) as the store keeps them (see `stored_text`)."""
-        config = self.config
-        user = stored_text(self.user_id, config) if self.user_id is not None else None
-        reason = stored_text(self._reason, config) if self._reason is not None else None
-        return stored_text(self.name, config), user, tuple(stored_text(t, config) for t in self._tags), reason
-
-    def store_record(self) -> SessionRecord:
-        """This session as a new store record with one segment, as it is now (the store writer calls this)."""
-        from sdk.store import Segment, SessionRecord, owner_id
-
-        ended = self._ended_ns
-        name, user, tags, reason = self._stored_identity()
-        return SessionRecord(
-            id=self.id,
-            name=name,
-            trace_id=self.trace_id,
-            user_id=user,
-            tags=tags,
-            segments=(
-                Segment(
-                    span_id=self.span_id,
-                    number=self.segment,
-                    owner=owner_id(),
-                    started=self.started_ns / 1e9,
-                    last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
-                    state=self._state.value,
-                    reason=reason,
-                    ended=ended / 1e9 if ended is not None else None,
-                    usage=self.usage,
-                ),
-            ),
-        )
-
     def store_update(self) -> SegmentUpdate:
         """This segment's state and counters now (the store writer calls this)."""
         from sdk.store import SegmentUpdate
 
-        ended = self._ended_ns
-        name, user, tags, reason = self._stored_identity()
+        config, ended = self.config, self._ended_ns
         return SegmentUpdate(
             session_id=self.id,
             span_id=self.span_id,
             last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
             usage=self.usage,
             state=self._state.value,
-            reason=reason,
+            reason=stored_text(self._reason, config) if self._reason is not None else None,
             ended=ended / 1e9 if ended is not None else None,
-            name=name,
-            user_id=user,
-            tags=tags,
+            name=stored_text(self.name, config),
+            user_id=stored_text(self.user_id, config) if self.user_id is not None else None,
+            tags=tuple(stored_text(t, config) for t in self._tags),
+        )
+
+    def store_record(self) -> SessionRecord:
+        """This session as a new store record with one segment, as it is now (the store writer calls this)."""
+        from sdk.store import Segment, SessionRecord, owner_id
+
+        now = self.store_update()
+        segment = Segment(
+            self.span_id, self.segment, owner_id(), self.started_ns / 1e9, now.last_activity, now.state,
+            now.reason, now.ended, now.usage,
+        )  # fmt: skip
+        return SessionRecord(
+            self.id, now.name or self.name, self.trace_id, now.user_id, now.tags or (), (segment,)
         )
 
     def _last_activity_wall(self) -> float:

@@ -1615,16 +1615,7 @@ def load_config(
         values[key] = _parse(setting, setting.parse, raw, source)
         sources[key] = source
 
-    for name, setting in SETTINGS.items():
-        for var in setting.env:
-            raw_text = environ.get(var.name)
-            if raw_text is None or not raw_text.strip():
-                continue
-            source = Source("env", var.name)
-            values[name] = _parse(setting, var.parse or setting.parse, raw_text, source)
-            sources[name] = source
-            break
-
+    _env_layer(environ, values, sources)
     _warn_unknown_env(environ)
 
     for key, raw in kwargs.items():
@@ -1648,6 +1639,19 @@ def load_config(
     config = Config(**values, sources=sources)
     _check_combination(config)
     return config
+
+
+def _env_layer(environ: Mapping[str, str], values: dict[str, Any], sources: dict[str, Source]) -> None:
+    """Apply the environment variables: for each setting, the first of its variables that is set."""
+    for name, setting in SETTINGS.items():
+        for var in setting.env:
+            raw_text = environ.get(var.name)
+            if raw_text is None or not raw_text.strip():
+                continue
+            source = Source("env", var.name)
+            values[name] = _parse(setting, var.parse or setting.parse, raw_text, source)
+            sources[name] = source
+            break
 
 
 def _warn_unknown_env(environ: Mapping[str, str]) -> None:

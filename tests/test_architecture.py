@@ -220,3 +220,19 @@ def test_modules_keep_no_mutable_state(name):
             raise AssertionError(
                 f"{name}: {target} looks mutable; constants are UPPER_CASE tuples or mappings"
             )
+
+
+MAX_FUNCTION_LINES = 65
+
+
+def test_functions_fit_in_a_readers_head():
+    """No function of sdk/ or notebook_ext/ is longer than about 60 lines (signature and docstring
+    included) unless its docstring says why ("Long because ...")."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert long == []

@@ -17,7 +17,7 @@ from redis_server import RedisServer, free_port, requires_redis_server
 
 import sdk
 from sdk.cli import format_cost, format_duration, format_time, main, parse_since
-from sdk.store import Segment, SessionRecord, SessionStore, Usage, open_store, owner_id
+from sdk.store import Score, Segment, SessionRecord, SessionStore, Usage, open_store, owner_id
 from sdk.store.redis import RedisStore
 
 HOST = socket.gethostname()
@@ -108,6 +108,11 @@ def known_records(now: float) -> list[SessionRecord]:
                     usage=Usage(3),
                 ),
             ),
+            (
+                Score("thumbs", 1, at=now - 70),
+                Score("quality", 0.8, "reads well", "eval", now - 60),
+                Score("thumbs", 0, "changed my mind", at=now - 50),
+            ),
         ),
         SessionRecord(
             "old-1",
@@ -161,7 +166,18 @@ def test_list_table(capsys, records):
     code, out, err = cli(capsys, "list")
     assert code == 0, err
     header, *body = rows(out)
-    assert header == ["ID", "NAME", "USER", "STATE", "STARTED", "DURATION", "SPANS", "TOKENS", "COST"]
+    assert header == [
+        "ID",
+        "NAME",
+        "USER",
+        "STATE",
+        "STARTED",
+        "DURATION",
+        "SPANS",
+        "TOKENS",
+        "COST",
+        "SCORES",
+    ]
     assert [r[0] for r in body] == ["orphan-1", "chat-7f3a", "job-1", "old-1"]
     by_id = {r[0]: r for r in body}
     assert by_id["chat-7f3a"] == [
@@ -174,6 +190,7 @@ def test_list_table(capsys, records):
         "15",
         "1,234",
         "$0.0123",
+        "-",
     ]
     assert by_id["job-1"][3:] == [
         "fail",
@@ -182,6 +199,7 @@ def test_list_table(capsys, records):
         "3",
         "0",
         "$0.0000",
+        "thumbs=0, quality=0.8",  # the latest value of each score
     ]
     assert by_id["old-1"][3] == "success"
     assert by_id["orphan-1"][3] == "running (stale)", "its process on this host is gone"
@@ -306,6 +324,23 @@ def test_show_text(capsys, records):
         "$0.0003",
     ]
     assert "spans: no local traces" in out
+
+
+def test_show_lists_the_scores_given(capsys, records):
+    """`show ID` lists every score given to the session (name, value, source, when, comment); a session without scores has no such section."""
+    code, out, err = cli(capsys, "show", "job-1")
+    assert code == 0, err
+    table = out.split("scores (3):\n")[1].split("\n\n")[0]
+    header, *body = rows(table)
+    assert header == ["NAME", "VALUE", "SOURCE", "GIVEN", "COMMENT"]
+    given = records["job-1"].scores
+    assert body == [
+        ["thumbs", "1", "human", format_time(given[0].at)],
+        ["quality", "0.8", "eval", format_time(given[1].at), "reads well"],
+        ["thumbs", "0", "human", format_time(given[2].at), "changed my mind"],
+    ]
+    code, out, _ = cli(capsys, "show", "chat-7f3a")
+    assert "scores" not in out
 
 
 def test_show_json(capsys, records):

@@ -360,15 +360,7 @@ class SpoolingExporter(SpanExporter):
             expected = set(self._fresh)  # before listing: a batch spooled meanwhile is not "gone"
         names = spool.pending()
         if not names:
-            with self._state:
-                # Fresh before the listing and not in it: another process took them and sends them.
-                gone = [name for name in expected if name in self._fresh]
-                taken = sum(self._fresh.pop(name)[1] for name in gone)
-                self._mine.difference_update(gone)
-                more = bool(self._fresh)
-                self._state.notify_all()
-            STATE.counters.spans_spooled.add_many(taken)
-            return "sent" if more else "empty"
+            return self._taken_elsewhere(expected)
         sender = self._get_sender()
         for name in names:
             if self._closed:
@@ -414,6 +406,18 @@ class SpoolingExporter(SpanExporter):
             if not sent:
                 return "failed"
         return "sent"
+
+    def _taken_elsewhere(self, expected: set[str]) -> str:
+        """The spool is empty: batches fresh before the listing and not in it were taken by another
+        process, which sends them; "sent" if batches came meanwhile, else "empty"."""
+        with self._state:
+            gone = [name for name in expected if name in self._fresh]
+            taken = sum(self._fresh.pop(name)[1] for name in gone)
+            self._mine.difference_update(gone)
+            more = bool(self._fresh)
+            self._state.notify_all()
+        STATE.counters.spans_spooled.add_many(taken)
+        return "sent" if more else "empty"
 
     def _let_go(self, name: str | None) -> None:
         """The batch in hand is counted; `name` (when not None) is settled for good: flush() and
