@@ -1,10 +1,22 @@
-"""Every test starts with a clean SDK, a clean environment and its own working directory."""
+"""Every test starts with a clean SDK, a clean environment and its own working directory.
+
+The real components tests share are fixtures here: a loopback OTLP receiver (HTTP, or HTTP and
+gRPC), the loopback LLM server the real openai and anthropic clients talk to, a real
+``redis-server``, and a Jupyter folder whose kernel is ipykernel on this Python.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from llm_server import LLMServer
+from otlp_receiver import OTLPReceiver
+from redis_server import RedisServer
 
 import sdk
 from sdk.testing import CapturedSpans, capture, reset
@@ -41,6 +53,64 @@ def tracer():
     from opentelemetry import trace
 
     return trace.get_tracer("tests.raw")
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    """A loopback OTLP/HTTP receiver for this test."""
+    with OTLPReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[OTLPReceiver]:
+    """A loopback OTLP receiver over HTTP and gRPC for this test."""
+    with OTLPReceiver(grpc=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[LLMServer]:
+    """The loopback OpenAI- and Anthropic-compatible server, shared by a module's tests."""
+    with LLMServer() as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_llm_server() -> Iterator[LLMServer]:
+    """The loopback LLM server, for one test (its request log starts empty)."""
+    with LLMServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for a module's tests (they use their own key prefixes)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (it may stop, pause and restart it)."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+KERNEL_NAME = "sessiontrace-test"
+
+
+@pytest.fixture(scope="module")
+def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Jupyter data folder whose one kernelspec (KERNEL_NAME) is ipykernel on this very Python (the venv's)."""
+    folder = tmp_path_factory.mktemp("jupyter")
+    spec = folder / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "sessiontrace tests", "language": "python"})
+    )
+    return folder
 
 
 __all__ = ["sdk"]

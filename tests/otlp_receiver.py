@@ -8,8 +8,7 @@
         sdk.flush()
         assert receiver.spans_named("my-span")
 
-Also a pytest fixture, `otlp_receiver`: put ``pytest_plugins = ["otlp_receiver"]`` in the test
-module (or in tests/conftest.py), or wrap `OTLPReceiver` in a fixture of your own.
+The tests get one through the `receiver` (HTTP) and `grpc_receiver` fixtures of tests/conftest.py.
 
 `POST /v1/traces`, `POST /v1/metrics` and `POST /v1/logs` bodies are decoded with the OTLP protobuf definitions
 (gzip and deflate ``Content-Encoding`` handled). Every request's headers, every span and every
@@ -29,11 +28,10 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -569,10 +567,3 @@ def closed_port_url() -> str:
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
     return f"http://{HOST}:{port}"
-
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[OTLPReceiver]:
-    """A running OTLPReceiver in normal mode, stopped after the test."""
-    with OTLPReceiver() as receiver:
-        yield receiver

@@ -27,25 +27,19 @@ PROMPT = [{"role": "user", "content": "hi"}]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
-
-
-def sent(server: LLMServer, path: str) -> int:
-    return sum(1 for p, _, _ in server.requests if p == path)
+def sent(llm_server: LLMServer, path: str) -> int:
+    return sum(1 for p, _, _ in llm_server.requests if p == path)
 
 
 def chat(client: openai.OpenAI) -> None:
     client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)  # type: ignore[arg-type]
 
 
-def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(server):
+def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(llm_server):
     """max_llm_calls=2: two requests reach the server; the third call raises BudgetExceeded with the limit, the usage and the session, and nothing is sent."""
     captured = capture()
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-    before = sent(server, "/v1/chat/completions")
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    before = sent(llm_server, "/v1/chat/completions")
     with sdk.session("capped", budget=sdk.Budget(max_llm_calls=2)) as s:
         chat(client)
         chat(client)
@@ -53,7 +47,7 @@ def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(server):
             chat(client)
         with pytest.raises(sdk.BudgetExceeded):  # every later call too
             chat(client)
-    assert sent(server, "/v1/chat/completions") - before == 2
+    assert sent(llm_server, "/v1/chat/completions") - before == 2
     error = raised.value
     assert (error.limit, error.maximum, error.used, error.session) == ("max_llm_calls", 2, 2, s)
     assert "max_llm_calls=2" in str(error)
@@ -65,12 +59,12 @@ def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(server):
     assert events[0].attributes["session.budget.limit"] == "max_llm_calls"
 
 
-def test_token_limit_from_the_servers_usage_with_anthropic(server):
+def test_token_limit_from_the_servers_usage_with_anthropic(llm_server):
     """max_tokens counts the input and output tokens the server reported (anthropic, sync and stream)."""
     capture()
-    claude = anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    claude = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
     per_call = INPUT_TOKENS + OUTPUT_TOKENS
-    before = sent(server, "/v1/messages")
+    before = sent(llm_server, "/v1/messages")
     with sdk.session("tokens", budget=sdk.Budget(max_tokens=2 * per_call)):
         claude.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=PROMPT)  # type: ignore[arg-type]
         with claude.messages.stream(model="claude-haiku-4-5", max_tokens=10, messages=PROMPT) as stream:  # type: ignore[arg-type]
@@ -78,37 +72,37 @@ def test_token_limit_from_the_servers_usage_with_anthropic(server):
         with pytest.raises(sdk.BudgetExceeded) as raised:
             with claude.messages.stream(model="claude-haiku-4-5", max_tokens=10, messages=PROMPT):  # type: ignore[arg-type]
                 pass
-    assert sent(server, "/v1/messages") - before == 2
+    assert sent(llm_server, "/v1/messages") - before == 2
     assert (raised.value.limit, raised.value.used) == ("max_tokens", 2 * per_call)
 
 
-async def test_cost_limit_with_the_async_client(server):
+async def test_cost_limit_with_the_async_client(llm_server):
     """max_cost_usd uses the priced cost of the server's usage numbers; the async client is refused the same way."""
     capture()
     per_call = (INPUT_TOKENS * 0.15 + OUTPUT_TOKENS * 0.6) / 1e6  # gpt-4o-mini, USD per million tokens
-    before = sent(server, "/v1/chat/completions")
-    async with openai.AsyncOpenAI(base_url=server.openai_url, api_key="k", max_retries=0) as client:
+    before = sent(llm_server, "/v1/chat/completions")
+    async with openai.AsyncOpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0) as client:
         with sdk.session("costly", budget=sdk.Budget(max_cost_usd=per_call * 2.5)) as s:
             for _ in range(3):
                 await client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)  # type: ignore[arg-type]
             with pytest.raises(sdk.BudgetExceeded) as raised:
                 await client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)  # type: ignore[arg-type]
-    assert sent(server, "/v1/chat/completions") - before == 3
+    assert sent(llm_server, "/v1/chat/completions") - before == 3
     assert raised.value.limit == "max_cost_usd"
     assert raised.value.used == pytest.approx(3 * per_call)
     assert s.usage.cost_usd == pytest.approx(3 * per_call)
 
 
-def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(server):
+def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(llm_server):
     """on_exceed="warn": every call is sent; the first excess records a session.budget_exceeded event and calls on_budget_exceeded once per limit."""
     seen: list[tuple[str, str]] = []
     captured = capture(on_budget_exceeded=lambda session, error: seen.append((session.name, error.limit)))
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-    before = sent(server, "/v1/chat/completions")
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    before = sent(llm_server, "/v1/chat/completions")
     with sdk.session("warned", budget=sdk.Budget(max_llm_calls=1, max_tokens=100, on_exceed="warn")):
         for _ in range(8):
             chat(client)
-    assert sent(server, "/v1/chat/completions") - before == 8
+    assert sent(llm_server, "/v1/chat/completions") - before == 8
     assert seen == [("warned", "max_llm_calls"), ("warned", "max_tokens")]  # 7 calls: 119 tokens
     root = captured.named("warned")
     limits = [
@@ -119,10 +113,10 @@ def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(
     assert root.attributes["session.state"] == "success"
 
 
-def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(server):
+def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(llm_server):
     """max_repeats=2: a tool called three times in a row with the same arguments makes the next LLM call raise; other arguments in between reset the count."""
     capture()
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
 
     @sdk.tool
     def search(query: str) -> str:
@@ -138,7 +132,9 @@ def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(se
     assert (raised.value.limit, raised.value.maximum, raised.value.used) == ("max_repeats", 2, 3)
 
 
-def test_session_budget_setting_applies_to_every_session_unless_it_has_its_own(server, monkeypatch, tmp_path):
+def test_session_budget_setting_applies_to_every_session_unless_it_has_its_own(
+    llm_server, monkeypatch, tmp_path
+):
     """session_budget (init keyword, environment text or pyproject table) is every session's default; a session's own budget wins."""
     monkeypatch.setenv("SESSIONTRACE_SESSION_BUDGET", "max_llm_calls=1,on_exceed=raise")
     assert load_config().session_budget == sdk.Budget(max_llm_calls=1)
@@ -146,7 +142,7 @@ def test_session_budget_setting_applies_to_every_session_unless_it_has_its_own(s
     monkeypatch.delenv("SESSIONTRACE_SESSION_BUDGET")
     assert load_config(cwd=tmp_path).session_budget == sdk.Budget(max_cost_usd=0.5, on_exceed="warn")
     capture(session_budget=sdk.Budget(max_llm_calls=1))
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("default") as default:
         chat(client)
         with pytest.raises(sdk.BudgetExceeded):
@@ -176,13 +172,13 @@ def test_bad_budgets_are_config_errors_naming_the_setting(raw, problem):
 
 
 @pytest.mark.subprocess
-def test_a_resumed_session_in_a_second_process_inherits_the_usage(server, tmp_path):
+def test_a_resumed_session_in_a_second_process_inherits_the_usage(llm_server, tmp_path):
     """A session that made two calls in one process and is resumed in another with max_llm_calls=3 gets one more call there."""
     script = textwrap.dedent(
         f"""
         import openai, sdk
         sdk.init(exporter="none", data_dir={str(tmp_path / "data")!r})
-        client = openai.OpenAI(base_url={server.openai_url!r}, api_key="k", max_retries=0)
+        client = openai.OpenAI(base_url={llm_server.openai_url!r}, api_key="k", max_retries=0)
         with sdk.session("conversation", session_id="conv-1", resume=True):
             for _ in range(2):
                 client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
@@ -194,7 +190,7 @@ def test_a_resumed_session_in_a_second_process_inherits_the_usage(server, tmp_pa
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     sdk.init(exporter="none", data_dir=str(tmp_path / "data"))
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session(
         "conversation", session_id="conv-1", resume=True, budget=sdk.Budget(max_llm_calls=3)
     ) as s:

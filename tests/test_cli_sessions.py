@@ -9,11 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer, free_port, requires_redis_server
+from redis_server import free_port, requires_redis_server
 
 import sdk
 from sdk.cli import format_cost, format_duration, format_time, main, parse_since
@@ -543,16 +542,10 @@ def test_store_option_and_setting_choose_the_store(capsys, tmp_path, monkeypatch
     assert len(ids_of(capsys)) == 4
 
 
-@pytest.fixture
-def redis_server(tmp_path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
 @requires_redis_server
-def test_redis_store(capsys, monkeypatch, redis_server):
+def test_redis_store(capsys, monkeypatch, own_redis_server):
     """With a Redis store (setting or --store), list, show and end work the same."""
-    url = redis_server.url + "?prefix=cli"
+    url = own_redis_server.url + "?prefix=cli"
     records = fill(RedisStore(url, expiry=3600.0))
     monkeypatch.setenv("SESSIONTRACE_SESSION_STORE", url)
     assert ids_of(capsys) == ["orphan-1", "chat-7f3a", "job-1", "old-1"]

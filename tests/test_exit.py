@@ -8,22 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from otlp_receiver import OTLPReceiver
 
 from sdk.export.jsonl import read_otlp_json_spans
 
 pytestmark = pytest.mark.subprocess
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 def run(

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,31 +51,27 @@ if os.environ.get("WAIT_FOR_KILL"):
 """
 
 
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver(grpc=True) as r:
-        yield r
-
-
 def child_env(endpoint: str, spans: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SESSIONTRACE_"))}
     env.update(ENDPOINT=endpoint, SPANS=str(spans), PYTHONUNBUFFERED="1", **extra)
     return env
 
 
-def deliver_the_spool(receiver: OTLPReceiver, proxy: FaultProxy, expected: int, **settings: object) -> None:
+def deliver_the_spool(
+    grpc_receiver: OTLPReceiver, proxy: FaultProxy, expected: int, **settings: object
+) -> None:
     """Bring the backend back and start a pipeline in the same folder (as the next process would)."""
     proxy.set_mode("forward")
     sdk.init(endpoint=proxy.url, export_interval=0.05, spool_retry_interval=0.05, metrics=False, **settings)
-    assert receiver.wait_for_spans(expected, timeout=30), (len(receiver.accepted_spans), expected)
+    assert grpc_receiver.wait_for_spans(expected, timeout=30), (len(grpc_receiver.accepted_spans), expected)
     time.sleep(0.3)  # anything sent twice would arrive now
 
 
-def assert_exactly_once(receiver: OTLPReceiver, count: int) -> None:
-    names = [s.name for s in receiver.accepted_spans if s.name.startswith("span-")]
+def assert_exactly_once(grpc_receiver: OTLPReceiver, count: int) -> None:
+    names = [s.name for s in grpc_receiver.accepted_spans if s.name.startswith("span-")]
     assert len(names) == count, f"{len(names)} span-* received for {count}"
     assert len(set(names)) == count, "a span arrived twice"
-    assert len({s.name for s in receiver.accepted_spans if s.name == "faulty"}) == 1
+    assert len({s.name for s in grpc_receiver.accepted_spans if s.name == "faulty"}) == 1
 
 
 @pytest.mark.parametrize(
@@ -84,10 +79,10 @@ def assert_exactly_once(receiver: OTLPReceiver, count: int) -> None:
     [("refuse", 0), ("reset", 0), ("status", 503), ("status", 429), ("hang", 0)],
     ids=["refused", "reset", "503", "429", "hanging"],
 )
-def test_backend_fault_program_exits_in_time_and_nothing_is_lost(tmp_path, receiver, mode, status):
+def test_backend_fault_program_exits_in_time_and_nothing_is_lost(tmp_path, grpc_receiver, mode, status):
     """Under each fault the program exits within flush_timeout, loses nothing, and the spool delivers each span once."""
     spans = 1500
-    with FaultProxy(("127.0.0.1", receiver.port)) as proxy:
+    with FaultProxy(("127.0.0.1", grpc_receiver.port)) as proxy:
         proxy.set_mode(mode, status, retry_after="0" if status == 429 else None)
         child = subprocess.run(
             [sys.executable, "-c", CHILD],
@@ -106,18 +101,18 @@ def test_backend_fault_program_exits_in_time_and_nothing_is_lost(tmp_path, recei
         assert exited - done < FLUSH_TIMEOUT + 0.5, "the exit handler outlasted flush_timeout"
         assert stats["spans_dropped"] == 0
         assert stats["spans_spooled"] + stats["spans_exported"] == stats["spans_ended"] >= spans + 1
-        assert receiver.accepted_spans == []  # nothing got through the fault
+        assert grpc_receiver.accepted_spans == []  # nothing got through the fault
         assert "unreachable" in child.stderr  # one warning says where the spans are kept
 
-        deliver_the_spool(receiver, proxy, spans + 1, live_sessions=False)
-        assert_exactly_once(receiver, spans)
+        deliver_the_spool(grpc_receiver, proxy, spans + 1, live_sessions=False)
+        assert_exactly_once(grpc_receiver, spans)
         assert not list(Path(".sessiontrace", "spool").glob("*/*.otlp"))
 
 
-def test_program_killed_while_backend_down_its_spool_is_delivered_by_the_next(tmp_path, receiver):
+def test_program_killed_while_backend_down_its_spool_is_delivered_by_the_next(tmp_path, grpc_receiver):
     """SIGKILL with the backend down: the next process in the folder sends the spooled spans, each once."""
     spans = 400
-    with FaultProxy(("127.0.0.1", receiver.port)) as proxy:
+    with FaultProxy(("127.0.0.1", grpc_receiver.port)) as proxy:
         proxy.set_mode("refuse")
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD],
@@ -142,15 +137,15 @@ def test_program_killed_while_backend_down_its_spool_is_delivered_by_the_next(tm
                 if stream is not None:
                     stream.close()
         assert stats["spans_spooled"] == spans + 1  # and the session's own span
-        deliver_the_spool(receiver, proxy, spans + 1, live_sessions=False)
-        names = [s.name for s in receiver.accepted_spans]
+        deliver_the_spool(grpc_receiver, proxy, spans + 1, live_sessions=False)
+        names = [s.name for s in grpc_receiver.accepted_spans]
         assert len(names) == len(set(names)) == spans + 1
         assert [n for n in names if not n.startswith("span-")] == ["faulty"]
 
 
-def test_grpc_backend_refusing_then_back(tmp_path, receiver):
+def test_grpc_backend_refusing_then_back(tmp_path, grpc_receiver):
     """Over gRPC too: a refusing backend's spans are spooled and delivered once when it is back."""
-    with FaultProxy(("127.0.0.1", receiver.grpc_port)) as proxy:
+    with FaultProxy(("127.0.0.1", grpc_receiver.grpc_port)) as proxy:
         proxy.set_mode("refuse")
         sdk.init(
             endpoint=proxy.url, protocol="grpc", export_interval=0.02, export_timeout=1,
@@ -163,18 +158,18 @@ def test_grpc_backend_refusing_then_back(tmp_path, receiver):
         assert sdk.flush()
         assert sdk.stats().spans_spooled == 50
         proxy.set_mode("forward")
-        assert receiver.wait_for_spans(50, timeout=30)
+        assert grpc_receiver.wait_for_spans(50, timeout=30)
         time.sleep(0.3)
-        names = [s.name for s in receiver.accepted_spans]
+        names = [s.name for s in grpc_receiver.accepted_spans]
         assert len(names) == len(set(names)) == 50
-        assert {r.path for r in receiver.requests} == {
+        assert {r.path for r in grpc_receiver.requests} == {
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
         }
 
 
-def test_memory_stays_bounded_while_the_backend_is_down(tmp_path, receiver):
+def test_memory_stays_bounded_while_the_backend_is_down(tmp_path, grpc_receiver):
     """20k spans with the backend refusing: the queue never passes its cap and the spans wait on disk, not in memory."""
-    with FaultProxy(("127.0.0.1", receiver.port)) as proxy:
+    with FaultProxy(("127.0.0.1", grpc_receiver.port)) as proxy:
         proxy.set_mode("refuse")
         sdk.init(
             endpoint=proxy.url, export_interval=0.05, max_queue_size=1000, metrics=False,
@@ -203,7 +198,7 @@ def test_memory_stays_bounded_while_the_backend_is_down(tmp_path, receiver):
         assert peak < 12 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
 
 
-def test_exit_with_backend_hanging_spools_the_request_in_flight(tmp_path, receiver):
+def test_exit_with_backend_hanging_spools_the_request_in_flight(tmp_path, grpc_receiver):
     """The batch whose request hangs at exit is spooled (not lost) and sent once by the next process."""
     script = textwrap.dedent(
         """
@@ -214,7 +209,7 @@ def test_exit_with_backend_hanging_spools_the_request_in_flight(tmp_path, receiv
             pass
         """
     )  # export_timeout stays 10 s: the request is still in flight at exit
-    with FaultProxy(("127.0.0.1", receiver.port)) as proxy:
+    with FaultProxy(("127.0.0.1", grpc_receiver.port)) as proxy:
         proxy.set_mode("hang")
         started = time.monotonic()
         child = subprocess.run(
@@ -223,5 +218,5 @@ def test_exit_with_backend_hanging_spools_the_request_in_flight(tmp_path, receiv
         )  # fmt: skip
         assert child.returncode == 0, child.stderr
         assert time.monotonic() - started < 1 + 8  # interpreter start, plus flush_timeout
-        deliver_the_spool(receiver, proxy, 1, live_sessions=False)
-        assert [s.name for s in receiver.accepted_spans] == ["span-0"]
+        deliver_the_spool(grpc_receiver, proxy, 1, live_sessions=False)
+        assert [s.name for s in grpc_receiver.accepted_spans] == ["span-0"]

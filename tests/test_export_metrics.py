@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import metrics, trace
@@ -16,13 +15,6 @@ from otlp_receiver import OTLPReceiver
 import sdk
 from sdk.export.batch import MARKER_NAME
 from sdk.export.meters import EarlyMeterProvider, metrics_handle
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
-
 
 SCRIPT = textwrap.dedent(
     """
@@ -270,3 +262,21 @@ def test_init_does_not_build_the_metrics_sdk_and_loses_nothing_meanwhile(tmp_pat
     got = points_by_name(receiver)
     assert [(p.count, p.value) for p in got["gen_ai.client.token.usage"]] == [(3, 60)]
     assert [p.count for p in got["sessiontrace.session.duration"]] == [4]
+
+
+def test_a_flush_shorter_than_a_slow_metrics_callback_returns_false_without_an_internal_error(receiver):
+    """An application's observable instrument whose callback outlasts `flush(timeout)` makes the flush
+    late (False), not broken: no exception reaches the caller and no internal error is counted."""
+    sdk.init(endpoint=receiver.url, metrics=True, export_interval=60)
+    assert metrics_handle().wait_built(10) is not None
+
+    def slow(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        time.sleep(0.5)
+        return [metrics.Observation(1)]
+
+    meter = metrics.get_meter("app")
+    meter.create_observable_gauge("app.slow", callbacks=[slow])
+    meter.create_observable_gauge("app.after_the_slow_one", callbacks=[slow])  # found past the deadline
+    before = sdk.stats().internal_errors
+    assert sdk.flush(0.05) is False
+    assert sdk.stats().internal_errors == before

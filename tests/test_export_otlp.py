@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from otlp_receiver import OTLPReceiver, ReceivedSpan, closed_port_url
+from otlp_receiver import ReceivedSpan, closed_port_url
 
 import sdk
 from sdk import runtime
 from sdk.export.batch import BatchExportProcessor
 
 SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 def run_with_watchdog(fn: Callable[[], Any], seconds: float = 5.0) -> Any:

@@ -4,7 +4,6 @@ several destinations from one init(). Against real loopback receivers (grpcio, a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,16 @@ from sdk.export.otlp import metrics_endpoint, traces_endpoint
 from sdk.settings import load_config
 
 
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver(grpc=True) as r:
-        yield r
-
-
 def one_session(name: str = "work") -> sdk.Session:
     with sdk.session(name, user_id="u-1") as s, trace.get_tracer("t").start_as_current_span("child"):
         pass
     return s
 
 
-def test_grpc_protocol_sends_sessions_with_headers_and_gzip(receiver):
+def test_grpc_protocol_sends_sessions_with_headers_and_gzip(grpc_receiver):
     """protocol=grpc sends traces (and metrics) to the gRPC port, with the headers as metadata, gzip-compressed."""
     sdk.init(
-        endpoint=receiver.grpc_url,
+        endpoint=grpc_receiver.grpc_url,
         protocol="grpc",
         headers={"x-api-key": "k1"},
         compression="gzip",
@@ -40,35 +33,35 @@ def test_grpc_protocol_sends_sessions_with_headers_and_gzip(receiver):
     )
     session = one_session()
     assert sdk.flush()
-    assert receiver.wait_for_spans(2)
-    spans = receiver.accepted_spans
+    assert grpc_receiver.wait_for_spans(2)
+    spans = grpc_receiver.accepted_spans
     assert {s.name for s in spans} == {"work", "child"}
     assert {s.trace_id for s in spans} == {session.trace_id}
-    paths = {r.path for r in receiver.requests}
+    paths = {r.path for r in grpc_receiver.requests}
     assert paths == {GRPC_TRACES, "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"}
-    assert all(r.headers["x-api-key"] == "k1" for r in receiver.requests)
+    assert all(r.headers["x-api-key"] == "k1" for r in grpc_receiver.requests)
 
 
-def test_protocol_from_otel_environment(receiver, monkeypatch):
+def test_protocol_from_otel_environment(grpc_receiver, monkeypatch):
     """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc with the generic endpoint variable selects gRPC."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", grpc_receiver.grpc_url)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     config = sdk.init(export_interval=0.05)
     assert config.protocol == "grpc"
     one_session()
     assert sdk.flush()
-    assert receiver.wait_for_spans(2)
-    assert {r.path for r in receiver.requests} == {GRPC_TRACES}
+    assert grpc_receiver.wait_for_spans(2)
+    assert {r.path for r in grpc_receiver.requests} == {GRPC_TRACES}
 
 
-def test_gzip_over_http(receiver):
+def test_gzip_over_http(grpc_receiver):
     """compression=gzip sends Content-Encoding: gzip bodies the receiver decodes."""
-    sdk.init(endpoint=receiver.url, compression="gzip", export_interval=0.05, metrics=False)
+    sdk.init(endpoint=grpc_receiver.url, compression="gzip", export_interval=0.05, metrics=False)
     one_session()
     assert sdk.flush()
-    assert receiver.wait_for_spans(2)
-    assert all(r.headers["content-encoding"] == "gzip" for r in receiver.requests)
+    assert grpc_receiver.wait_for_spans(2)
+    assert all(r.headers["content-encoding"] == "gzip" for r in grpc_receiver.requests)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +89,9 @@ def certificates(tmp_path_factory) -> dict[str, str]:
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_tls_with_a_ca_file(certificates, protocol):
     """An https:// endpoint is verified against certificate_file; spans arrive over TLS."""
-    with OTLPReceiver(grpc=True, tls=(certificates["server"], certificates["server_key"])) as receiver:
+    with OTLPReceiver(grpc=True, tls=(certificates["server"], certificates["server_key"])) as grpc_receiver:
         sdk.init(
-            endpoint=receiver.grpc_url if protocol == "grpc" else receiver.url,
+            endpoint=grpc_receiver.grpc_url if protocol == "grpc" else grpc_receiver.url,
             protocol=protocol,
             certificate_file=certificates["ca"],
             export_interval=0.05,
@@ -106,16 +99,16 @@ def test_tls_with_a_ca_file(certificates, protocol):
         )
         one_session()
         assert sdk.flush()
-        assert receiver.wait_for_spans(2)
+        assert grpc_receiver.wait_for_spans(2)
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_mutual_tls_from_otel_environment(certificates, monkeypatch, protocol):
     """OTEL_EXPORTER_OTLP_CERTIFICATE / _CLIENT_CERTIFICATE / _CLIENT_KEY give mutual TLS."""
     tls = (certificates["server"], certificates["server_key"])
-    with OTLPReceiver(grpc=True, tls=tls, client_ca=certificates["ca"]) as receiver:
+    with OTLPReceiver(grpc=True, tls=tls, client_ca=certificates["ca"]) as grpc_receiver:
         monkeypatch.setenv(
-            "OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_url if protocol == "grpc" else receiver.url
+            "OTEL_EXPORTER_OTLP_ENDPOINT", grpc_receiver.grpc_url if protocol == "grpc" else grpc_receiver.url
         )
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", certificates["ca"])
@@ -124,16 +117,16 @@ def test_mutual_tls_from_otel_environment(certificates, monkeypatch, protocol):
         sdk.init(export_interval=0.05, metrics=False)
         one_session()
         assert sdk.flush()
-        assert receiver.wait_for_spans(2)
+        assert grpc_receiver.wait_for_spans(2)
 
 
 def test_untrusted_certificate_is_not_sent_to(certificates, tmp_path):
     """Without the CA, the server's certificate is refused: nothing is sent, the batch waits in the spool."""
-    with OTLPReceiver(tls=(certificates["server"], certificates["server_key"])) as receiver:
-        sdk.init(endpoint=receiver.url, export_interval=0.05, metrics=False, live_sessions=False)
+    with OTLPReceiver(tls=(certificates["server"], certificates["server_key"])) as grpc_receiver:
+        sdk.init(endpoint=grpc_receiver.url, export_interval=0.05, metrics=False, live_sessions=False)
         one_session()
         assert sdk.flush()
-        assert receiver.accepted_spans == []
+        assert grpc_receiver.accepted_spans == []
         assert sdk.stats().spans_spooled == 2
 
 
@@ -179,13 +172,15 @@ def test_metric_export_interval_reads_milliseconds_from_otel():
     assert config.metrics is False
 
 
-def test_several_destinations_from_one_init(receiver):
+def test_several_destinations_from_one_init(grpc_receiver):
     """exporter=["otlp", "file"]: every span goes to the collector and to the local OTLP-JSON file."""
-    config = sdk.init(exporter=["otlp", "file"], endpoint=receiver.url, export_interval=0.05, metrics=False)
+    config = sdk.init(
+        exporter=["otlp", "file"], endpoint=grpc_receiver.url, export_interval=0.05, metrics=False
+    )
     assert config.exporter_kind == "otlp+file"
     session = one_session()
     assert sdk.flush()
-    assert receiver.wait_for_spans(2)
+    assert grpc_receiver.wait_for_spans(2)
     lines = [
         json.loads(line)
         for path in Path(".sessiontrace/traces").glob("*.jsonl")
@@ -198,8 +193,8 @@ def test_several_destinations_from_one_init(receiver):
         for ss in rs["scopeSpans"]
         for span in ss["spans"]
     ]
-    assert sorted(in_file) == sorted(s.name for s in receiver.accepted_spans) == ["child", "work"]
-    assert {s.trace_id for s in receiver.accepted_spans} == {session.trace_id}
+    assert sorted(in_file) == sorted(s.name for s in grpc_receiver.accepted_spans) == ["child", "work"]
+    assert {s.trace_id for s in grpc_receiver.accepted_spans} == {session.trace_id}
 
 
 def test_destinations_from_environment():

@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 from fault_proxy import FaultProxy
 from opentelemetry import trace
-from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk.export.encode import encode_spans
 from sdk.export.spool import Spool, count_spans
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 @pytest.fixture

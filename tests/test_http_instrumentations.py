@@ -38,12 +38,6 @@ CALLER_SERVICE = "caller"
 SERVER_SERVICE = "fastapi-service"
 
 
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
-
-
 class Service:
     """The example FastAPI service in a child process, exporting to the receiver."""
 

@@ -15,7 +15,7 @@ import anthropic
 import pytest
 import wrapt
 from anthropic.resources.messages.messages import AsyncMessages, Messages
-from llm_server import INPUT_TOKENS, OUTPUT_TOKENS, LLMServer, answer_for
+from llm_server import INPUT_TOKENS, OUTPUT_TOKENS, answer_for
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -30,21 +30,17 @@ TESTS = Path(__file__).resolve().parent
 COST = (INPUT_TOKENS * 1.0 + OUTPUT_TOKENS * 5.0) / 1e6
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
+@pytest.fixture
+def client(llm_server):
+    return anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="test-key", max_retries=0)
 
 
 @pytest.fixture
-def client(server):
-    return anthropic.Anthropic(base_url=server.anthropic_url, api_key="test-key", max_retries=0)
-
-
-@pytest.fixture
-def aclient(server):
+def aclient(llm_server):
     """Makes an async client; use it as ``async with aclient() as client`` inside the event loop."""
-    return lambda: anthropic.AsyncAnthropic(base_url=server.anthropic_url, api_key="test-key", max_retries=0)
+    return lambda: anthropic.AsyncAnthropic(
+        base_url=llm_server.anthropic_url, api_key="test-key", max_retries=0
+    )
 
 
 def llm_spans(captured):
@@ -299,7 +295,7 @@ def test_uninstrument_restores_the_originals(captured, client):
 
 
 @pytest.mark.subprocess
-def test_client_imported_after_init(server):
+def test_client_imported_after_init(llm_server):
     """anthropic imported after init() is patched on import: one span per call, the native one suppressed."""
     code = f"""
         import sys
@@ -307,7 +303,7 @@ def test_client_imported_after_init(server):
         captured = capture()
         assert "anthropic" not in sys.modules
         import anthropic
-        client = anthropic.Anthropic(base_url={server.anthropic_url!r}, api_key="k", max_retries=0)
+        client = anthropic.Anthropic(base_url={llm_server.anthropic_url!r}, api_key="k", max_retries=0)
         client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{{"role": "user", "content": "hi"}}])
         with client.messages.stream(model="claude-haiku-4-5", max_tokens=5, messages=[{{"role": "user", "content": "hi"}}]) as s:
             s.until_done()

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 import wrapt
-from llm_server import EMBEDDING, INPUT_TOKENS, OUTPUT_TOKENS, LLMServer, answer_for
+from llm_server import EMBEDDING, INPUT_TOKENS, OUTPUT_TOKENS, answer_for
 from openai.resources.chat.completions.completions import AsyncCompletions, Completions
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,21 +29,15 @@ PROMPT = [{"role": "user", "content": "What is the weather in Paris?"}]
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
+@pytest.fixture
+def client(llm_server):
+    return openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0)
 
 
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.openai_url, api_key="test-key", max_retries=0)
-
-
-@pytest.fixture
-def aclient(server):
+def aclient(llm_server):
     """Makes an async client; use it as ``async with aclient() as client`` inside the event loop."""
-    return lambda: openai.AsyncOpenAI(base_url=server.openai_url, api_key="test-key", max_retries=0)
+    return lambda: openai.AsyncOpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0)
 
 
 def llm_spans(captured):
@@ -647,7 +641,7 @@ def _run_child(code: str) -> str:
 
 
 @pytest.mark.subprocess
-def test_client_imported_after_init(server):
+def test_client_imported_after_init(llm_server):
     """openai imported after init() is patched by the post-import hook: one span per call."""
     out = _run_child(
         f"""
@@ -656,7 +650,7 @@ def test_client_imported_after_init(server):
         captured = capture()
         assert "openai" not in sys.modules
         import openai
-        client = openai.OpenAI(base_url={server.openai_url!r}, api_key="k", max_retries=0)
+        client = openai.OpenAI(base_url={llm_server.openai_url!r}, api_key="k", max_retries=0)
         client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
         print(sorted(s.name for s in captured.spans()))
         """
@@ -665,7 +659,7 @@ def test_client_imported_after_init(server):
 
 
 @pytest.mark.subprocess
-def test_genai_metrics_are_recorded(server):
+def test_genai_metrics_are_recorded(llm_server):
     """Token usage, duration and time to first chunk go to the OpenTelemetry metrics API."""
     out = _run_child(
         f"""
@@ -678,7 +672,7 @@ def test_genai_metrics_are_recorded(server):
         import openai
         from sdk.testing import capture
         capture()
-        client = openai.OpenAI(base_url={server.openai_url!r}, api_key="k", max_retries=0)
+        client = openai.OpenAI(base_url={llm_server.openai_url!r}, api_key="k", max_retries=0)
         client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
         for _ in client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}], stream=True, stream_options={{"include_usage": True}}):
             pass

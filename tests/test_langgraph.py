@@ -79,11 +79,11 @@ def build(model, tools=(get_weather,), checkpointer=None, handle_tool_errors=Fal
     return graph.compile(checkpointer=checkpointer if checkpointer is not None else InMemorySaver())
 
 
-def chat(server: LLMServer, *, stream: bool = True, responses: bool = False, tools=(get_weather,)):
+def chat(fresh_llm_server: LLMServer, *, stream: bool = True, responses: bool = False, tools=(get_weather,)):
     """ChatOpenAI on the loopback server, with tools bound."""
     model = ChatOpenAI(
         model="script",
-        base_url=server.openai_url,
+        base_url=fresh_llm_server.openai_url,
         api_key="test",
         max_retries=0,
         streaming=stream,
@@ -99,20 +99,14 @@ def offline():
         yield
 
 
-@pytest.fixture
-def server():
-    with LLMServer() as running:
-        yield running
-
-
 def config(thread: str) -> dict:
     return {"configurable": {"thread_id": thread}}
 
 
-def test_a_graph_run_is_a_workflow_of_nodes_with_their_model_and_tool_spans(server):
+def test_a_graph_run_is_a_workflow_of_nodes_with_their_model_and_tool_spans(fresh_llm_server):
     """Inside a session: workflow -> node agent -> chat, node tools -> execute_tool -> the user's span; one model span per request."""
     captured = capture(service_name="tests")
-    graph = build(chat(server, stream=False))
+    graph = build(chat(fresh_llm_server, stream=False))
     with sdk.session("s") as session:
         out = graph.invoke({"messages": [HumanMessage("weather?")]}, config("t"))
     assert out["messages"][-1].text == answer_for("weather?")
@@ -129,17 +123,17 @@ def test_a_graph_run_is_a_workflow_of_nodes_with_their_model_and_tool_spans(serv
     ]
     assert children(spans, captured.named("execute_tool get_weather")) == ["execute_tool user.weather_lookup"]
     model = llm_spans(spans)
-    assert len(model) == len(server.requests) == 2
+    assert len(model) == len(fresh_llm_server.requests) == 2
     assert all(s.attributes["gen_ai.usage.input_tokens"] > 0 for s in model)  # with_raw_response is recorded
     assert workflow.attributes["langgraph.thread_id"] == "t"
     assert workflow.attributes["gen_ai.conversation.id"] == "t"
     assert {n.attributes["langgraph.node"] for n in nodes} == {"agent", "tools"}
 
 
-def test_thread_ids_are_no_sessions_by_default_and_a_session_wins_when_inside_one(server):
+def test_thread_ids_are_no_sessions_by_default_and_a_session_wins_when_inside_one(fresh_llm_server):
     """Without session_from a thread's run is in no session; inside a session it stays there whatever its thread."""
     captured = capture(service_name="tests")
-    graph = build(chat(server))
+    graph = build(chat(fresh_llm_server))
     graph.invoke({"messages": [HumanMessage("one")]}, config("t"))
     assert sdk.sessions() == []
     assert all("session.id" not in s.attributes for s in captured.spans())
@@ -155,10 +149,10 @@ def expected_history(k: int) -> int:
 
 
 @pytest.mark.parametrize("responses", [False, True], ids=["chat", "responses"])
-def test_ten_threads_five_invocations_concurrently_on_one_graph(server, responses):
+def test_ten_threads_five_invocations_concurrently_on_one_graph(fresh_llm_server, responses):
     """Acceptance: one compiled graph, 10 threads x 5 streamed ainvoke at once, session_from thread_id, no session code: every span in its thread's session."""
     captured = capture(service_name="tests", session_from=THREAD, session_store="none")
-    graph = build(chat(server, stream=True, responses=responses))
+    graph = build(chat(fresh_llm_server, stream=True, responses=responses))
 
     async def thread(i: int) -> None:
         for k in range(5):
@@ -185,13 +179,13 @@ def test_ten_threads_five_invocations_concurrently_on_one_graph(server, response
         "execute_tool get_weather": 5,
         "execute_tool user.weather_lookup": 5,
     }
-    assert len(llm_spans(spans)) == len(server.requests) == 100
+    assert len(llm_spans(spans)) == len(fresh_llm_server.requests) == 100
 
 
-def test_ten_threads_invoking_from_a_thread_pool_stay_apart(server):
+def test_ten_threads_invoking_from_a_thread_pool_stay_apart(fresh_llm_server):
     """The same with sync invoke from 10 OS threads (nodes in LangGraph's own pool): every span in its thread's session."""
     captured = capture(service_name="tests", session_from=THREAD, session_store="none")
-    graph = build(chat(server, stream=False))
+    graph = build(chat(fresh_llm_server, stream=False))
 
     def thread(i: int) -> None:
         for k in range(5):
@@ -264,10 +258,10 @@ def test_a_thread_resumed_from_its_checkpoint_in_a_second_process_continues_its_
         assert (before[thread][1], segment) == (1, 2)
 
 
-def test_a_stream_consumed_in_part_leaves_the_consumer_outside_the_session(server):
+def test_a_stream_consumed_in_part_leaves_the_consumer_outside_the_session(fresh_llm_server):
     """graph.stream() steps run in the thread's session; the consumer's code between steps and after a break does not."""
     captured = capture(service_name="tests", session_from=THREAD)
-    graph = build(chat(server))
+    graph = build(chat(fresh_llm_server))
     raw = trace.get_tracer("tests.consumer")
     for _chunk in graph.stream({"messages": [HumanMessage("one")]}, config("t-s"), stream_mode="updates"):
         assert sdk.current_session() is None
@@ -284,14 +278,14 @@ def test_a_stream_consumed_in_part_leaves_the_consumer_outside_the_session(serve
     assert {s.attributes["session.id"] for s in graph_spans} == {"t-s"}
 
 
-def test_a_chat_model_no_client_instrumentation_records_is_recorded_from_langchain(server):
+def test_a_chat_model_no_client_instrumentation_records_is_recorded_from_langchain(fresh_llm_server):
     """A model call no instrumented client made (another provider's chat model; openai not instrumented) is one span, from LangChain's result."""
     captured = capture(service_name="tests", instrument=["langgraph"])
-    graph = build(chat(server, stream=True))
+    graph = build(chat(fresh_llm_server, stream=True))
     with sdk.session("s") as session:
         graph.invoke({"messages": [HumanMessage("weather?")]}, config("t"))
     model = llm_spans(captured.spans())
-    assert len(model) == len(server.requests) == 2
+    assert len(model) == len(fresh_llm_server.requests) == 2
     for span in model:
         assert span.attributes["gen_ai.provider.name"] == "openai"
         assert span.attributes["gen_ai.request.model"] == "script"
@@ -307,10 +301,10 @@ def test_a_chat_model_no_client_instrumentation_records_is_recorded_from_langcha
     assert span.parent is not None
 
 
-def test_a_failing_tool_marks_its_span_and_the_graph_goes_on(server):
+def test_a_failing_tool_marks_its_span_and_the_graph_goes_on(fresh_llm_server):
     """A tool that raises: its span has the error; ToolNode turns it into a message and the graph answers."""
     captured = capture(service_name="tests")
-    graph = build(chat(server, tools=(broken,)), tools=(broken,), handle_tool_errors=True)
+    graph = build(chat(fresh_llm_server, tools=(broken,)), tools=(broken,), handle_tool_errors=True)
     with sdk.session("s"):
         out = graph.invoke({"messages": [HumanMessage("weather?")]}, config("t"))
     assert out["messages"][-1].text == answer_for("weather?")
@@ -342,10 +336,10 @@ def test_an_interrupt_is_not_an_error_and_the_resume_joins_the_thread_session():
     assert set(open_traces()) == {"t-i"}
 
 
-def test_uninstrument_leaves_the_graph_unrecorded(server):
+def test_uninstrument_leaves_the_graph_unrecorded(fresh_llm_server):
     """After sdk.uninstrument("langgraph") graphs, nodes and tools make no spans of ours; instrument() brings them back."""
     captured = capture(service_name="tests")
-    graph = build(chat(server, stream=False))
+    graph = build(chat(fresh_llm_server, stream=False))
     sdk.uninstrument("langgraph")
     graph.invoke({"messages": [HumanMessage("one")]}, config("t"))
     assert [s.name for s in captured.spans()] == [

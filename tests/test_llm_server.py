@@ -6,7 +6,7 @@ import json
 
 import openai
 import pytest
-from llm_server import LLMServer, answer_for, chat_turn, scripted_tool_call, tool_arguments
+from llm_server import answer_for, chat_turn, scripted_tool_call, tool_arguments
 
 WEATHER = {
     "type": "function",
@@ -18,15 +18,9 @@ WEATHER = {
 HANDOFF = {"type": "function", "function": {"name": "transfer_to_weather", "parameters": {"type": "object"}}}
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
-
-
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.openai_url, api_key="test", max_retries=0)
+def client(llm_server):
+    return openai.OpenAI(base_url=llm_server.openai_url, api_key="test", max_retries=0)
 
 
 def test_chat_calls_the_offered_tool_then_answers_once_its_result_is_in(client):

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from fault_proxy import FaultProxy
 from opentelemetry import trace
-from otlp_receiver import OTLPReceiver
 from test_export_spool import encoded_batch
 
 import sdk
@@ -26,12 +25,6 @@ from sdk.settings import load_config
 
 DATA = Path(".sessiontrace")
 FAST = {"export_interval": 0.02, "export_timeout": 1.0, "spool_retry_interval": 0.05, "metrics": False}
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk import logs
@@ -180,12 +179,6 @@ def test_extra_fields_given_by_the_caller_are_kept(captured, app_logger, collect
     with sdk.session("s"):
         app_logger.info("mine", extra={"session_id": "chosen-by-app"})
     assert _parse(collected.lines[0])[0] == "chosen-by-app"
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
 
 
 def test_exported_logs_of_two_concurrent_sessions_arrive_with_their_session_and_trace(receiver, app_logger):

@@ -10,7 +10,6 @@ shut down (so what is checked includes the flush at kernel shutdown).
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from conftest import KERNEL_NAME
 from nbclient import NotebookClient
 from nbformat import NotebookNode
 
@@ -30,21 +30,7 @@ from sdk.export.jsonl import read_otlp_json_spans
 pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL_NAME = "sessiontrace-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@pytest.fixture(scope="module")
-def kernel_dirs(tmp_path_factory) -> Path:
-    """A Jupyter data folder whose one kernelspec is ipykernel on this very Python (the venv's)."""
-    folder = tmp_path_factory.mktemp("jupyter")
-    spec = folder / "kernels" / KERNEL_NAME
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "sessiontrace tests", "language": "python"})
-    )
-    return folder
 
 
 def kernel_env(home: Path, **extra: str) -> dict[str, str]:
@@ -643,7 +629,7 @@ def test_the_sdks_own_lines_are_normal_cell_output_not_stderr(tmp_path, kernel_d
             "import sdk\nsdk.init(service_name='calm', console_summary=True)",
             "s = sdk.start_session('calm-session')\nsdk.end_session(s)",
             "sdk.init(service_name='calm', endpoint='http://127.0.0.1:9', spool=False, export_interval=0.01,"
-            " console_summary=False)\nwith sdk.session('to-nowhere'):\n    pass\nsdk.flush(1.0)",
+            " console_summary=False)\nwith sdk.session('to-nowhere'):\n    pass\nsdk.flush(10.0)",
         ],
         tmp_path,
         kernel_dirs,

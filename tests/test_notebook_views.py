@@ -13,9 +13,7 @@ import re
 import pytest
 from llm_server import INPUT_TOKENS, OUTPUT_TOKENS, LLMServer
 from nbformat import NotebookNode
-from test_notebook import Spans, attrs, execute, kernel_dirs, no_hook_errors, outputs, raising, stream_text
-
-__all__ = ["kernel_dirs"]  # the fixture, shared with test_notebook.py
+from test_notebook import Spans, attrs, execute, no_hook_errors, outputs, raising, stream_text
 
 pytestmark = pytest.mark.subprocess
 

@@ -13,13 +13,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fault_proxy import FaultProxy
 from opentelemetry import trace
-from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk import runtime
@@ -27,12 +25,6 @@ from sdk.export.jsonl import read_otlp_json_spans
 from sdk.store import writer as store_writer
 
 DATA = Path(".sessiontrace")
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as r:
-        yield r
 
 
 def child_env(**extra: str) -> dict[str, str]:

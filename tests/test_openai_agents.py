@@ -73,17 +73,11 @@ def offline(monkeypatch):
         yield
 
 
-@pytest.fixture
-def server():
-    with LLMServer() as running:
-        yield running
-
-
-def run(server: LLMServer, work, api: str = "responses"):
+def run(fresh_llm_server: LLMServer, work, api: str = "responses"):
     """Run `work()` in a new event loop, the Agents SDK pointed at the loopback server through a client of that loop."""
 
     async def main():
-        async with AsyncOpenAI(base_url=server.openai_url, api_key="test", max_retries=0) as client:
+        async with AsyncOpenAI(base_url=fresh_llm_server.openai_url, api_key="test", max_retries=0) as client:
             agents.set_default_openai_client(client, use_for_tracing=False)
             agents.set_default_openai_api(api)
             return await work()
@@ -103,11 +97,11 @@ async def turn(text: str, conversation: str, *, stream: bool, **kwargs) -> str:
     return str(result.final_output)
 
 
-def test_a_run_is_a_workflow_of_agents_handoff_tool_and_one_span_per_model_call(server):
+def test_a_run_is_a_workflow_of_agents_handoff_tool_and_one_span_per_model_call(fresh_llm_server):
     """Inside a session: workflow -> agents -> model calls, handoff, tool (and the user's span in it), all in the session's trace."""
     captured = capture(service_name="tests")
     with sdk.session("support") as session:
-        assert run(server, lambda: turn("weather?", "c", stream=False)) == answer_for("weather?")
+        assert run(fresh_llm_server, lambda: turn("weather?", "c", stream=False)) == answer_for("weather?")
     spans = captured.spans()
     check_sessions(spans, {session.id: session.trace_id_int})
     workflow = captured.named("invoke_workflow Agent workflow")
@@ -117,7 +111,7 @@ def test_a_run_is_a_workflow_of_agents_handoff_tool_and_one_span_per_model_call(
     assert children(spans, triage) == ["guardrail polite", "chat script", "handoff weather"]
     assert children(spans, weather) == ["chat script", "execute_tool get_weather", "chat script"]
     assert children(spans, captured.named("execute_tool get_weather")) == ["execute_tool user.weather_lookup"]
-    assert len(llm_spans(spans)) == len(server.requests) == 3
+    assert len(llm_spans(spans)) == len(fresh_llm_server.requests) == 3
     handoff = captured.named("handoff weather").attributes
     assert (handoff["openai_agents.handoff.from"], handoff["openai_agents.handoff.to"]) == (
         "triage",
@@ -133,13 +127,13 @@ def test_a_run_is_a_workflow_of_agents_handoff_tool_and_one_span_per_model_call(
 
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "no-stream"])
-def test_model_spans_hold_usage_and_response_ids_in_every_mode(server, api, stream):
+def test_model_spans_hold_usage_and_response_ids_in_every_mode(fresh_llm_server, api, stream):
     """Responses and chat completions, streamed or not: one model span per request, each with usage and its response id."""
     captured = capture(service_name="tests")
     with sdk.session("s"):
-        run(server, lambda: turn("weather?", "c", stream=stream), api)
+        run(fresh_llm_server, lambda: turn("weather?", "c", stream=stream), api)
     model = llm_spans(captured.spans())
-    assert len(model) == len(server.requests) == 3
+    assert len(model) == len(fresh_llm_server.requests) == 3
     for span in model:
         assert span.attributes["gen_ai.usage.input_tokens"] > 0
         assert span.attributes["gen_ai.response.id"].startswith(
@@ -149,7 +143,7 @@ def test_model_spans_hold_usage_and_response_ids_in_every_mode(server, api, stre
 
 
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
-def test_ten_conversations_five_turns_concurrently_each_in_its_own_session(server, api):
+def test_ten_conversations_five_turns_concurrently_each_in_its_own_session(fresh_llm_server, api):
     """Acceptance: 10 conversations x 5 streamed turns at once, session_from group_id, no session code: every span in its conversation's session, none doubled."""
     captured = capture(service_name="tests", session_from=GROUP, session_store="none")
 
@@ -162,7 +156,7 @@ def test_ten_conversations_five_turns_concurrently_each_in_its_own_session(serve
     async def main() -> None:
         await asyncio.gather(*(conversation(i) for i in range(10)))
 
-    run(server, main, api)
+    run(fresh_llm_server, main, api)
     traces = open_traces()
     assert set(traces) == {f"c{i}" for i in range(10)}
     spans = captured.spans()
@@ -183,7 +177,7 @@ def test_ten_conversations_five_turns_concurrently_each_in_its_own_session(serve
         "execute_tool user.weather_lookup": 5,
         "chat script": 15,
     }
-    assert len(llm_spans(spans)) == len(server.requests) == 150
+    assert len(llm_spans(spans)) == len(fresh_llm_server.requests) == 150
     workflow = next(s for s in spans if s.name == "invoke_workflow support")
     assert workflow.attributes["gen_ai.conversation.id"] == workflow.attributes["session.id"]
     session = sdk.sessions()[0].session
@@ -191,7 +185,7 @@ def test_ten_conversations_five_turns_concurrently_each_in_its_own_session(serve
     assert session.span.attributes["sessiontrace.session.source"] == "openai_agents.group_id"
 
 
-def test_session_objects_and_conversation_ids_are_sources_too(server, tmp_path):
+def test_session_objects_and_conversation_ids_are_sources_too(fresh_llm_server, tmp_path):
     """A run with an Agents SDK Session (SQLiteSession) or a conversation_id goes in the session with that id, when its source is on."""
     capture(service_name="tests", session_from=["openai_agents.session", "openai_agents.conversation_id"])
     memory = SQLiteSession("user-42", str(tmp_path / "memory.db"))
@@ -201,13 +195,13 @@ def test_session_objects_and_conversation_ids_are_sources_too(server, tmp_path):
         await turn("two", "user-42", stream=True, session=memory)
         await turn("three", "conv-9", stream=False, conversation_id="conv-9")
 
-    run(server, main)
+    run(fresh_llm_server, main)
     traces = open_traces()
     assert set(traces) == {"user-42", "conv-9"}
     assert len(asyncio.run(memory.get_items())) > 2  # the Agents SDK's own memory worked as usual
 
 
-def test_a_trace_the_user_opens_with_a_group_id_puts_its_runs_in_that_session(server):
+def test_a_trace_the_user_opens_with_a_group_id_puts_its_runs_in_that_session(fresh_llm_server):
     """`with agents.trace(..., group_id=X)` around several runs outside any session: the trace and all its runs are in session X."""
     captured = capture(service_name="tests", session_from=GROUP)
 
@@ -216,7 +210,7 @@ def test_a_trace_the_user_opens_with_a_group_id_puts_its_runs_in_that_session(se
             await turn("one", "conv-outer", stream=False)
             await turn("two", "conv-outer", stream=True)
 
-    run(server, main)
+    run(fresh_llm_server, main)
     traces = open_traces()
     assert set(traces) == {"conv-outer"}
     spans = captured.spans()
@@ -226,42 +220,44 @@ def test_a_trace_the_user_opens_with_a_group_id_puts_its_runs_in_that_session(se
     assert Counter(children(spans, outer)) == {"invoke_agent triage": 2, "invoke_agent weather": 2}
 
 
-def test_mapping_is_off_by_default_and_inside_a_session_the_session_wins(server):
+def test_mapping_is_off_by_default_and_inside_a_session_the_session_wins(fresh_llm_server):
     """Without session_from a group's runs are in no session (but name their conversation); inside a session they stay in it."""
     captured = capture(service_name="tests")
-    run(server, lambda: turn("one", "g", stream=False, run_config=RunConfig(group_id="g")))
+    run(fresh_llm_server, lambda: turn("one", "g", stream=False, run_config=RunConfig(group_id="g")))
     assert sdk.sessions() == []
     workflow = captured.named("invoke_workflow Agent workflow")
     assert "session.id" not in workflow.attributes
     assert workflow.attributes["gen_ai.conversation.id"] == "g"
     captured = capture(service_name="tests", session_from=GROUP)
     with sdk.session("mine") as mine:
-        run(server, lambda: turn("two", "g", stream=True, run_config=RunConfig(group_id="g")))
+        run(fresh_llm_server, lambda: turn("two", "g", stream=True, run_config=RunConfig(group_id="g")))
     assert {s.attributes["session.id"] for s in work_spans(captured.spans())} == {mine.id}
 
 
-def test_a_conversation_resumes_in_its_trace_after_its_session_ended(server):
+def test_a_conversation_resumes_in_its_trace_after_its_session_ended(fresh_llm_server):
     """With a session store, a conversation whose session ended (idle, restart) continues in the same trace, next segment."""
     captured = capture(service_name="tests", session_from=GROUP, session_store="memory")
-    run(server, lambda: turn("one", "conv-r", stream=False, run_config=RunConfig(group_id="conv-r")))
+    run(
+        fresh_llm_server, lambda: turn("one", "conv-r", stream=False, run_config=RunConfig(group_id="conv-r"))
+    )
     first = sdk.sessions()[0].session
     sdk.end_session("conv-r")
-    run(server, lambda: turn("two", "conv-r", stream=True, run_config=RunConfig(group_id="conv-r")))
+    run(fresh_llm_server, lambda: turn("two", "conv-r", stream=True, run_config=RunConfig(group_id="conv-r")))
     second = sdk.sessions()[0].session
     assert (second.id, second.trace_id, second.segment) == ("conv-r", first.trace_id, 2)
     traces = {"conv-r": first.trace_id_int}
     check_sessions(captured.spans(), traces)
 
 
-def test_a_tripped_guardrail_is_recorded_and_the_exception_reaches_the_program(server):
+def test_a_tripped_guardrail_is_recorded_and_the_exception_reaches_the_program(fresh_llm_server):
     """A guardrail that trips: its span says triggered, the run's exception reaches the caller unchanged."""
     captured = capture(service_name="tests")
     with sdk.session("s"), pytest.raises(InputGuardrailTripwireTriggered):
-        run(server, lambda: turn("you are rude", "c", stream=False))
+        run(fresh_llm_server, lambda: turn("you are rude", "c", stream=False))
     assert captured.named("guardrail polite").attributes["openai_agents.guardrail.triggered"] is True
 
 
-def test_set_trace_processors_keeps_the_bridge_in_either_order(server):
+def test_set_trace_processors_keeps_the_bridge_in_either_order(fresh_llm_server):
     """agents.set_trace_processors([]) (the way to turn off the OpenAI export) after init() keeps our processor, once."""
     captured = capture(service_name="tests")
     agents.set_trace_processors([])
@@ -269,18 +265,18 @@ def test_set_trace_processors_keeps_the_bridge_in_either_order(server):
     processors = agents.tracing.get_trace_provider()._multi_processor._processors
     assert [type(p).__name__ for p in processors] == ["SessiontraceProcessor"]
     with sdk.session("s"):
-        run(server, lambda: turn("one", "c", stream=False))
+        run(fresh_llm_server, lambda: turn("one", "c", stream=False))
     assert len([s for s in captured.spans() if s.name == "invoke_workflow Agent workflow"]) == 1
 
 
-def test_the_bridge_records_model_calls_no_client_instrumentation_saw(server):
+def test_the_bridge_records_model_calls_no_client_instrumentation_saw(fresh_llm_server):
     """With the openai client not instrumented, the bridge records each model call itself: one span per request, with usage and cost counted."""
     captured = capture(service_name="tests", instrument=["openai_agents"])
     for api in ("responses", "chat_completions"):
         with sdk.session("s") as session:
-            run(server, lambda: turn("one", "c", stream=True), api)
+            run(fresh_llm_server, lambda: turn("one", "c", stream=True), api)
     model = llm_spans(captured.spans())
-    assert len(model) == len(server.requests) == 6
+    assert len(model) == len(fresh_llm_server.requests) == 6
     for span in model:
         assert span.attributes["gen_ai.usage.output_tokens"] > 0
         assert span.attributes["gen_ai.request.model"] == "script"
@@ -288,24 +284,24 @@ def test_the_bridge_records_model_calls_no_client_instrumentation_saw(server):
     assert session.usage.llm_calls == 3
 
 
-def test_tool_content_is_captured_only_when_asked(server):
+def test_tool_content_is_captured_only_when_asked(fresh_llm_server):
     """With capture_content, tool spans record their arguments and result (redacted); without, never."""
     captured = capture(service_name="tests", capture_content=True)
     with sdk.session("s"):
-        run(server, lambda: turn("weather?", "c", stream=False))
+        run(fresh_llm_server, lambda: turn("weather?", "c", stream=False))
     tool = captured.named("execute_tool get_weather").attributes
     assert "Paris" in tool["gen_ai.tool.call.arguments"]
     assert "sunny" in tool["gen_ai.tool.call.result"]
 
 
-def test_uninstrument_makes_the_bridge_inert(server):
+def test_uninstrument_makes_the_bridge_inert(fresh_llm_server):
     """After sdk.uninstrument(), Agents SDK runs make no spans of ours; instrumenting again brings them back."""
     captured = capture(service_name="tests")
     sdk.uninstrument("openai_agents")
-    run(server, lambda: turn("one", "c", stream=False))
+    run(fresh_llm_server, lambda: turn("one", "c", stream=False))
     assert not [s for s in captured.spans() if s.name.startswith("invoke_")]
     sdk.instrument("openai_agents")
-    run(server, lambda: turn("two", "c", stream=False))
+    run(fresh_llm_server, lambda: turn("two", "c", stream=False))
     assert [s.name for s in captured.spans() if s.name.startswith("invoke_workflow")] == [
         "invoke_workflow Agent workflow"
     ]

@@ -40,17 +40,6 @@ FORKS = 20
 TREE = (Path(__file__).resolve().parent.parent).as_posix()
 
 
-@pytest.fixture
-def otlp_receiver() -> Iterator[OTLPReceiver]:
-    """A loopback OTLP/HTTP receiver for this test.
-
-    (Not ``pytest_plugins = ["otlp_receiver"]``: other test modules import otlp_receiver directly,
-    and pytest refuses to register an already imported module as a plugin.)
-    """
-    with OTLPReceiver() as receiver:
-        yield receiver
-
-
 def _child_env(receiver: OTLPReceiver, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIONTRACE_", "OTEL_"))}
     env.update(
@@ -243,22 +232,22 @@ class Service:
 
 
 @pytest.fixture
-def sdk_service(otlp_receiver, tmp_path) -> Iterator[Service]:
-    service = Service(SDK_SERVICE, tmp_path, _child_env(otlp_receiver))
+def sdk_service(receiver, tmp_path) -> Iterator[Service]:
+    service = Service(SDK_SERVICE, tmp_path, _child_env(receiver))
     yield service
     service.stop()
 
 
-def test_callee_session_with_parent_headers_joins_the_callers_trace_and_session(otlp_receiver, sdk_service):
+def test_callee_session_with_parent_headers_joins_the_callers_trace_and_session(receiver, sdk_service):
     """A service that opens sdk.session("handle", parent=headers) records its spans in the caller's trace, under the caller's span, with the caller's session.id."""
-    _init_caller(otlp_receiver)
+    _init_caller(receiver)
     tracer = trace.get_tracer(TRACER)
     with sdk.session("caller") as s:
         with tracer.start_as_current_span("call-session") as call:
             reply = sdk_service.get("/session", sdk.context.inject())
     assert reply["session"] == s.id
     sdk.flush()
-    got = _exactly(otlp_receiver, ["caller", "call-session", "handle", "callee-work"])
+    got = _exactly(receiver, ["caller", "call-session", "handle", "callee-work"])
     assert {got[n].resource["service.name"] for n in ("handle", "callee-work")} == {"callee"}
     assert_in_session([got["call-session"]], s, _session_span_id(s))
     assert_in_session([got["handle"]], s, _hex_span_id(call))
@@ -268,26 +257,26 @@ def test_callee_session_with_parent_headers_joins_the_callers_trace_and_session(
     assert got["caller"].parent_span_id == ""
 
 
-def test_callee_raw_spans_under_extract_join_the_callers_trace_and_session(otlp_receiver, sdk_service):
+def test_callee_raw_spans_under_extract_join_the_callers_trace_and_session(receiver, sdk_service):
     """Raw OpenTelemetry spans a service starts under sdk.context.extract(request headers) sit in the caller's trace and carry its session.id."""
-    _init_caller(otlp_receiver)
+    _init_caller(receiver)
     with sdk.session("caller") as s:
         with trace.get_tracer(TRACER).start_as_current_span("call-raw") as call:
             sdk_service.get("/raw", sdk.context.inject())
     sdk.flush()
-    got = _exactly(otlp_receiver, ["caller", "call-raw", "raw-handle", "raw-work"])
+    got = _exactly(receiver, ["caller", "call-raw", "raw-handle", "raw-work"])
     assert_in_session([got["raw-handle"]], s, _hex_span_id(call))
     assert_in_session([got["raw-work"]], s, got["raw-handle"].span_id)
     assert got["raw-handle"].resource["service.name"] == "callee"
 
 
 def test_plain_opentelemetry_callee_joins_the_trace_session_id_only_with_a_baggage_processor(
-    otlp_receiver, tmp_path
+    receiver, tmp_path
 ):
     """A service using only OpenTelemetry (W3C propagators, its own TracerProvider) puts its spans in the caller's trace; they carry session.id only with a baggage span processor."""
-    service = Service(PLAIN_OTEL_SERVICE, tmp_path, _child_env(otlp_receiver), otlp_receiver.url)
+    service = Service(PLAIN_OTEL_SERVICE, tmp_path, _child_env(receiver), receiver.url)
     try:
-        _init_caller(otlp_receiver)
+        _init_caller(receiver)
         tracer = trace.get_tracer(TRACER)
         with sdk.session("caller") as s:
             with tracer.start_as_current_span("call-plain") as plain_call:
@@ -298,7 +287,7 @@ def test_plain_opentelemetry_callee_joins_the_trace_session_id_only_with_a_bagga
         service.stop()
     sdk.flush()
     got = _exactly(
-        otlp_receiver, ["caller", "call-plain", "call-baggage", "plain-handle-plain", "plain-handle-baggage"]
+        receiver, ["caller", "call-plain", "call-baggage", "plain-handle-plain", "plain-handle-baggage"]
     )
     plain, with_processor = got["plain-handle-plain"], got["plain-handle-baggage"]
     assert (plain.trace_id, plain.parent_span_id) == (s.trace_id, _hex_span_id(plain_call))
@@ -331,13 +320,13 @@ def process_main(name: str) -> None:
 
 
 @pytest.fixture
-def env_to_receiver(otlp_receiver, monkeypatch) -> OTLPReceiver:
+def env_to_receiver(receiver, monkeypatch) -> OTLPReceiver:
     """SESSIONTRACE_* in this process's environment pointing at the receiver (spawned children inherit it)."""
-    for key, value in _child_env(otlp_receiver).items():
+    for key, value in _child_env(receiver).items():
         if key.startswith("SESSIONTRACE_"):
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("SESSIONTRACE_SERVICE_NAME", "processes")
-    return otlp_receiver
+    return receiver
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -443,18 +432,18 @@ def _export_worker_alive() -> bool:
     return all(batch._worker.is_alive() for batch in runtime.current().batches)
 
 
-def test_forked_child_exports_its_spans_and_the_parents_queue_is_not_sent_twice(otlp_receiver):
+def test_forked_child_exports_its_spans_and_the_parents_queue_is_not_sent_twice(receiver):
     """After os.fork() inside a session in a process that has exported, the child's export worker is alive, its spans arrive (in the inherited session and its own), and spans the parent had queued arrive once."""
-    _init_caller(otlp_receiver, export_interval=60.0)  # the parent's spans stay queued until flush()
+    _init_caller(receiver, export_interval=60.0)  # the parent's spans stay queued until flush()
     tracer = trace.get_tracer(TRACER)
     with tracer.start_as_current_span("warm-up"):
         pass
     assert sdk.flush()
-    assert _wait_for_spans(otlp_receiver, ["warm-up"])
+    assert _wait_for_spans(receiver, ["warm-up"])
     for i in range(3):
         with tracer.start_as_current_span(f"queued-{i}"):
             pass
-    assert len(otlp_receiver.spans) == 1  # the three are in the parent's queue at fork time
+    assert len(receiver.spans) == 1  # the three are in the parent's queue at fork time
 
     def child() -> dict[str, object]:
         alive = _export_worker_alive()
@@ -472,21 +461,21 @@ def test_forked_child_exports_its_spans_and_the_parents_queue_is_not_sent_twice(
     assert sdk.flush()
     names = ["warm-up", "queued-0", "queued-1", "queued-2", "forking"]
     names += ["inherited-span", "child-session", "child-span"]
-    got = _exactly(otlp_receiver, names)
+    got = _exactly(receiver, names)
     assert_in_session([got["inherited-span"]], forking, _session_span_id(forking))
     assert got["child-session"].attributes["session.parent_id"] == forking.id
     assert got["child-session"].parent_span_id == ""
     assert got["child-span"].attributes["session.id"] == result["session"]
     assert got["child-span"].trace_id == result["trace"]
     assert got["child-span"].parent_span_id == got["child-session"].span_id
-    assert len({s.span_id for s in otlp_receiver.spans}) == len(otlp_receiver.spans) == len(names)
+    assert len({s.span_id for s in receiver.spans}) == len(receiver.spans) == len(names)
 
 
-def test_forking_while_another_thread_starts_and_ends_sessions_never_deadlocks_the_child(otlp_receiver):
+def test_forking_while_another_thread_starts_and_ends_sessions_never_deadlocks_the_child(receiver):
     """Forking repeatedly while a thread spins sessions and spans (holding SDK locks at random moments): every child exports its own session and span and exits."""
     # The parent exports nothing during the loop (interval 60 s; a batch larger than the queue never
     # fills, the spinner's surplus is dropped): the children's exports never overlap the parent's.
-    _init_caller(otlp_receiver, export_interval=60.0, max_queue_size=100, max_export_batch_size=1000)
+    _init_caller(receiver, export_interval=60.0, max_queue_size=100, max_export_batch_size=1000)
     tracer = trace.get_tracer(TRACER)
     with tracer.start_as_current_span("warm-up"):
         pass
@@ -523,7 +512,7 @@ def test_forking_while_another_thread_starts_and_ends_sessions_never_deadlocks_t
         spinner.join()
     assert [(c["alive"], c["flushed"]) for c in children] == [(True, True)] * FORKS
     names = [f"forked-{i}" for i in range(FORKS)] + [f"forked-span-{i}" for i in range(FORKS)]
-    got = _one_each(otlp_receiver, names)
+    got = _one_each(receiver, names)
     for i, result in enumerate(children):
         assert got[f"forked-{i}"].attributes["session.id"] == result["session"]
         assert got[f"forked-span-{i}"].attributes["session.id"] == result["session"]
@@ -550,9 +539,9 @@ def _sdk_locks() -> list[tuple[str, threading.Lock | threading.RLock]]:
     ]
 
 
-def test_fork_while_another_thread_holds_every_sdk_lock_child_still_works(otlp_receiver):
+def test_fork_while_another_thread_holds_every_sdk_lock_child_still_works(receiver):
     """A child forked while another thread holds each of the SDK's locks has its idle reaper running, re-inits, starts a session, exports and shuts down without blocking."""
-    _init_caller(otlp_receiver, session_idle_timeout=60.0)
+    _init_caller(receiver, session_idle_timeout=60.0)
     with trace.get_tracer(TRACER).start_as_current_span("warm-up"):
         pass
     assert sdk.flush()
@@ -576,7 +565,7 @@ def test_fork_while_another_thread_holds_every_sdk_lock_child_still_works(otlp_r
             from sdk.reaper import reaper as the_reaper
 
             reaper_running = the_reaper().running
-            sdk.init(endpoint=otlp_receiver.url, service_name="forked", export_interval=0.05)
+            sdk.init(endpoint=receiver.url, service_name="forked", export_interval=0.05)
             with sdk.session("locked-out") as s:
                 with trace.get_tracer(TRACER).start_as_current_span("after-fork"):
                     pass
@@ -590,7 +579,7 @@ def test_fork_while_another_thread_holds_every_sdk_lock_child_still_works(otlp_r
         holder.join()
     assert result["flushed"] is True
     assert result["reaper"] is True
-    got = _exactly(otlp_receiver, ["warm-up", "locked-out", "after-fork"])
+    got = _exactly(receiver, ["warm-up", "locked-out", "after-fork"])
     assert got["after-fork"].attributes["session.id"] == result["session"]
     assert got["after-fork"].resource["service.name"] == "forked"
     assert got["after-fork"].parent_span_id == got["locked-out"].span_id
@@ -637,20 +626,20 @@ def test_forked_child_exports_over_its_own_connection():
     assert peers["child-export"] != peers["parent-before"]
 
 
-def test_forked_child_does_not_end_or_export_the_parents_open_session(otlp_receiver):
+def test_forked_child_does_not_end_or_export_the_parents_open_session(receiver):
     """A forked child that shuts the SDK down does not end the parent's open session: its span is exported once, by the parent, as success."""
-    _init_caller(otlp_receiver)
+    _init_caller(receiver)
     s = sdk.start_session("parent-open")
     _fork(lambda: {"shutdown": sdk.shutdown(timeout=2.0)})
     s.end()
     assert sdk.flush()
-    spans = _wait_for_spans(otlp_receiver, ["parent-open"])
+    spans = _wait_for_spans(receiver, ["parent-open"])
     assert [x.attributes["session.state"] for x in spans] == ["success"]
 
 
-def test_forked_child_spans_carry_the_childs_process_pid(otlp_receiver):
+def test_forked_child_spans_carry_the_childs_process_pid(receiver):
     """Spans a forked child exports carry the child's process.pid in their resource."""
-    _init_caller(otlp_receiver)
+    _init_caller(receiver)
 
     def child() -> dict[str, object]:
         with trace.get_tracer(TRACER).start_as_current_span("pid-span"):
@@ -658,7 +647,7 @@ def test_forked_child_spans_carry_the_childs_process_pid(otlp_receiver):
         return {"pid": os.getpid(), "flushed": sdk.flush()}
 
     result = _fork(child)
-    got = _one_each(otlp_receiver, ["pid-span"])
+    got = _one_each(receiver, ["pid-span"])
     assert got["pid-span"].resource["process.pid"] == result["pid"]
 
 
@@ -688,19 +677,19 @@ FORK_IN_FRESH_PROCESS = """
 """
 
 
-def test_fork_in_a_fresh_process_after_init_does_not_deadlock_the_child(otlp_receiver, tmp_path):
+def test_fork_in_a_fresh_process_after_init_does_not_deadlock_the_child(receiver, tmp_path):
     """In a process where nothing imported concurrent.futures before sdk, a child forked after init() gets through OpenTelemetry's at-fork handler and exports."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FORK_IN_FRESH_PROCESS)],
         cwd=tmp_path,
-        env=_child_env(otlp_receiver),
+        env=_child_env(receiver),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"child": "exited"}
-    assert sorted(s.name for s in _wait_for_spans(otlp_receiver, ["warm-up", "child-span"])) == [
+    assert sorted(s.name for s in _wait_for_spans(receiver, ["warm-up", "child-span"])) == [
         "child-span",
         "warm-up",
     ]
@@ -726,16 +715,16 @@ FORK_DURING_EXPORTER_BUILD = """
 """
 
 
-def test_fork_right_after_init_child_still_exports(otlp_receiver, tmp_path):
+def test_fork_right_after_init_child_still_exports(receiver, tmp_path):
     """A process forked right after init(), while the exporter is still being built, exports the child's spans."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FORK_DURING_EXPORTER_BUILD)],
         cwd=tmp_path,
-        env=_child_env(otlp_receiver),
+        env=_child_env(receiver),
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"child_exit": 0}
-    assert [s.name for s in _wait_for_spans(otlp_receiver, ["child-span"], timeout=2)] == ["child-span"]
+    assert [s.name for s in _wait_for_spans(receiver, ["child-span"], timeout=2)] == ["child-span"]

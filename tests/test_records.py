@@ -21,12 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture(scope="module")
-def llm():
-    with LLMServer() as running:
-        yield running
-
-
 @sdk.tool
 def lookup(order: str) -> str:
     return f"order {order}"
@@ -39,10 +33,10 @@ def fail_in_a_session(started: list[sdk.Session]) -> None:
         1 / 0  # noqa: B018
 
 
-def record_day(llm: LLMServer, **settings: object) -> dict[str, sdk.Session]:
+def record_day(llm_server: LLMServer, **settings: object) -> dict[str, sdk.Session]:
     """Three sessions through the real SDK: an LLM call and a tool (u-1), a failure (u-2), the auto one still running."""
     sdk.init(service_name="records", auto_start_session=True, console_summary=False, **settings)
-    client = openai.OpenAI(base_url=llm.openai_url, api_key="test-key", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0)
     with sdk.session("refund", user_id="u-1", tags=["prod"]) as refund:
         lookup("A-1")
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -56,9 +50,9 @@ def record_day(llm: LLMServer, **settings: object) -> dict[str, sdk.Session]:
     return {"refund": refund, "broken": broken, "auto": auto}
 
 
-def test_read_sessions_merges_the_store_the_local_traces_and_this_process(llm):
+def test_read_sessions_merges_the_store_the_local_traces_and_this_process(llm_server):
     """Each session is one row with its identity, state, counters and LLM usage, from every place it is found, newest first."""
-    made = record_day(llm)
+    made = record_day(llm_server)
     rows = sdk.read_sessions()
     assert [r.name for r in rows] == ["broken", "refund", "auto"]
     refund, broken, auto = (next(r for r in rows if r.id == s.id) for s in made.values())
@@ -89,9 +83,9 @@ def test_read_sessions_sees_a_session_this_process_just_ended(tmp_path):
     assert [(r.id, r.state, r.sources) for r in rows] == [(ended.id, "success", ("store",))]
 
 
-def test_read_sessions_filters_by_session_prefix_user_state_tag_and_time(llm):
+def test_read_sessions_filters_by_session_prefix_user_state_tag_and_time(llm_server):
     """Filters combine; a session id may be a unique prefix; times may be epoch seconds, datetimes, '1h' or ISO text."""
-    made = record_day(llm)
+    made = record_day(llm_server)
     refund_id = made["refund"].id
     assert [r.id for r in sdk.read_sessions(refund_id[:10])] == [refund_id]
     assert [r.name for r in sdk.read_sessions(user="u-2")] == ["broken"]
@@ -111,9 +105,9 @@ def test_read_sessions_filters_by_session_prefix_user_state_tag_and_time(llm):
         sdk.read_sessions(since="yesterday")
 
 
-def test_read_spans_rows_carry_kind_tokens_cost_errors_and_parents(llm):
+def test_read_spans_rows_carry_kind_tokens_cost_errors_and_parents(llm_server):
     """A session's spans come back by start time with kind, parent, status, the error text, and tokens and cost on the LLM row."""
-    made = record_day(llm, capture_content=True)
+    made = record_day(llm_server, capture_content=True)
     spans = sdk.read_spans(made["refund"].id)
     assert [s.kind for s in spans] == ["session", "tool", "llm"]
     session, tool, call = spans
@@ -175,10 +169,10 @@ def test_span_recorder_keeps_recent_spans_in_memory_scrubbed_and_bounded(tracer)
         SpanRecorder(0)
 
 
-def test_to_pandas_gives_a_dataframe_with_timestamps(llm):
+def test_to_pandas_gives_a_dataframe_with_timestamps(llm_server):
     """`to_pandas()` turns rows into a DataFrame: one column per field, times as UTC timestamps."""
     pandas = pytest.importorskip("pandas", reason="pandas is not installed (the `pandas` extra)")
-    made = record_day(llm)
+    made = record_day(llm_server)
     frame = sdk.read_sessions().to_pandas()
     assert list(frame.columns) == list(sdk.SessionRow._fields)
     assert len(frame) == 3

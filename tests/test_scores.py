@@ -9,19 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from otlp_receiver import OTLPReceiver
 
 import sdk
 from sdk.store.sqlite import SQLiteStore
 from sdk.testing import capture
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def receiver():
-    with OTLPReceiver() as running:
-        yield running
 
 
 @pytest.mark.subprocess

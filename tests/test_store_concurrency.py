@@ -6,13 +6,12 @@ import hashlib
 import multiprocessing
 import secrets
 import time
-from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, requires_redis_server
+from redis_server import requires_redis_server
 
 from sdk.store import Segment, SegmentUpdate, SessionRecord, SessionStore, Usage, open_store, owner_id
 
@@ -24,13 +23,6 @@ SESSIONS = 200
 BATCH = 10
 RESUME_ROUNDS = 30
 WAIT = 120.0  # a barrier that is not reached in this time means a worker died: fail, do not hang
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    """One real redis-server for this module."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=requires_redis_server)])

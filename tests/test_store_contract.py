@@ -34,13 +34,6 @@ HOUR = 3600.0
 MakeStore = Callable[..., SessionStore]
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    """One real redis-server for this module (emptied before each test that uses it)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 REDIS = pytest.param("redis", marks=requires_redis_server)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,13 +17,6 @@ from sdk.store.writer import StoreWriter
 pytestmark = requires_redis_server
 
 HOUR = 3600.0
-
-
-@pytest.fixture
-def server(tmp_path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (the test stops and restarts it)."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 def record(session_id: str, *, span: str = "a1a1a1a1a1a1a1a1") -> SessionRecord:
@@ -52,20 +44,20 @@ def every_operation(store: RedisStore) -> dict[str, object]:
     return outcome
 
 
-def test_stopped_redis_raises_store_error_and_recovers_after_restart(server):
+def test_stopped_redis_raises_store_error_and_recovers_after_restart(own_redis_server):
     """Redis stopped mid-run: every operation raises StoreError naming the store; restarted on its port: the same store works again."""
-    store = RedisStore(server.url, expiry=HOUR)
+    store = RedisStore(own_redis_server.url, expiry=HOUR)
     stored = store.begin_segment(record("before"), resume=True)
     assert store.get("before") == stored
 
-    server.stop()
+    own_redis_server.stop()
     outcome = every_operation(store)
     for name, result in outcome.items():
         assert isinstance(result, StoreError), f"{name}: {result!r}"
         assert store.description in str(result)
         assert "ConnectionError" in str(result)
 
-    server.start()  # same port, empty (no persistence)
+    own_redis_server.start()  # same port, empty (no persistence)
     assert store.get("before") is None
     again = store.begin_segment(record("after"), resume=True)
     assert store.get("after") == again
@@ -73,18 +65,18 @@ def test_stopped_redis_raises_store_error_and_recovers_after_restart(server):
     store.close()
 
 
-def test_hung_redis_raises_store_error_after_the_socket_timeout(server):
+def test_hung_redis_raises_store_error_after_the_socket_timeout(own_redis_server):
     """A Redis that accepts connections but never answers makes operations fail with StoreError (timeout), not hang."""
-    store = RedisStore(server.url, expiry=HOUR)
+    store = RedisStore(own_redis_server.url, expiry=HOUR)
     store.begin_segment(record("x"), resume=True)
-    server.pause()
+    own_redis_server.pause()
     try:
         with pytest.raises(StoreError, match="Timeout"):
             store.get("x")
         with pytest.raises(StoreError, match="Timeout"):
             store.update([SegmentUpdate("x", "a1a1a1a1a1a1a1a1", time.time(), Usage(spans=2))])
     finally:
-        server.resume()
+        own_redis_server.resume()
     got = store.get("x")
     assert got is not None
     assert got.trace_id == "ab" * 16
@@ -142,16 +134,16 @@ class StubSession:
         )
 
 
-def test_writer_warns_once_counts_and_catches_up_after_restart(server, caplog):
+def test_writer_warns_once_counts_and_catches_up_after_restart(own_redis_server, caplog):
     """The background writer over a stopped Redis: one warning, failures counted, nothing raised; after a restart what was pending is written."""
-    store = RedisStore(server.url, expiry=HOUR)
+    store = RedisStore(own_redis_server.url, expiry=HOUR)
     writer = StoreWriter(store, interval=0.05)
     first = StubSession("first")
     writer.on_session_start(first, stored=False)
     assert writer.flush(10) is True
     assert store.get("first") is not None
 
-    server.stop()
+    own_redis_server.stop()
     with caplog.at_level(logging.WARNING):
         second = StubSession("second", span_id="d4d4d4d4d4d4d4d4")
         writer.on_session_start(second, stored=False)
@@ -164,7 +156,7 @@ def test_writer_warns_once_counts_and_catches_up_after_restart(server, caplog):
     assert store.description in warnings[0].getMessage()
     assert STATE.counters.store_errors.value >= 2
 
-    server.start()
+    own_redis_server.start()
     assert writer.flush(10) is True
     got_second = store.get("second")
     got_first = store.get("first")

@@ -21,7 +21,6 @@ import sys
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +98,6 @@ class TrustApp:
             self.process.kill()
             _, self.stderr = self.process.communicate()
         return self.stderr
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
 
 
 @pytest.fixture
