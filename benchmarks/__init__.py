@@ -11,6 +11,7 @@ BENCHMARKS = (
     "span_in_session",
     "decorated_call",
     "scrub",
+    "sampling",
     "session_start_end",
     "throughput",
     "llm_call",

@@ -78,6 +78,9 @@ class Counters:
         self.torn_writes_recovered = Counter()
         self.store_spilled = Counter()
         self.store_dropped = Counter()
+        # Sampling (issue 19):
+        self.sessions_sampled_out = Counter()
+        self.spans_sampled_out = Counter()
 
 
 class Stats(NamedTuple):
@@ -134,3 +137,9 @@ class Stats(NamedTuple):
     its queue behind; they reach the store when it catches up (also after a restart)."""
     store_dropped: int = 0
     """Session-store records dropped because the overflow file was full too; also in `store_errors`."""
+    sessions_sampled_out: int = 0
+    """Sessions not exported because `sample_rate` dropped them and no `keep_*` rule kept them
+    (their metrics and store records are kept)."""
+    spans_sampled_out: int = 0
+    """Spans of those sessions (and of sessions of other services the sample rate drops); not in
+    `spans_dropped`, which counts losses."""

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import _TracerConfig
 
 from sdk import runtime, tracing
 from sdk.counters import Stats
+from sdk.export.sampling import SamplingRules, configure_sampling
 from sdk.guard import internal_error
 from sdk.reaper import reaper
 from sdk.semconv import SessionState
@@ -52,6 +53,7 @@ def init(**settings: Any) -> Config:
             _set_provider_enabled(False)
             tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
         new = runtime.build_runtime(config, tracer, old)
+        configure_sampling(SamplingRules.of(config) if config.enabled else SamplingRules())
         runtime.swap(new)
         if old.config is not None:
             runtime.close_in_background(old, new, config.flush_timeout)
@@ -206,6 +208,8 @@ def stats() -> Stats:
         torn_writes_recovered=STATE.counters.torn_writes_recovered.value,
         store_spilled=STATE.counters.store_spilled.value,
         store_dropped=STATE.counters.store_dropped.value,
+        sessions_sampled_out=STATE.counters.sessions_sampled_out.value,
+        spans_sampled_out=STATE.counters.spans_sampled_out.value,
     )
 
 

@@ -103,6 +103,15 @@ class Runtime:
         if not self.enabled:  # a span that started before shutdown() or init(enabled=False)
             STATE.counters.spans_dropped.add()
             return
+        sampling = STATE.sampling
+        if sampling is not None and sampling.engaged:
+            for admitted in sampling.admit(span):
+                self.deliver(admitted)
+        else:
+            self.deliver(span)
+
+    def deliver(self, span: ReadableSpan) -> None:
+        """Hand an ended span that sampling admitted to the pipeline's processors."""
         for on_end, name in self._enders:
             try:
                 on_end(span)

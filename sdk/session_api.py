@@ -260,6 +260,8 @@ def _register(rt: runtime.Runtime, session: Session, *, stored: bool) -> None:
     config = session.config
     limit = config.max_open_sessions if config else DEFAULT_MAX_OPEN_SESSIONS
     evicted = STATE.registry.add(session, continued=stored, limit=limit)  # ValueError: duplicate id
+    if STATE.sampling is not None:
+        STATE.sampling.session_started(session.id)
     if session.auto:
         tell_auto_listeners(True)
     STATE.counters.sessions_started.add()

@@ -430,6 +430,12 @@ class Session:
                 final[SESSION_LLM_COST] = round(cost, 10)
             if errors:
                 final[SESSION_ERRORS] = errors
+            sampling = STATE.sampling
+            if sampling is not None and sampling.engaged:
+                how, held = sampling.decide(self.id, parsed, int(errors), self.duration, cost)
+                final.update(how)
+                for span in held:  # a kept session's spans, held until now
+                    rt.deliver(span)
             write_attributes(self.span, final)
             if parsed is SessionState.FAIL:
                 self.span.set_status(Status(StatusCode.ERROR, reason))

@@ -170,6 +170,34 @@ def _optional_positive_seconds(value: object) -> float | None:
     return seconds
 
 
+def _fraction(value: object) -> float:
+    if isinstance(value, bool):
+        raise _Invalid("expected a number from 0 to 1")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _Invalid("expected a number from 0 to 1") from None
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise _Invalid("expected a number from 0 to 1")
+    return float(value)
+
+
+def _optional_usd(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    if isinstance(value, bool):
+        raise _Invalid("expected an amount in USD (or none to turn it off)")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _Invalid("expected an amount in USD (or none to turn it off)") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _Invalid("expected a finite, non-negative amount in USD (or none to turn it off)")
+    return float(value)
+
+
 def _millis(value: object) -> float:
     return _seconds(value, scale=0.001)
 
@@ -951,6 +979,48 @@ SETTINGS: dict[str, Setting] = {
             "queue consumers). 0 turns it off.",
             _env("SESSIONTRACE_ENDED_SESSION_GRACE"),
         ),
+        # --- sampling ---
+        Setting(
+            "sample_rate",
+            _fraction,
+            1.0,
+            "The share of sessions exported whole (0-1). The decision is a function of `session.id` "
+            "alone, so every process, service and resumed segment decides the same; the `keep_*` "
+            "settings keep a session it drops. See docs/sampling.md.",
+            _env("SESSIONTRACE_SAMPLE_RATE"),
+        ),
+        Setting(
+            "keep_failed",
+            _bool,
+            True,
+            "With `sample_rate` below 1: still export every session that ends `fail` or "
+            "`indeterminate`, or recorded an error.",
+            _env("SESSIONTRACE_KEEP_FAILED"),
+        ),
+        Setting(
+            "keep_slower_than",
+            _optional_positive_seconds,
+            None,
+            "With `sample_rate` below 1: still export every session that ran at least this many "
+            "seconds (none: off).",
+            _env("SESSIONTRACE_KEEP_SLOWER_THAN"),
+        ),
+        Setting(
+            "keep_costlier_than",
+            _optional_usd,
+            None,
+            "With `sample_rate` below 1: still export every session whose LLM calls cost at least "
+            "this many USD (none: off).",
+            _env("SESSIONTRACE_KEEP_COSTLIER_THAN"),
+        ),
+        Setting(
+            "sample_buffer_spans",
+            _int_at_least(1),
+            10_000,
+            "Spans held in memory, in all, for sessions the sample rate dropped until they end and "
+            "the `keep_*` rules are applied; a session whose span does not fit is kept.",
+            _env("SESSIONTRACE_SAMPLE_BUFFER_SPANS"),
+        ),
         Setting(
             "on_session_start",
             _callbacks,
@@ -1310,6 +1380,11 @@ class Config:
     session_stale_after: float | None
     store_write_interval: float
     ended_session_grace: float
+    sample_rate: float
+    keep_failed: bool
+    keep_slower_than: float | None
+    keep_costlier_than: float | None
+    sample_buffer_spans: int
     on_session_start: tuple[Callable[..., Any], ...]
     on_session_end: tuple[Callable[..., Any], ...]
     session_budget: Budget | None

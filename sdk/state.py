@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import logging
 
     from sdk.export.meters import MetricsHandle
+    from sdk.export.sampling import SessionSampling
     from sdk.instrumentation.base import AfterImport
     from sdk.logs import LogExport
     from sdk.reaper import Reaper
@@ -260,6 +261,8 @@ class ProcessState:
         self.runtime: Runtime | None = None
         self.runtime_lock = threading.Lock()
         self.closing: list[tuple[threading.Thread, Runtime]] = []
+        # export: whole-session sampling (None until a sample rate below 1 is set).
+        self.sampling: SessionSampling | None = None
         # tracing: the provider the SDK installed or joined, and a private one when it cannot.
         self.provider: Any = None
         self.private_provider: Any = None

@@ -138,6 +138,9 @@ class LiveMarkers:
         self._notes = tuple(batch.session_started for batch in batches)
 
     def on_session_start(self, session: Any, *, stored: bool) -> None:
+        sampling = STATE.sampling
+        if sampling is not None and sampling.holds(session.id):
+            return  # no marker for a session that may not be exported
         for note in self._notes:
             note(session)
 
