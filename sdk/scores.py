@@ -11,6 +11,7 @@ from opentelemetry.context import Context
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, write_attributes
+from sdk.export.meters import existing_handle
 from sdk.guard import internal_error
 from sdk.semconv import MAX_ID_LENGTH, ROOT_KEY, SCORE_SPAN, SESSION_ID, SPAN_KIND
 from sdk.session_core import Session
@@ -57,6 +58,9 @@ def score(
         rt.store_call(lambda: add_score(store, session_id, given))
     if rt.enabled:
         _export_score(rt, session_id, trace_id, span_id, given)
+        metrics = existing_handle()
+        if metrics is not None and not isinstance(value, str):
+            metrics.recorder.record_score(name, source, float(value))
     return given
 
 

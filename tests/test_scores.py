@@ -91,3 +91,25 @@ def test_unknown_session_ids_and_bad_scores_are_clear_errors():
                 sdk.score(s, kwargs.pop("name"), kwargs.pop("value"), **kwargs)
     with pytest.raises(TypeError, match="Session or a session id"):
         sdk.score(42, "x", 1)  # type: ignore[arg-type]
+
+
+def test_numeric_scores_are_counted_in_the_score_histogram(receiver):
+    """`sessiontrace.session.score` records numeric scores (true as 1) by name and source; a text score
+    is not a measurement and is left out of it."""
+    sdk.init(endpoint=receiver.url, export_interval=0.05, metric_export_interval=60)
+    with sdk.session("chat") as session:
+        pass
+    # The metrics are cumulative for the process (other tests score too): names of this test only.
+    sdk.score(session, "graded", 0.5, source="histogram-test")
+    sdk.score(session, "graded", 0.75, source="histogram-test")
+    sdk.score(session, "liked", True, source="histogram-test")
+    sdk.score(session, "topic", "billing", source="histogram-test")
+    assert sdk.flush(10)
+    points = {
+        (p.attributes["session.score.name"], p.attributes["session.score.source"]): (p.count, p.value)
+        for p in receiver.latest_points("sessiontrace.session.score")
+        if p.attributes["session.score.source"] == "histogram-test"
+    }
+    assert points == {("graded", "histogram-test"): (2, 1.25), ("liked", "histogram-test"): (1, 1.0)}
+    (unit,) = {p.unit for p in receiver.latest_points("sessiontrace.session.score")}
+    assert unit == "1"

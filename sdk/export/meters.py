@@ -202,6 +202,8 @@ class SessionRecorder:
         self.forked = False  # a forked child's counts are copies of its parent's: it records nothing
         self._histogram: Any = None
         self._durations: list[tuple[float, str]] = []
+        self._score_histogram: Any = None
+        self._scores: list[tuple[float, dict[str, str]]] = []
         self._lock = threading.Lock()
 
     def on_session_start(self, session: Any, *, stored: bool) -> None:
@@ -227,13 +229,33 @@ class SessionRecorder:
                     return
         histogram.record(session.duration, self.state_attributes.get(state))
 
-    def attach(self, histogram: Any) -> None:
-        """Record the durations kept so far into `histogram`, and every later one straight away."""
+    def record_score(self, name: str, source: str, value: float) -> None:
+        """Record a numeric score given to a session (``sdk.score``)."""
+        if self.forked:
+            return
+        attributes = {"session.score.name": name, "session.score.source": source}
+        histogram = self._score_histogram
+        if histogram is None:
+            with self._lock:
+                histogram = self._score_histogram
+                if histogram is None:
+                    if len(self._scores) < EARLY_MAX:
+                        self._scores.append((value, attributes))
+                    return
+        histogram.record(value, attributes)
+
+    def attach(self, durations: Any, scores: Any) -> None:
+        """Record the durations and scores kept so far into their histograms, and every later one
+        straight away."""
         with self._lock:
             for duration, state in self._durations:
-                histogram.record(duration, self.state_attributes.get(state))
+                durations.record(duration, self.state_attributes.get(state))
+            for value, attributes in self._scores:
+                scores.record(value, attributes)
             self._durations = []
-            self._histogram = histogram
+            self._scores = []
+            self._histogram = durations
+            self._score_histogram = scores
 
 
 class MetricsCompanion:
@@ -331,7 +353,7 @@ class MetricsHandle:
             from sdk.export.metrics import MetricsPipeline  # imports the metrics SDK: off init()'s path
 
             pipeline = MetricsPipeline(self.recorder)
-            self.recorder.attach(pipeline.duration)
+            self.recorder.attach(pipeline.duration, pipeline.scores)
             self.provider.attach(pipeline.provider)
             with self._lock:
                 self._pipeline = pipeline

@@ -16,6 +16,7 @@ Metric names and units (OpenTelemetry conventions; `{session}`-style units are a
 | `sessiontrace.sessions.ended` | counter | `{session}` | `session.state` |
 | `sessiontrace.sessions.open` | up-down counter | `{session}` | |
 | `sessiontrace.session.duration` | histogram | `s` | `session.state` |
+| `sessiontrace.session.score` | histogram | `1` | `session.score.name`, `session.score.source` |
 | `sessiontrace.spans.exported` | counter | `{span}` | |
 | `sessiontrace.spans.dropped` | counter | `{span}` | |
 | `sessiontrace.spans.spooled` | counter | `{span}` | |
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from sdk.export.otlp import Endpoint, Sender
 
 METER_NAME = "sessiontrace"
+SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
+"""Bucket bounds for scores: fine on 0-1 (grades, thumbs as 1/0) and on 1-5 / 1-10 ratings."""
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 
@@ -184,6 +187,13 @@ class MetricsPipeline:
             unit="s",
             description="Duration of ended sessions, by final state.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.scores = meter.create_histogram(
+            "sessiontrace.session.score",
+            unit="1",
+            description="Numeric scores given to sessions with sdk.score() (true/false as 1/0), "
+            "by session.score.name and session.score.source.",
+            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
         )
 
         def observe(value: Any) -> Any:
