@@ -80,6 +80,18 @@ _CELL_PARSER.add_argument("--id", dest="session_id", default=None)
 _CELL_PARSER.add_argument("--user", dest="user_id", default=None)
 _CELL_PARSER.add_argument("--tag", dest="tags", action="append", default=[])
 _CELL_PARSER.add_argument("--resume", action="store_true")
+BUDGET_FLAGS: tuple[tuple[str, str, type[float] | type[int]], ...] = (
+    ("--budget-usd", "max_cost_usd", float),
+    ("--budget-tokens", "max_tokens", int),
+    ("--budget-llm-calls", "max_llm_calls", int),
+    ("--budget-seconds", "max_duration_s", float),
+    ("--budget-errors", "max_errors", int),
+    ("--budget-repeats", "max_repeats", int),
+)
+"""``%%session`` flags that give the cell's session an `sdk.Budget` limit (see docs/budgets.md)."""
+for _flag, _field, _type in BUDGET_FLAGS:
+    _CELL_PARSER.add_argument(_flag, dest=_field, type=_type, default=None)
+_CELL_PARSER.add_argument("--on-exceed", dest="on_exceed", choices=("raise", "warn"), default=None)
 
 
 _LIST_PARSER = _Parser(prog="%sessions", add_help=False)
@@ -98,10 +110,12 @@ class SessionArgs(NamedTuple):
     user_id: str | None
     tags: tuple[str, ...]
     resume: bool = False
+    budget: sdk.Budget | None = None
 
 
 def parse_cell_args(line: str) -> SessionArgs:
-    """Parse ``[NAME] [--id ID] [--user U] [--tag T ...] [--resume]``; raise UsageError when they do not parse."""
+    """Parse ``[NAME] [--id ID] [--user U] [--tag T ...] [--resume] [--budget-usd X ...] [--on-exceed
+    raise|warn]``; raise UsageError when they do not parse."""
     try:
         argv = shlex.split(line)
     except ValueError as exc:
@@ -112,7 +126,20 @@ def parse_cell_args(line: str) -> SessionArgs:
             raise UsageError(f"%%session: {flag} must not be empty")
     if args.resume and args.session_id is None:
         raise UsageError("%%session: --resume needs --id ID (the id of the session to resume)")
-    return SessionArgs(args.name, args.session_id, args.user_id, tuple(args.tags), args.resume)
+    return SessionArgs(args.name, args.session_id, args.user_id, tuple(args.tags), args.resume, _budget(args))
+
+
+def _budget(args: argparse.Namespace) -> sdk.Budget | None:
+    """The budget the ``--budget-*`` flags set (None when they set none)."""
+    limits = {field: getattr(args, field) for _, field, _ in BUDGET_FLAGS}
+    if all(value is None for value in limits.values()):
+        if args.on_exceed is not None:
+            raise UsageError("%%session: --on-exceed needs a limit (--budget-usd, --budget-tokens, ...)")
+        return None
+    try:
+        return sdk.Budget(**limits, on_exceed=args.on_exceed or "raise")
+    except ValueError as exc:
+        raise UsageError(f"%%session: {exc}") from None
 
 
 def split_session_cell(lines: Sequence[str]) -> tuple[str, list[str]] | None:
@@ -189,6 +216,7 @@ def start_cell_session(args: SessionArgs) -> sdk.Session:
         "user_id": args.user_id,
         "tags": args.tags,
         "resume": args.resume,
+        "budget": args.budget,
     }
     try:
         session = sdk.start_session(args.name, overrides={"console_summary": False}, **options)
@@ -340,12 +368,17 @@ class SessionMagics(Magics):
     def session(self, line: str, cell: str | None = None) -> None:
         """Run a cell as one session (``%%session``); show, end or replace sessions (``%session``).
 
-        %%session [NAME] [--id ID] [--user U] [--tag T ...] [--resume]
+        %%session [NAME] [--id ID] [--user U] [--tag T ...] [--resume] [--budget-usd X]
+                  [--budget-tokens N] [--budget-llm-calls N] [--budget-seconds S]
+                  [--budget-errors N] [--budget-repeats N] [--on-exceed raise|warn]
 
         The cell's code runs inside a new session (``sdk.start_session``) named NAME (default
         ``session``), with session id ID (default: a random one), user id U and tags T (repeat
         ``--tag`` for several). ``--resume`` (with ``--id``) continues session ID from the session
-        store, also after a kernel restart: same session id, same trace, a new segment. Top-level
+        store, also after a kernel restart: same session id, same trace, a new segment. The
+        ``--budget-*`` flags give the session an `sdk.Budget` (cost in USD, tokens, LLM calls,
+        seconds, errors, repeated tool calls): over it, the next LLM call raises
+        `sdk.BudgetExceeded` before it is sent (``--on-exceed warn``: records it and goes on). Top-level
         ``await`` works as in any cell. An exception ends the session as ``fail`` and is shown
         as it would be without the magic; interrupting the kernel ends it as ``indeterminate``
         (reason ``interrupted``). After the cell its timeline is shown: session id, state,

@@ -346,7 +346,20 @@ def unique_prefixes(ids: Sequence[str], minimum: int = 8) -> dict[str, str]:
 class SessionList:
     """Recent sessions as a table (what ``%sessions`` shows): one row per `sdk.SessionRow`."""
 
-    COLUMNS = ("id", "name", "user", "state", "started", "duration", "spans", "LLM calls", "tokens", "cost")
+    COLUMNS = (
+        "id",
+        "name",
+        "user",
+        "state",
+        "started",
+        "duration",
+        "spans",
+        "LLM calls",
+        "tokens",
+        "cost",
+        "scores",
+    )
+    NUMERIC = range(5, 10)
 
     def __init__(
         self, rows: Sequence[sdk.SessionRow], *, link_template: str = "", note: str | None = None
@@ -374,11 +387,14 @@ class SessionList:
             str(row.llm_calls),
             f"{row.tokens:,}",
             format_cost(row.cost_usd) if row.llm_calls or row.cost_usd else "-",
+            ", ".join(f"{name}={value}" for name, value in row.latest_scores.items()) or "-",
         ]
 
     def _repr_html_(self) -> str:
         numeric = ' class="st-num"'
-        head = "".join(f"<th{numeric if i >= 5 else ''}>{esc(c)}</th>" for i, c in enumerate(self.COLUMNS))
+        head = "".join(
+            f"<th{numeric if i in self.NUMERIC else ''}>{esc(c)}</th>" for i, c in enumerate(self.COLUMNS)
+        )
         if self.link_template:
             head += "<th>trace</th>"
         body = []
@@ -386,7 +402,7 @@ class SessionList:
             cells = self.cells(row)
             tds = []
             for index, value in enumerate(cells):
-                css = ' class="st-num"' if index >= 5 else ""
+                css = ' class="st-num"' if index in self.NUMERIC else ""
                 if index == 3:
                     css = f' class="st-state-{esc(row.state)}"'
                 text = esc(value)
@@ -417,7 +433,7 @@ class SessionList:
         widths = [max(len(printable(row[i])) for row in table) for i in range(len(self.COLUMNS))]
         lines = [
             "  ".join(
-                printable(cell).rjust(w) if i >= 5 else printable(cell).ljust(w)
+                printable(cell).rjust(w) if i in self.NUMERIC else printable(cell).ljust(w)
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
             for row in table

@@ -995,7 +995,7 @@ def session_json(record: SessionRecord, *, stale: bool | None = None) -> dict[st
 
 
 def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
-    from sdk.store import RUNNING, is_stale
+    from sdk.store import RUNNING, is_stale, scores_text
 
     now = time_now()
     tags: list[str] = options.tag
@@ -1037,7 +1037,7 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
                 str(r.usage.spans),
                 f"{r.usage.input_tokens + r.usage.output_tokens:,}",
                 format_cost(r.usage.cost_usd),
-                _short(_scores_text(r), 30),
+                _short(scores_text(r.scores), 30),
             )
             for r in records
         ]
@@ -1052,12 +1052,6 @@ def _sessions_list(options: argparse.Namespace, sessions: _Sessions) -> int:
 
 
 # -- show ---------------------------------------------------------------------------------------
-
-
-def _scores_text(record: SessionRecord) -> str:
-    """The latest value of each score name, ``name=value, ...`` (``-`` for none)."""
-    latest = {score.name: score.value for score in sorted(record.scores, key=lambda score: score.at)}
-    return ", ".join(f"{name}={value}" for name, value in latest.items()) or "-"
 
 
 def _sessions_show(options: argparse.Namespace, sessions: _Sessions) -> int:

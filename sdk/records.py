@@ -43,9 +43,10 @@ from sdk import runtime
 from sdk.export.jsonl import trace_files, trace_lines
 from sdk.lifecycle import config as current_config
 from sdk.session_api import sessions as open_session_infos
+from sdk.store import latest_scores
 
 if TYPE_CHECKING:
-    from sdk.store import SessionRecord, SessionStore
+    from sdk.store import Score, SessionRecord, SessionStore
 
 DEFAULT_RECORDED_SPANS = 5_000
 """How many ended spans a `SpanRecorder` keeps by default (the oldest are forgotten first)."""
@@ -125,11 +126,18 @@ class SessionRow(NamedTuple):
     service: str | None
     sources: tuple[str, ...]
     """Where the session was found: ``store``, ``traces``, ``process`` (in that order)."""
+    scores: tuple[Score, ...] = ()
+    """The scores given to the session (`sdk.score`), as the session store keeps them, oldest first."""
 
     @property
     def tokens(self) -> int:
         """Input and output tokens together."""
         return self.input_tokens + self.output_tokens
+
+    @property
+    def latest_scores(self) -> dict[str, float | int | bool | str]:
+        """The latest value of each score name."""
+        return latest_scores(self.scores)
 
 
 class Rows(list[R]):
@@ -519,6 +527,7 @@ class _Builder:
         self.latest_segment_start = -math.inf
         self.segments: set[str] = set()
         self.sources: set[str] = set()
+        self.scores: tuple[Score, ...] = ()
         self.counted = [0, 0, 0, 0, 0.0, 0]  # spans, llm calls, input, output, cost, errors (from spans)
         self.totals = [0, 0, 0, 0, 0.0, 0]  # the same, as the store or this process report them
         self.by_segment: dict[str, tuple[int, int, int, int, float, int]] = {}
@@ -576,6 +585,7 @@ class _Builder:
         self.started = min(self.started, record.started)
         self.last = max(self.last, record.last_activity, record.ended or 0.0)
         self.segments.update(record.span_ids)
+        self.scores = tuple(sorted(record.scores, key=lambda score: score.at))
         latest = record.latest if record.segments else None
         if latest is not None and latest.started >= self.latest_segment_start:
             self.latest_segment_start = latest.started
@@ -647,6 +657,7 @@ class _Builder:
             segments=max(len(self.segments), 1),
             service=self.service,
             sources=tuple(s for s in ("store", "traces", "process") if s in self.sources),
+            scores=self.scores,
         )
 
 

@@ -54,6 +54,18 @@ CELLS = [
     "lookup('off')",  # 14: says once that cells belong to no session
     "lookup('off again')",  # 15: ... and only once
     "sdk.init(auto_start_session=True)",  # 16: init() as a cell's last line, as the docs write it
+    # 17: scores, from the same store %sessions reads
+    "sdk.score('refund-0001', 'helpful', 0.75, source='user')\n"
+    "sdk.score('refund-0001', 'helpful', 1.0, source='user')\n"
+    "sdk.score('refund-0001', 'topic', '<i>refunds</i>');",
+    "%sessions --user u-42",  # 18
+    # 19: a budget from the cell's line: the second LLM call is refused before it is sent
+    "%%session capped --id capped-1 --budget-usd 0.000001\n"
+    "ask = lambda: client.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
+    "ask()\n"
+    "try:\n    ask()\nexcept sdk.BudgetExceeded as exc:\n    print('refused:', exc.limit, exc.maximum)",
+    raising("%%session bad --budget-usd -1\nlookup('never')"),  # 20
+    raising("%%session bad --on-exceed warn\nlookup('never')"),  # 21
 ]
 
 
@@ -63,6 +75,7 @@ def views(tmp_path_factory, kernel_dirs) -> tuple[NotebookNode, Spans]:
     cwd = tmp_path_factory.mktemp("views")
     with LLMServer() as llm:
         nb = execute(CELLS, cwd, kernel_dirs, LLM_URL=llm.openai_url)
+        nb.metadata["llm_requests"] = len(llm.requests)
     return nb, Spans(cwd)
 
 
@@ -86,7 +99,11 @@ def test_session_cell_timeline_shows_every_span_with_bars_tokens_cost_and_errors
     assert "http://" not in page.split("</style>")[0]
     assert "https://" not in page.split("</style>")[0]
     session = spans.session("refund-flow")
-    exported = {s["spanId"]: s for s in spans.all if s["traceId"] == session["traceId"]}
+    exported = {
+        s["spanId"]: s
+        for s in spans.all
+        if s["traceId"] == session["traceId"] and s["name"] != "session.score"  # scored in cell 17
+    }
     drawn = re.findall(r'data-span-id="([0-9a-f]{16})" data-kind="([a-z.]+)" data-status="([a-z]+)"', page)
     assert {span_id for span_id, _, _ in drawn} == set(exported)
     assert [kind for _, kind, _ in drawn] == ["session", "tool", "llm", "task"]
@@ -164,6 +181,7 @@ def test_sessions_lists_recent_sessions_with_usage(views):
     text = shown(nb, 8, "text/plain")
     assert text.splitlines()[0].split() == [
         "id", "name", "user", "state", "started", "duration", "spans", "LLM", "calls", "tokens", "cost",
+        "scores",
     ]  # fmt: skip
     assert re.findall(r'<tr data-session-id="([^"]+)">', shown(nb, 9)) == ["refund-0001"]
 
@@ -220,3 +238,34 @@ def test_init_as_the_last_line_of_a_cell_displays_little(views):
     nb, _ = views
     shown_text = "".join(str(o.data.get("text/plain", "")) for o in outputs(nb, 16, "execute_result"))
     assert len(shown_text) <= 200, shown_text
+
+
+def test_sessions_shows_the_scores_given(views):
+    """``%sessions`` has a scores column: the latest value of each score name, escaped."""
+    nb, _ = views
+    page = shown(nb, 18)
+    (refund,) = re.findall(r'<tr data-session-id="refund-0001">(.*?)</tr>', page)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", refund)
+    assert html.unescape(cells[10]) == "helpful=1.0, topic=<i>refunds</i>"
+    assert "<i>" not in page
+    text = shown(nb, 18, "text/plain")
+    assert text.splitlines()[0].split()[-1] == "scores"
+    assert "helpful=1.0, topic=<i>refunds</i>" in text
+
+
+def test_a_budget_on_the_session_cell_refuses_the_call_over_it_before_it_is_sent(views):
+    """``%%session --budget-usd`` gives the cell's session a budget: after one call over it, the next
+    raises BudgetExceeded before the request leaves (one LLM span, one request fewer at the server);
+    bad budget flags are a UsageError and run nothing."""
+    nb, spans = views
+    assert stream_text(nb, 19, "stdout") == "refused: max_cost_usd 1e-06\n"
+    capped = spans.session("capped")
+    assert "session.budget.exceeded" in attrs(capped)
+    llm_spans = [s for s in spans.all if s["name"].startswith("chat ")]
+    assert [attrs(s)["session.id"] for s in llm_spans].count("capped-1") == 1
+    assert nb.metadata["llm_requests"] == len(llm_spans)  # the refused call never reached the server
+    assert stream_text(nb, 20).startswith("UsageError: %%session: Budget max_cost_usd must be a number >= 0")
+    assert stream_text(nb, 21) == (
+        "UsageError: %%session: --on-exceed needs a limit (--budget-usd, --budget-tokens, ...)\n"
+    )
+    assert [s["name"] for s in spans.sessions() if s["name"] == "bad"] == []  # no session, no body ran

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,6 +69,16 @@ class Score(NamedTuple):
     source: str = "human"
     at: float = 0.0
     """When it was given (epoch seconds)."""
+
+
+def latest_scores(scores: Iterable[Score]) -> dict[str, float | int | bool | str]:
+    """The latest value of each score name, in the order the names were first given."""
+    return {score.name: score.value for score in sorted(scores, key=lambda score: score.at)}
+
+
+def scores_text(scores: Iterable[Score]) -> str:
+    """``name=value, ...`` of the latest value of each score name (``-`` for none)."""
+    return ", ".join(f"{name}={value}" for name, value in latest_scores(scores).items()) or "-"
 
 
 class SessionRecord(NamedTuple):
