@@ -21,7 +21,7 @@ from benchmarks.common import run_child
 from benchmarks.harness import Result, Settings, Timing, cpus, interleave_many, walls
 
 NAME = "init_time"
-BUDGET_SECONDS = 0.050
+BUDGET_SECONDS = 0.025
 
 CHILD = """\
 import json, os, sys, time

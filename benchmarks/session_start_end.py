@@ -13,7 +13,7 @@ from benchmarks.common import Pipelines, Workload, pipelines, run_workload
 from benchmarks.harness import Result, Settings, cpus, walls
 
 NAME = "session_start_end"
-BUDGET = 2.0
+BUDGET = 1.5
 
 
 def workload(p: Pipelines) -> Workload:
