@@ -143,17 +143,26 @@ def _int_at_least(minimum: int, maximum: int = sys.maxsize) -> Callable[[object]
     return parse
 
 
-def _seconds(value: object, scale: float = 1.0) -> float:
+def _number(value: object, expected: str) -> float:
+    """A number given as such or as text (not a bool); `_Invalid(expected)` otherwise."""
     if isinstance(value, bool):
-        raise _Invalid("expected a number of seconds")
+        raise _Invalid(expected)
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise _Invalid("expected a number of seconds") from None
+            raise _Invalid(expected) from None
     if not isinstance(value, (int, float)):
-        raise _Invalid("expected a number of seconds")
-    seconds = float(value) * scale
+        raise _Invalid(expected)
+    return float(value)
+
+
+def _is_off(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off"))
+
+
+def _seconds(value: object, scale: float = 1.0) -> float:
+    seconds = _number(value, "expected a number of seconds") * scale
     if not math.isfinite(seconds) or seconds < 0:
         raise _Invalid("must be a finite, non-negative number of seconds")
     if seconds > threading.TIMEOUT_MAX:  # Event.wait() and Thread.join() refuse longer timeouts
@@ -162,7 +171,7 @@ def _seconds(value: object, scale: float = 1.0) -> float:
 
 
 def _optional_positive_seconds(value: object) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+    if _is_off(value):
         return None
     seconds = _seconds(value)
     if seconds <= 0:
@@ -171,31 +180,19 @@ def _optional_positive_seconds(value: object) -> float | None:
 
 
 def _fraction(value: object) -> float:
-    if isinstance(value, bool):
+    fraction = _number(value, "expected a number from 0 to 1")
+    if not 0.0 <= fraction <= 1.0:
         raise _Invalid("expected a number from 0 to 1")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _Invalid("expected a number from 0 to 1") from None
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise _Invalid("expected a number from 0 to 1")
-    return float(value)
+    return fraction
 
 
 def _optional_usd(value: object) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+    if _is_off(value):
         return None
-    if isinstance(value, bool):
-        raise _Invalid("expected an amount in USD (or none to turn it off)")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _Invalid("expected an amount in USD (or none to turn it off)") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    usd = _number(value, "expected an amount in USD (or none to turn it off)")
+    if not math.isfinite(usd) or usd < 0:
         raise _Invalid("expected a finite, non-negative amount in USD (or none to turn it off)")
-    return float(value)
+    return usd
 
 
 def _millis(value: object) -> float:
