@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 DEFAULT_RECORDED_SPANS = 5_000
 """How many ended spans a `SpanRecorder` keeps by default (the oldest are forgotten first)."""
 
-READ_FLUSH_TIMEOUT = 2.0
-"""Seconds a read waits for this process's queued session-store writes (its own ended sessions)."""
 SESSION_KIND = "session"
 MARKER_KIND = "session.start"
 LLM_KIND = "llm"
@@ -493,7 +491,7 @@ def _gather(
     writer = runtime.current().store_writer
     if writer is not None and (store is None or store is writer.store):
         # Read this process's own writes: the sessions it ended are queued for the store still.
-        writer.flush(READ_FLUSH_TIMEOUT)
+        writer.catch_up()
     opened = (
         store
         if isinstance(store, SessionStore)

@@ -83,6 +83,8 @@ def _score_target(rt: runtime.Runtime, session: Session | str) -> tuple[str, int
     if open_here is not None:
         return open_here.id, open_here.trace_id_int, open_here.span.get_span_context().span_id
     store = rt.store
+    if rt.store_writer is not None:
+        rt.store_writer.catch_up()  # a session this process just ended may still be queued
     record = rt.store_call(lambda: store.get(session)) if store is not None else None
     if record is None or not record.segments:
         where = (

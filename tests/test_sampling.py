@@ -13,6 +13,7 @@ import pytest
 from opentelemetry import trace
 
 import sdk
+from sdk.export.meters import metrics_handle
 from sdk.export.sampling import head_keeps
 from sdk.testing import capture
 
@@ -260,6 +261,9 @@ def test_metrics_count_every_session_sampled_or_not(receiver):
     """The sessions metrics count all sessions at sample_rate=0 (dashboards stay true), while only
     the failed one's spans are exported."""
     sdk.init(endpoint=receiver.url, sample_rate=0, export_interval=0.05, metric_export_interval=60)
+    # The ended-sessions counts live as long as the process's metrics (other tests end sessions too).
+    ended = metrics_handle().recorder.ended
+    before = {state: ended[state].value for state in ("success", "fail")}
     for i in range(7):
         sdk.end_session(sdk.start_session("fine", session_id=f"fine-{i}"))
     sdk.end_session(sdk.start_session("bad", session_id="bad"), "fail")
@@ -273,8 +277,8 @@ def test_metrics_count_every_session_sampled_or_not(receiver):
         )
 
     assert value("sessiontrace.sessions.started") == 8
-    assert value("sessiontrace.sessions.ended", **{"session.state": "success"}) == 7
-    assert value("sessiontrace.sessions.ended", **{"session.state": "fail"}) == 1
+    assert value("sessiontrace.sessions.ended", **{"session.state": "success"}) == before["success"] + 7
+    assert value("sessiontrace.sessions.ended", **{"session.state": "fail"}) == before["fail"] + 1
     assert session_ids(receiver.accepted_spans) == {"bad": 1}
 
 

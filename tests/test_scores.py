@@ -113,3 +113,15 @@ def test_numeric_scores_are_counted_in_the_score_histogram(receiver):
     assert points == {("graded", "histogram-test"): (2, 1.25), ("liked", "histogram-test"): (1, 1.0)}
     (unit,) = {p.unit for p in receiver.latest_points("sessiontrace.session.score")}
     assert unit == "1"
+
+
+def test_a_session_scored_by_id_right_after_it_ended_here_is_found():
+    """A session this process ended a moment ago is scored by its id although its end is still queued
+    for the store (the store writer writes in the background): the score waits for it."""
+    capture(session_store="sqlite")
+    for n in range(20):
+        sdk.end_session(sdk.start_session("quick", session_id=f"quick-{n}"))
+        given = sdk.score(f"quick-{n}", "helpful", 1.0)
+        assert given.value == 1.0
+    (row,) = sdk.read_sessions("quick-19")
+    assert [score.name for score in row.scores] == ["helpful"]

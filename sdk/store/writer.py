@@ -49,6 +49,8 @@ BATCH_DELAY = 0.05
 FINISH_BYTES = 1024 * 1024
 """An overflow file with at most this much left unread is read to its end under its lock."""
 RETRY_AFTER = 5.0
+OWN_WRITES_TIMEOUT = 2.0
+"""Seconds a read of the store waits for this process's queued writes (see `StoreWriter.catch_up`)."""
 
 
 class Stored(Protocol):
@@ -175,6 +177,11 @@ class StoreWriter:
         return result
 
     # -- control --------------------------------------------------------------------------------
+
+    def catch_up(self) -> bool:
+        """Before reading the store: write what this process queued (the sessions it just ended),
+        waiting at most OWN_WRITES_TIMEOUT seconds."""
+        return self.flush(OWN_WRITES_TIMEOUT)
 
     def flush(self, timeout: float) -> bool:
         """Write everything queued now; False if that took longer than `timeout`.
