@@ -39,7 +39,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from sdk.display import mask_url
-from sdk.guard import warn_once
+from sdk.guard import internal_error, warn_once
 from sdk.settings import Config
 
 if TYPE_CHECKING:
@@ -52,12 +52,14 @@ _OTLP_MODULES = {
     "opentelemetry.exporter.otlp.proto.grpc": OTLP_GRPC,
 }
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-_WALK_DEPTH = 6
-"""How deep wrappers may nest (Logfire: suppression check > main wrapper > multi > batch > exporter)."""
+_WALK_DEPTH = 12
+"""How deep wrappers may nest (Logfire: proxy > provider > multi > suppression check > main wrapper >
+multi > batch processor > its worker > exporter, 8 deep)."""
 
 OTHER_INSTRUMENTATIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "openai": (
         ("openinference.instrumentation.openai", "OpenInference"),
+        ("opentelemetry.instrumentation.genai.openai", "OpenTelemetry contrib"),
         ("opentelemetry.instrumentation.openai_v2", "OpenTelemetry contrib (openai-v2)"),
         ("opentelemetry.instrumentation.openai", "OpenLLMetry"),
     ),
@@ -378,11 +380,13 @@ def other_instrumentations(client: str) -> tuple[str, ...]:
 
 
 def quiet_other_instrumentations(client: str, ctx: Context) -> Context:
-    """`ctx` with OpenTelemetry's suppress-instrumentation flag set, when another instrumentation
-    of `client` is loaded: inside a call sessiontrace records, theirs record nothing (one LLM span).
+    """`ctx` marked so that another loaded instrumentation of `client` records nothing inside a call
+    sessiontrace records (one LLM span per call): OpenTelemetry's suppress-instrumentation flag
+    (OpenInference and OpenLLMetry read it) and, for OpenTelemetry-contrib's GenAI instrumentations,
+    the invocation data their util package reads to nest an inner call into an outer one.
 
-    The flag's key is private to opentelemetry-api (``_SUPPRESS_INSTRUMENTATION_KEY``); every
-    OpenTelemetry and OpenInference instrumentation reads it. This is the one place here that uses it.
+    The flag's key is private to opentelemetry-api (``_SUPPRESS_INSTRUMENTATION_KEY``), though
+    every OpenTelemetry and OpenInference instrumentation reads it; this is the one place here that uses it.
     """
     others = other_instrumentations(client)
     if not others:
@@ -397,7 +401,15 @@ def quiet_other_instrumentations(client: str, ctx: Context) -> Context:
         client,
         client,
     )
-    return otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+    ctx = otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+    genai = sys.modules.get("opentelemetry.util.genai.invocation")
+    if genai is not None:  # imported by OpenTelemetry-contrib's GenAI instrumentations
+        try:
+            ctx = otel_context.set_value(genai.CLIENT_INFERENCE_CONTEXT_KEY, genai.InferenceData(), ctx)
+            ctx = otel_context.set_value(genai.CLIENT_EMBEDDING_CONTEXT_KEY, genai.EmbeddingData(), ctx)
+        except Exception as exc:  # another release of the util package: its spans may then be doubled
+            internal_error("quieting OpenTelemetry-contrib's GenAI instrumentation", exc)
+    return ctx
 
 
 def announce_other_instrumentations(clients: Sequence[str]) -> None:
@@ -415,5 +427,9 @@ def plan_beside(
     if pipeline is None:
         return plan(config, None, "sessiontrace")
     roots, ours = pipeline
-    name = f"{type(shown).__module__.partition('.')[0]} {type(shown).__name__}"
+    name = (
+        "sessiontrace's own, with processors the application added"
+        if type(shown).__name__ == "SessionTracerProvider"
+        else f"{type(shown).__module__.partition('.')[0]} {type(shown).__name__}"
+    )
     return plan(config, application_destinations(roots, ours), name)
