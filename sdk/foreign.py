@@ -369,6 +369,40 @@ def announce(current: ExportPlan) -> None:
         )
 
 
+def keep_session_attributes(match: Any) -> Any:
+    """A Logfire scrubbing callback that keeps sessiontrace's ``session.*`` attributes.
+
+    Logfire's default scrubbing replaces the value of every attribute whose name contains
+    "session" (``[Scrubbed due to 'session']``), ``session.id`` included. Pass this to it:
+    ``logfire.configure(scrubbing=logfire.ScrubbingOptions(callback=sdk.foreign.keep_session_attributes))``.
+    Only a match on the word "session" in a ``session.*`` attribute's name is undone; a value
+    that looks like a secret is still scrubbed.
+    """
+    path: tuple[Any, ...] = tuple(getattr(match, "path", ()))
+    found = getattr(match, "pattern_match", None)
+    if (
+        len(path) == 2
+        and path[0] == "attributes"
+        and isinstance(path[1], str)
+        and path[1].startswith("session.")
+        and found is not None
+        and found.group(0).lower() == "session"
+    ):
+        return match.value
+    return None
+
+
+def announce_logfire(provider: object) -> None:
+    """Say once how to keep `session.*` attributes through Logfire's scrubbing."""
+    if type(provider).__module__.startswith("logfire"):
+        warn_once(
+            "logfire-scrubbing",
+            "sessiontrace: Logfire scrubs attributes whose name contains 'session' (session.id, "
+            "session.state) unless logfire.configure(scrubbing=logfire.ScrubbingOptions("
+            "callback=sdk.foreign.keep_session_attributes)) is used",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Other instrumentations of the LLM clients
 

@@ -24,7 +24,7 @@ from sdk.reaper import reaper
 from sdk.semconv import SessionState
 from sdk.session_api import end_open_sessions, start_auto_session
 from sdk.session_core import auto_session, open_sessions, set_ended_session_grace
-from sdk.settings import Config, load_config
+from sdk.settings import SETTINGS, Config, load_config
 from sdk.state import STATE
 
 
@@ -67,6 +67,8 @@ def _apply(config: Config) -> Config:
         runtime.close_in_background(old, new, config.flush_timeout)
     if plan is not None:
         foreign.announce(plan)
+        if plan.beside_application:
+            foreign.announce_logfire(trace.get_tracer_provider())
     STATE.pipeline_changed = _pipeline_changed
     _apply_process_features(config)
     set_ended_session_grace(config.ended_session_grace)
@@ -281,9 +283,11 @@ def _at_exit() -> None:
             state, reason = SessionState.SUCCESS, None
         end_open_sessions(state, reason, "process exit")
         rt = runtime.current()
+        timeout = rt.config.flush_timeout if rt.config is not None else SETTINGS["flush_timeout"].default
         if rt.config is not None:
             runtime.swap(runtime.Runtime(None))
-            _close_all(rt, rt.config.flush_timeout)
+            _close_all(rt, timeout)
+        tracing.flush_application_processors(timeout)
     except Exception as exc:
         internal_error("exit handler", exc)
 

@@ -418,6 +418,14 @@ def application_pipeline(provider: object = None) -> tuple[tuple[object, ...], o
     return None
 
 
+def flush_application_processors(timeout: float) -> None:
+    """At exit: flush the processors the application added to the SDK's provider, as OpenTelemetry
+    does for a provider of the application's own (the SDK's provider is not shut down at exit)."""
+    provider = STATE.provider
+    if isinstance(provider, SessionTracerProvider) and provider.application_processors():
+        provider.session_processor.force_flush(int(timeout * 1000))
+
+
 def installed_provider() -> trace.TracerProvider | None:
     """The provider the SDK uses, once `init()` has run."""
     provider = STATE.provider

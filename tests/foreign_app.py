@@ -5,7 +5,8 @@
 With ``--instrumentor``, OpenInference's or OpenTelemetry-contrib's openai instrumentor is
 applied first. SETUP is how the application set up OpenTelemetry: `instrument` (the program runs under
 ``opentelemetry-instrument``, which did it before this file runs), `by-hand` (a TracerProvider
-with a BatchSpanProcessor and an OTLP/HTTP exporter to $APP_OTLP_ENDPOINT), `logfire`
+with a BatchSpanProcessor and an OTLP/HTTP exporter to $APP_OTLP_ENDPOINT; after init(), that
+processor added to the global provider), `logfire`
 (``logfire.configure(send_to_logfire=False, console=False)``, which reads the OTEL_EXPORTER_OTLP_*
 variables) or `traceloop` (``Traceloop.init(api_endpoint=$APP_OTLP_ENDPOINT)``). ORDER is
 `before` or `after` ``sdk.init()``. The program then makes: a raw span in the auto session, an
@@ -26,8 +27,8 @@ import frameworks  # tests/ is on PYTHONPATH: the loopback-only network log
 frameworks.log_network_at_exit()
 
 
-def set_up(setup: str) -> None:
-    """Set up OpenTelemetry as the application would."""
+def set_up(setup: str, order: str) -> None:
+    """Set up OpenTelemetry as the application would (by hand after init(): a processor on the global provider)."""
     endpoint = os.environ.get("APP_OTLP_ENDPOINT", "")
     if setup == "by-hand":
         from opentelemetry import trace
@@ -36,13 +37,20 @@ def set_up(setup: str) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces"))
+        if order == "after":  # OpenTelemetry keeps the first global provider: add to it
+            trace.get_tracer_provider().add_span_processor(processor)  # type: ignore[attr-defined]
+            return
         provider = TracerProvider(resource=Resource({"service.name": "app"}))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces")))
+        provider.add_span_processor(processor)
         trace.set_tracer_provider(provider)
     elif setup == "logfire":
         import logfire
 
-        logfire.configure(send_to_logfire=False, console=False, service_name="app")
+        import sdk.foreign
+
+        scrubbing = logfire.ScrubbingOptions(callback=sdk.foreign.keep_session_attributes)
+        logfire.configure(send_to_logfire=False, console=False, service_name="app", scrubbing=scrubbing)
     elif setup == "traceloop":
         from traceloop.sdk import Traceloop
 
@@ -70,7 +78,7 @@ def main() -> None:
         OpenAIInstrumentor().instrument()
 
     if options.order == "before":
-        set_up(options.setup)
+        set_up(options.setup, options.order)
     from opentelemetry import trace
 
     import sdk
@@ -78,7 +86,7 @@ def main() -> None:
     for _ in range(options.inits):
         sdk.init(service_name="app", auto_start_session=True, console_summary=False)
     if options.order == "after":
-        set_up(options.setup)
+        set_up(options.setup, options.order)
     tracer = trace.get_tracer("app")
     auto = sdk.current_session()
     with tracer.start_as_current_span("in-auto"):
