@@ -11,7 +11,8 @@ the same spans never reach the same endpoint twice:
 - `export_mode = auto` (default): each destination the application's pipeline does not already
   cover. An OTLP destination is covered by an application exporter with the same protocol and
   resolved endpoint; it is in doubt, and left to the application, when an application exporter
-  sends to the same host another way or is one sessiontrace cannot see into. A console
+  sends to the same host over the other protocol (or to the same port on another path), or is
+  one sessiontrace cannot see into. A console
   destination is covered by an application console exporter; the local file is sessiontrace's
   own and always written.
 
@@ -320,7 +321,9 @@ def _otlp_covered(protocol: str, url: str, application: tuple[Destination, ...])
             place = _place(theirs.protocol, theirs.url)
             if place == ours:
                 return f"the application exports to it already ({theirs.describe()})", False
-            if place[1] == ours[1]:
+            # The same host over another protocol (a collector's 4317 and 4318), or the same port
+            # on another path, is likely one backend; the same protocol on another port is another.
+            if place[1] == ours[1] and (place[0] != ours[0] or place[2] == ours[2]):
                 return (
                     f"in doubt: the application exports to the same host another way ({theirs.describe()})",
                     True,

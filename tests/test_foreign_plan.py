@@ -98,6 +98,16 @@ def test_same_host_another_protocol_or_port_is_in_doubt_and_left_to_the_applicat
     assert plan.skipped[0][1].startswith("in doubt")
 
 
+def test_same_host_same_protocol_another_port_is_another_destination():
+    """Two OTLP/HTTP receivers on one host's different ports are two destinations: sessiontrace exports to its own."""
+    plan = plan_for(
+        provider_with(HttpExporter(endpoint="http://127.0.0.1:4318/v1/traces")),
+        endpoint="http://localhost:14318",
+    )
+    assert plan.exported == ("otlp",)
+    assert not plan.doubt
+
+
 def test_another_host_is_exported_to_and_the_local_file_always():
     """Another host is not covered: sessiontrace exports there, and writes its local file."""
     plan = plan_for(
