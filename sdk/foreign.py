@@ -464,9 +464,9 @@ def plan_beside(
     if pipeline is None:
         return plan(config, None, "sessiontrace")
     roots, ours = pipeline
-    name = (
-        "sessiontrace's own, with processors the application added"
-        if type(shown).__name__ == "SessionTracerProvider"
-        else f"{type(shown).__module__.partition('.')[0]} {type(shown).__name__}"
-    )
-    return plan(config, application_destinations(roots, ours), name)
+    destinations = application_destinations(roots, ours)
+    if type(shown).__name__ == "SessionTracerProvider":
+        if not destinations:  # processors that export nothing (the notebook's recorder): no pipeline
+            return plan(config, None, "sessiontrace")
+        return plan(config, destinations, "sessiontrace's own, with processors the application added")
+    return plan(config, destinations, f"{type(shown).__module__.partition('.')[0]} {type(shown).__name__}")

@@ -60,15 +60,8 @@ def _apply(config: Config) -> Config:
             end_open_sessions(SessionState.SUCCESS, "sdk disabled", "sdk disabled")
         _set_provider_enabled(False)
         tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
-    new = runtime.build_runtime(config, tracer, old, plan)
     configure_sampling(SamplingRules.of(config) if config.enabled else SamplingRules())
-    runtime.swap(new)
-    if old.config is not None:
-        runtime.close_in_background(old, new, config.flush_timeout)
-    if plan is not None:
-        foreign.announce(plan)
-        if plan.beside_application:
-            foreign.announce_logfire(trace.get_tracer_provider())
+    _swap_pipeline(config, tracer, old, plan)
     STATE.pipeline_changed = _pipeline_changed
     _apply_process_features(config)
     set_ended_session_grace(config.ended_session_grace)
@@ -83,13 +76,31 @@ def _export_plan(config: Config) -> foreign.ExportPlan:
     return foreign.plan_beside(config, tracing.application_pipeline(), trace.get_tracer_provider())
 
 
+def _swap_pipeline(
+    config: Config, tracer: Any, old: runtime.Runtime, plan: foreign.ExportPlan | None
+) -> None:
+    """Build the pipeline for `config` and `plan`, put it in place and close `old` in the background."""
+    new = runtime.build_runtime(config, tracer, old, plan)
+    runtime.swap(new)
+    if old.config is not None:
+        runtime.close_in_background(old, new, config.flush_timeout)
+    if plan is not None:
+        foreign.announce(plan)
+        if plan.beside_application:
+            foreign.announce_logfire(trace.get_tracer_provider())
+
+
 def _pipeline_changed() -> None:
-    """The application added a span processor to the SDK's provider: plan the export again."""
+    """The application added a span processor to the SDK's provider: when that changes where the
+    SDK should export, swap the pipeline (nothing else of init() runs again)."""
     try:
         with STATE.lifecycle_lock:
             current = runtime.current()
-            if current.config is not None and current.enabled:
-                _apply(current.config)
+            if current.config is None or not current.enabled:
+                return
+            plan = _export_plan(current.config)
+            if plan != current.plan:
+                _swap_pipeline(current.config, current.tracer, current, plan)
     except Exception as exc:
         internal_error("planning the export after a new span processor", exc)
 
