@@ -48,6 +48,7 @@ from sdk.settings import Config, ConfigError, load_config
 from sdk.version import __version__
 
 if TYPE_CHECKING:
+    from sdk.foreign import ExportPlan
     from sdk.store import Segment, SessionRecord, SessionStore
 
 CHECK_TIMEOUT = 2.0
@@ -190,6 +191,8 @@ class DoctorReport:
     check: CheckResult | None = None
     session_from: list[tuple[str, str, str, str]] = field(default_factory=list)
     """Framework id -> session mappings: (source, framework, where the id comes from, on/off)."""
+    export_plan: ExportPlan | None = None
+    """What init() would export beside an OpenTelemetry pipeline already set up in this process."""
 
     @property
     def ok(self) -> bool:
@@ -212,6 +215,7 @@ class DoctorReport:
                 {"source": source, "framework": framework, "id": where, "state": state}
                 for source, framework, where, state in self.session_from
             ],
+            "beside_application": None if self.export_plan is None else self.export_plan.to_json(),
             "ok": self.ok,
         }
 
@@ -235,6 +239,9 @@ class DoctorReport:
                     *((s, f, st, w) for s, f, w, st in self.session_from),
                 ]
             )
+        if self.export_plan is not None:
+            lines += ["", f"beside the application's OpenTelemetry (export_mode={self.export_plan.mode}):"]
+            lines += _aligned(self.export_plan.rows())
         lines += ["", "result: ok" if self.ok else "result: a check failed (exit status 1)"]
         return "\n".join(lines)
 
@@ -276,6 +283,7 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
         exporter=config.exporter_kind,
         exporter_note="",
         session_from=frameworks.describe(config),
+        export_plan=_export_plan(config) if config.enabled else None,
     )
     kind = config.exporter_kind
     if not config.enabled:
@@ -303,6 +311,19 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
     else:
         report.exporter_note = "a SpanExporter given to init()"
     return report
+
+
+def _export_plan(config: Config) -> ExportPlan:
+    """The plan init() would make beside the provider set up in this process (run doctor under the
+    program's launcher, ``opentelemetry-instrument python -m sdk doctor``, to see it for that setup)."""
+    from opentelemetry import trace
+
+    from sdk import foreign, tracing
+
+    shown = trace.get_tracer_provider()
+    joined = foreign.sdk_provider_of(shown)
+    pipeline = None if joined is None else tracing.application_pipeline(joined)
+    return foreign.plan_beside(config, pipeline, shown)
 
 
 def versions() -> dict[str, str]:

@@ -13,9 +13,10 @@ import time
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import _TracerConfig
 
-from sdk import runtime, tracing
+from sdk import foreign, runtime, tracing
 from sdk.counters import Stats
 from sdk.export.sampling import SamplingRules, configure_sampling
 from sdk.guard import internal_error
@@ -23,7 +24,7 @@ from sdk.reaper import reaper
 from sdk.semconv import SessionState
 from sdk.session_api import end_open_sessions, start_auto_session
 from sdk.session_core import auto_session, open_sessions, set_ended_session_grace
-from sdk.settings import Config, load_config
+from sdk.settings import SETTINGS, Config, load_config
 from sdk.state import STATE
 
 
@@ -37,32 +38,71 @@ def init(**settings: Any) -> Config:
     """
     config = load_config(settings)
     with STATE.lifecycle_lock:
-        old = runtime.current()
-        if old.config is not None and old.config == config and old.enabled == config.enabled:
-            _apply_process_features(config)
-            set_ended_session_grace(config.ended_session_grace)
-            _apply_auto_session(config)
-            _run_environment_hooks()
-            return old.config
-        if config.enabled:
-            tracer = tracing.install(runtime.build_resource(config))
-            _set_provider_enabled(True)
-        else:
-            if old.enabled:  # end them while their spans can still be exported
-                end_open_sessions(SessionState.SUCCESS, "sdk disabled", "sdk disabled")
-            _set_provider_enabled(False)
-            tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
-        new = runtime.build_runtime(config, tracer, old)
-        configure_sampling(SamplingRules.of(config) if config.enabled else SamplingRules())
-        runtime.swap(new)
-        if old.config is not None:
-            runtime.close_in_background(old, new, config.flush_timeout)
+        return _apply(config)
+
+
+def _apply(config: Config) -> Config:
+    """Put `config` in place (init() with resolved settings; again when the export plan changes)."""
+    old = runtime.current()
+    plan = _export_plan(config) if config.enabled and old.config is not None else None
+    if old.config is not None and old.config == config and old.enabled == config.enabled and old.plan == plan:
         _apply_process_features(config)
         set_ended_session_grace(config.ended_session_grace)
         _apply_auto_session(config)
-        _install_exit_hook()
         _run_environment_hooks()
-        return config
+        return old.config
+    if config.enabled:
+        tracer = tracing.install(runtime.build_resource(config))
+        plan = _export_plan(config)
+        _set_provider_enabled(True)
+    else:
+        if old.enabled:  # end them while their spans can still be exported
+            end_open_sessions(SessionState.SUCCESS, "sdk disabled", "sdk disabled")
+        _set_provider_enabled(False)
+        tracer = old.tracer if old.config is not None else runtime.Runtime(None).tracer
+    configure_sampling(SamplingRules.of(config) if config.enabled else SamplingRules())
+    _swap_pipeline(config, tracer, old, plan)
+    STATE.pipeline_changed = _pipeline_changed
+    _apply_process_features(config)
+    set_ended_session_grace(config.ended_session_grace)
+    _apply_auto_session(config)
+    _install_exit_hook()
+    _run_environment_hooks()
+    return config
+
+
+def _export_plan(config: Config) -> foreign.ExportPlan:
+    """Where the SDK exports beside the application's own OpenTelemetry pipeline, if it has one."""
+    return foreign.plan_beside(config, tracing.application_pipeline(), trace.get_tracer_provider())
+
+
+def _swap_pipeline(
+    config: Config, tracer: Any, old: runtime.Runtime, plan: foreign.ExportPlan | None
+) -> None:
+    """Build the pipeline for `config` and `plan`, put it in place and close `old` in the background."""
+    new = runtime.build_runtime(config, tracer, old, plan)
+    runtime.swap(new)
+    if old.config is not None:
+        runtime.close_in_background(old, new, config.flush_timeout)
+    if plan is not None:
+        foreign.announce(plan)
+        if plan.beside_application:
+            foreign.announce_logfire(trace.get_tracer_provider())
+
+
+def _pipeline_changed() -> None:
+    """The application added a span processor to the SDK's provider: when that changes where the
+    SDK should export, swap the pipeline (nothing else of init() runs again)."""
+    try:
+        with STATE.lifecycle_lock:
+            current = runtime.current()
+            if current.config is None or not current.enabled:
+                return
+            plan = _export_plan(current.config)
+            if plan != current.plan:
+                _swap_pipeline(current.config, current.tracer, current, plan)
+    except Exception as exc:
+        internal_error("planning the export after a new span processor", exc)
 
 
 def _set_provider_enabled(enabled: bool) -> None:
@@ -85,6 +125,8 @@ def _apply_process_features(config: Config) -> None:
     instrumentation.configure(
         config.instrument if config.enabled else (), autogen=config.enabled and config.instrument_autogen
     )
+    if config.enabled:
+        foreign.announce_other_instrumentations(config.instrument)
     reaper().configure(config.session_idle_timeout if config.enabled else None)
     from sdk import logs
     from sdk.instrumentation import propagation
@@ -154,7 +196,8 @@ def shutdown(timeout: float | None = None) -> None:
             return
         end_open_sessions(SessionState.SUCCESS, None, "sdk.shutdown()")
         runtime.swap(runtime.Runtime(None))
-        _set_provider_enabled(False)
+        if not tracing.leave_application_provider():  # the application's processors go on
+            _set_provider_enabled(False)
         reaper().configure(None)
         from sdk.instrumentation import threads
 
@@ -251,9 +294,11 @@ def _at_exit() -> None:
             state, reason = SessionState.SUCCESS, None
         end_open_sessions(state, reason, "process exit")
         rt = runtime.current()
+        timeout = rt.config.flush_timeout if rt.config is not None else SETTINGS["flush_timeout"].default
         if rt.config is not None:
             runtime.swap(runtime.Runtime(None))
-            _close_all(rt, rt.config.flush_timeout)
+            _close_all(rt, timeout)
+        tracing.flush_application_processors(timeout)
     except Exception as exc:
         internal_error("exit handler", exc)
 

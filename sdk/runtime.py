@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the export modules are imported by build_runtime(), not by 
 
     from sdk.export.batch import BatchExportProcessor
     from sdk.export.spool import Spool
+    from sdk.foreign import ExportPlan
     from sdk.store import SessionStore
     from sdk.store.writer import StoreWriter
 
@@ -75,6 +76,8 @@ class Runtime:
         self.tracer: trace.Tracer = tracer or trace.NoOpTracer()
         self.attribute_max_length = config.attribute_max_length if config else 4096
         self.summary = bool(config is not None and self.enabled and config.summary_enabled)
+        self.plan: ExportPlan | None = None
+        """Where this pipeline exports beside the application's (None: no plan was made)."""
         for batch in self.batches:
             batch.hand_on = self._hand_on
 
@@ -350,12 +353,27 @@ def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | Non
     return None if store is None else StoreWriter(store, config.store_write_interval, config.data_dir)
 
 
-def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None = None) -> Runtime:
+def build_runtime(
+    config: Config, tracer: trace.Tracer, previous: Runtime | None = None, plan: ExportPlan | None = None
+) -> Runtime:
     """A new pipeline for `config`. Never blocks on the network: exporters connect lazily.
 
-    `previous`: the pipeline being replaced, whose session store is kept when its settings match."""
+    `previous`: the pipeline being replaced, whose session store is kept when its settings match.
+    `plan`: which destinations to export to beside the application's own pipeline (sdk/foreign.py;
+    default: every destination of the config)."""
     if not config.enabled:
         return Runtime(config, (), tracer)
+    built = _build_runtime(config, tracer, previous, config.destinations if plan is None else plan.exported)
+    built.plan = plan
+    return built
+
+
+def _build_runtime(
+    config: Config,
+    tracer: trace.Tracer,
+    previous: Runtime | None,
+    destinations: Sequence[str | SpanExporter],
+) -> Runtime:
     from sdk.export.batch import BatchExportProcessor
     from sdk.export.scrub import scrub_spans
     from sdk.redaction import scrubber_for
@@ -365,7 +383,7 @@ def build_runtime(config: Config, tracer: trace.Tracer, previous: Runtime | None
     # One batch processor (queue and worker) per destination: a backend that is down never holds
     # up the local file, and each destination gets every span.
     batches = []
-    for destination in config.destinations:
+    for destination in destinations:
         exporter = build_exporter(config, destination)
         if exporter is not None:
             batches.append(

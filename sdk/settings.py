@@ -48,6 +48,7 @@ INTERNAL_ENV = frozenset({"SESSIONTRACE_RAISE_INTERNAL_ERRORS"})
 """SESSIONTRACE_* variables that name no setting but are read (by the SDK's own test suite)."""
 EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
 PROTOCOLS = ("http/protobuf", "grpc")
+EXPORT_MODES = ("auto", "stamp", "own")
 DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_OTLP_GRPC_ENDPOINT = "http://localhost:4317"
 
@@ -383,6 +384,13 @@ def _otel_exporter(value: object) -> Exporter:
     if not names or any(n not in ("otlp", "console", "none") for n in names):
         raise _Invalid("sessiontrace understands otlp, console or none here (or a comma-separated list)")
     return _exporter(names)
+
+
+def _export_mode(value: object) -> str:
+    text = _text(value).lower()
+    if text not in EXPORT_MODES:
+        raise _Invalid(f"expected one of {', '.join(EXPORT_MODES)}")
+    return text
 
 
 def _protocol(value: object) -> str:
@@ -787,6 +795,18 @@ SETTINGS: dict[str, Setting] = {
             "Where spans go: `auto` (OTLP when an endpoint is set, else the local OTLP-JSON file), "
             "`otlp`, `file`, `console`, `none`, or (as an init() keyword) any OpenTelemetry SpanExporter.",
             _env("SESSIONTRACE_EXPORTER", EnvVar("OTEL_TRACES_EXPORTER", _otel_exporter)),
+        ),
+        Setting(
+            "export_mode",
+            _export_mode,
+            "auto",
+            "What sessiontrace exports when the application set up OpenTelemetry before init() "
+            "(opentelemetry-instrument, Logfire, Traceloop, a provider of its own): `auto` only to "
+            "destinations the application's pipeline does not cover already (the same OTLP endpoint "
+            "and protocol is covered; an unclear case is left to the application, and logged once), "
+            "`stamp` nothing (sessions and `session.id` are added to the application's spans, which "
+            "its pipeline exports), `own` every destination of `exporter` as well. See docs/concepts.md.",
+            _env("SESSIONTRACE_EXPORT_MODE"),
         ),
         Setting(
             "endpoint",
@@ -1353,6 +1373,7 @@ class Config:
     service_name: str
     resource_attributes: Mapping[str, str]
     exporter: str | SpanExporter | tuple[str | SpanExporter, ...]
+    export_mode: str
     endpoint: str | None
     headers: Mapping[str, str] = field(repr=False)  # secret: see masked()
     protocol: str

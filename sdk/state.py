@@ -266,6 +266,9 @@ class ProcessState:
         # tracing: the provider the SDK installed or joined, and a private one when it cannot.
         self.provider: Any = None
         self.private_provider: Any = None
+        self.pipeline_changed: Callable[[], None] | None = None
+        """Called when the application adds a span processor to the SDK's provider (lifecycle plans
+        the export again: sdk/foreign.py)."""
         # instrumentation: patches in place (shutdown() removes them all).
         self.patches: dict[str, tuple[object, str, object]] = {}
         self.patches_lock = threading.RLock()

@@ -21,6 +21,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
     ReadableSpan,
     Span,
+    SpanProcessor,
     SynchronousMultiSpanProcessor,
     Tracer,
     TracerProvider,
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link
 from opentelemetry.util.types import Attributes
 
-from sdk import runtime
+from sdk import foreign, runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
 from sdk.semconv import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID
@@ -50,6 +51,10 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.active = True
+        """False once `sdk.shutdown()` ran while this processor sits on the application's provider
+        (OpenTelemetry cannot remove a span processor): it then only hands spans on to the
+        processors added after it."""
         self._forked_at = 0
         registry = STATE.registry  # its dicts are never replaced, only changed: read them directly
         self._by_trace = registry.by_trace
@@ -58,6 +63,10 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         STATE.at_fork(self, after_in_child=self._after_fork_in_child)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if not self.active:
+            if self._span_processors:
+                super().on_start(span, parent_context)
+            return
         STATE.counters.spans_started.add()
         try:
             session = self._by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
@@ -116,7 +125,12 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         # OpenTelemetry drops the oldest attribute when a span has more than its limit (128), and
         # session.id, set at start, is among the oldest: put it back before the span is exported.
         attrs = span._attributes
-        if type(attrs) is BoundedAttributes and attrs.dropped and SESSION_ID not in attrs._dict:
+        if (
+            self.active
+            and type(attrs) is BoundedAttributes
+            and attrs.dropped
+            and SESSION_ID not in attrs._dict
+        ):
             try:
                 _restore_session_id(span, attrs)
             except Exception as exc:
@@ -125,8 +139,9 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
             super()._on_ending(span)
 
     def on_end(self, span: ReadableSpan) -> None:
-        STATE.counters.spans_ended.add()
-        (STATE.runtime or runtime.OFF).on_end(span)
+        if self.active:
+            STATE.counters.spans_ended.add()
+            (STATE.runtime or runtime.OFF).on_end(span)
         if self._span_processors:
             super().on_end(span)
 
@@ -258,10 +273,23 @@ class SessionTracerProvider(TracerProvider):
     """The SDK's TracerProvider: one per process; its resource is replaced in place on re-init."""
 
     def __init__(self, resource: Resource) -> None:
+        self.session_processor = SessionSpanProcessor()
         super().__init__(
-            resource=resource, shutdown_on_exit=False, active_span_processor=SessionSpanProcessor()
+            resource=resource, shutdown_on_exit=False, active_span_processor=self.session_processor
         )
         STATE.registry.auto_listeners.append(self.adopt_orphans)
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        """Add an application's processor (it runs after the SDK's pipeline); the SDK then plans again
+        where it exports, so that what that processor exports is not exported twice (see foreign.py)."""
+        super().add_span_processor(span_processor)
+        changed = STATE.pipeline_changed
+        if changed is not None:
+            changed()
+
+    def application_processors(self) -> tuple[SpanProcessor, ...]:
+        """The processors the application added to this provider (``provider.add_span_processor``)."""
+        return tuple(self.session_processor._span_processors)
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         tracer = super().get_tracer(*args, **kwargs)
@@ -302,28 +330,23 @@ def install(resource: Resource) -> trace.Tracer:
 
     - No provider set yet: install SessionTracerProvider as OpenTelemetry's global provider.
     - Our provider already installed (re-init): update its resource.
-    - The application installed an OpenTelemetry SDK TracerProvider first: add our span processor
-      to it, once (the application keeps its provider, resource and processors).
+    - The application installed an OpenTelemetry SDK TracerProvider first (or a proxy holding one,
+      as Logfire's): join it, once (see `join`); the application keeps its provider, resource and
+      processors, and sdk/foreign.py decides what the SDK still exports itself.
     - Anything else: keep it, and use a private SessionTracerProvider for the SDK's own spans.
     """
     provider = trace.get_tracer_provider()
     if isinstance(provider, SessionTracerProvider):
         provider.replace_resource(resource)
+        provider.session_processor.active = True
     elif isinstance(provider, trace.ProxyTracerProvider):
         provider = SessionTracerProvider(resource)
         trace.set_tracer_provider(provider)
         if trace.get_tracer_provider() is not provider:  # another thread won the race
             return install(resource)
-    elif isinstance(provider, TracerProvider):
-        if not getattr(provider, "_sessiontrace_processor", None):
-            processor = SessionSpanProcessor()
-            provider.add_span_processor(processor)
-            provider._sessiontrace_processor = processor  # type: ignore[attr-defined]
-            warn_once(
-                "foreign-provider",
-                "sessiontrace: an OpenTelemetry TracerProvider was already installed; sessiontrace adds "
-                "its span processor to it (spans get session.id and go to sessiontrace's exporter too)",
-            )
+    elif (joined := foreign.sdk_provider_of(provider)) is not None:
+        join(joined, shown=provider)
+        provider = joined
     else:
         warn_once(
             "unknown-provider",
@@ -344,6 +367,63 @@ def install(resource: Resource) -> trace.Tracer:
         # Only the SDK's own tracer: a resumed session's span takes the ids claimed in the store.
         tracer.id_generator = SegmentIds(generator)  # type: ignore[attr-defined]
     return tracer
+
+
+def join(provider: TracerProvider, shown: object) -> None:
+    """Add the SDK's span processor to the application's provider, once however often init() runs
+    (a processor left inactive by `shutdown()` is switched on again, never added twice)."""
+    processor = getattr(provider, "_sessiontrace_processor", None)
+    if isinstance(processor, SessionSpanProcessor):
+        processor.active = True
+        return
+    processor = SessionSpanProcessor()
+    provider.add_span_processor(processor)
+    provider._sessiontrace_processor = processor  # type: ignore[attr-defined]
+    warn_once(
+        "foreign-provider",
+        "sessiontrace: an OpenTelemetry TracerProvider (%s) was already installed; sessiontrace adds "
+        "its span processor to it, so that its spans carry their sessions",
+        type(shown).__name__,
+    )
+
+
+def leave_application_provider() -> bool:
+    """`sdk.shutdown()`: where the application's processors share the provider, the SDK's processor
+    stops stamping and exporting (OpenTelemetry cannot remove a span processor) and the
+    application's go on. True when that is so (the provider must then stay enabled)."""
+    provider = STATE.provider
+    if isinstance(provider, SessionTracerProvider):
+        if not provider.application_processors():
+            return False
+        provider.session_processor.active = False
+        return True
+    processor = getattr(provider, "_sessiontrace_processor", None)
+    if isinstance(processor, SessionSpanProcessor):
+        processor.active = False
+        return True
+    return False
+
+
+def application_pipeline(provider: object = None) -> tuple[tuple[object, ...], object] | None:
+    """What the application's own span processors hang from, and the SDK's processor among them
+    (not to be looked into); None when the application has no pipeline of its own.
+
+    `provider`: the SDK TracerProvider spans are made on (default: the one `install` chose)."""
+    provider = STATE.provider if provider is None else provider
+    if isinstance(provider, SessionTracerProvider):
+        processors = provider.application_processors()
+        return (processors, None) if processors else None
+    if isinstance(provider, TracerProvider):
+        return (provider,), getattr(provider, "_sessiontrace_processor", None)
+    return None
+
+
+def flush_application_processors(timeout: float) -> None:
+    """At exit: flush the processors the application added to the SDK's provider, as OpenTelemetry
+    does for a provider of the application's own (the SDK's provider is not shut down at exit)."""
+    provider = STATE.provider
+    if isinstance(provider, SessionTracerProvider) and provider.application_processors():
+        provider.session_processor.force_flush(int(timeout * 1000))
 
 
 def installed_provider() -> trace.TracerProvider | None:

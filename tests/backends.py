@@ -57,7 +57,8 @@ def cached_venv(name: str, requirement: str, *more: str, python: str = sys.execu
             return venv
         if venv.exists():
             subprocess.run(["rm", "-rf", str(venv)], check=True)
-        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        # --upgrade-deps: the pip that venv bundles may be too old to resolve today's dependency sets
+        subprocess.run([python, "-m", "venv", "--upgrade-deps", str(venv)], check=True, capture_output=True)
         install = subprocess.run(
             [
                 str(venv / "bin" / "python"),

@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and those below, never a
    budget, semconv, w3c, version
 1. settings
 2. export, store
-3. runtime, tracing
+3. runtime, tracing, foreign
 4. session_core, inbound, session_api, scores, context, decorators, reaper
 5. instrumentation, logs
 6. lifecycle, testing
@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "sdk.store": 2,
     "sdk.runtime": 3,
     "sdk.tracing": 3,
+    "sdk.foreign": 3,
     **dict.fromkeys(
         [
             "sdk.session_core",

@@ -29,6 +29,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdk import runtime
 from sdk.attributes import to_attribute_value, write_attributes
+from sdk.foreign import quiet_other_instrumentations
 from sdk.guard import internal_error
 from sdk.pricing import PricingTable, table_for
 from sdk.redaction import Redactor, redactor_for
@@ -211,7 +212,9 @@ class LLMCall:
         self.request_model = request_model
         self.settings = settings
         self.server = server
-        self.ctx = otel_context.set_value(SUPPRESS_KEY, True, trace.set_span_in_context(span))
+        self.ctx = quiet_other_instrumentations(
+            provider, otel_context.set_value(SUPPRESS_KEY, True, trace.set_span_in_context(span))
+        )
         self.started_ns = time.monotonic_ns()
         self.first_chunk_ns: int | None = None
         self.response_id: str | None = None
