@@ -1,8 +1,10 @@
 """Every test starts with a clean SDK, a clean environment and its own working directory.
 
-The real components tests share are fixtures here: a loopback OTLP receiver (HTTP, or HTTP and
-gRPC), the loopback LLM server the real openai and anthropic clients talk to, a real
-``redis-server``, and a Jupyter folder whose kernel is ipykernel on this Python.
+A test of a time window (an idle timeout, a grace period, an expiry) takes the ``clock`` fixture
+and moves the SDK's clock instead of sleeping through the window. The real components tests share
+are fixtures here: a loopback OTLP receiver (HTTP, or HTTP and gRPC), the loopback LLM server the
+real openai and anthropic clients talk to, a real ``redis-server``, and a Jupyter folder whose
+kernel is ipykernel on this Python.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from otlp_receiver import OTLPReceiver
 from redis_server import RedisServer
 
 import sdk
-from sdk.testing import CapturedSpans, capture, reset
+from sdk.testing import CapturedSpans, FakeClock, capture, freeze_clock, reset
 
 # Internal errors fail the SDK's own tests instead of being swallowed (tests of the guard turn it off).
 os.environ["SESSIONTRACE_RAISE_INTERNAL_ERRORS"] = "1"
@@ -45,6 +47,12 @@ def captured() -> CapturedSpans:
 def trusting() -> CapturedSpans:
     """The SDK started with an in-memory recorder, adopting inbound session ids from any sender."""
     return capture(service_name="tests", accept_session_from="all")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The SDK's clock, frozen for this test: ``clock.advance(seconds)`` moves it (reset() restores the real one)."""
+    return freeze_clock()
 
 
 @pytest.fixture
