@@ -23,6 +23,7 @@ docs/architecture.md explains each layer.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,22 @@ LAYERS: dict[str, int] = {
     "sdk.__main__": 7,
     "notebook_ext": 8,
 }
+
+
+def documented_layers() -> dict[str, int]:
+    """The layers docs/architecture.md draws: its first code block, one ``N  name, name`` line per
+    layer (a line that starts with spaces goes on), a parenthesis being a remark."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```\n", 2)[1]
+    found: dict[str, int] = {}
+    number = -1
+    for line in block.splitlines():
+        if line[:1].isdigit():
+            number, line = int(line[0]), line[1:]
+        for name in re.sub(r"\([^)]*\)", "", line).split(","):
+            if name.strip():
+                found[name.strip()] = number
+    return found
 
 
 def module_name(path: Path) -> str:
@@ -141,6 +158,12 @@ def graph() -> dict[str, set[str]]:
         name: {target for target, _ in imports(path) if target != name and not name.startswith(target + ".")}
         for name, path in MODULES.items()
     }
+
+
+def test_docs_architecture_draws_these_layers():
+    """docs/architecture.md's layer drawing names every module of LAYERS in its layer, and nothing else."""
+    expected = {name.removeprefix("sdk.") if name != "sdk" else name: level for name, level in LAYERS.items()}
+    assert documented_layers() == expected
 
 
 def test_every_import_runs_down_the_layers():
