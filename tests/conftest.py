@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llm_server import LLMServer
@@ -89,6 +90,24 @@ def fresh_llm_server() -> Iterator[LLMServer]:
     """The loopback LLM server, for one test (its request log starts empty)."""
     with LLMServer() as running:
         yield running
+
+
+@pytest.fixture
+def openai_client(llm_server: LLMServer) -> Iterator[Any]:
+    """The real openai client against the loopback LLM server, closed after the test (its sockets too)."""
+    import openai  # here: a test of what happens before openai is imported must be able to run first
+
+    with openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def anthropic_client(llm_server: LLMServer) -> Iterator[Any]:
+    """The real anthropic client against the loopback LLM server, closed after the test (its sockets too)."""
+    import anthropic
+
+    with anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="test-key", max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
