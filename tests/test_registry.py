@@ -107,6 +107,26 @@ def test_sessions_lists_the_auto_session_marked_auto():
 # -- idle timeout ------------------------------------------------------------------------------------
 
 
+def test_a_frozen_clock_stands_still_until_advanced_and_reset_restores_the_real_one():
+    """sdk.testing.freeze_clock(): monotonic and wall time stand still, move together by advance(), never back; reset() puts the real clock back."""
+    from sdk.state import STATE, Clock
+    from sdk.testing import freeze_clock, reset
+
+    clock = freeze_clock()
+    assert STATE.clock is clock
+    mono, wall = clock.monotonic(), clock.time()
+    time.sleep(0.01)  # real time passes; the frozen clock does not see it
+    assert (clock.monotonic(), clock.time()) == (mono, wall)
+    clock.advance(2.5)
+    assert clock.monotonic() == pytest.approx(mono + 2.5)
+    assert clock.time() == pytest.approx(wall + 2.5)
+    assert clock.monotonic_ns() / 1e9 == pytest.approx(clock.monotonic())
+    with pytest.raises(ValueError, match="cannot go back"):
+        clock.advance(-1)
+    reset()
+    assert type(STATE.clock) is Clock
+
+
 def test_idle_timeout_ends_an_idle_session_not_an_active_one_nor_the_auto_session(clock):
     """With session_idle_timeout, a session that starts no span for that long ends as indeterminate (idle_timeout); one that keeps starting spans and the auto session stay open."""
     captured = capture(session_idle_timeout=TIMEOUT, auto_start_session=True)
