@@ -581,15 +581,22 @@ def test_example_notebook_runs(tmp_path, kernel_dirs):
 # --- no kernel ---------------------------------------------------------------------------------
 
 
-def test_import_sdk_does_not_import_ipython(tmp_path):
-    """``import sdk`` and ``sdk.init()`` in a plain Python process import no IPython."""
-    child = subprocess.run(
-        [sys.executable, "-c", "import sys, sdk; sdk.init(exporter='none'); print('IPython' in sys.modules)"],
-        cwd=tmp_path,
+def run_plain_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`code` in a plain Python process (no kernel), without the developer's SESSIONTRACE_/OTEL_ settings."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith(("SESSIONTRACE_", "OTEL_"))},
+    )
+
+
+def test_import_sdk_does_not_import_ipython(tmp_path):
+    """``import sdk`` and ``sdk.init()`` in a plain Python process import no IPython."""
+    child = run_plain_python(
+        "import sys, sdk; sdk.init(exporter='none'); print('IPython' in sys.modules)", tmp_path
     )
     assert child.returncode == 0, child.stderr
     assert child.stdout == "False\n"
@@ -615,14 +622,7 @@ except ValueError:
 
 def test_a_hook_error_is_logged_once_per_place_and_kind_and_never_reaches_the_cell(tmp_path):
     """The notebook hooks' guard swallows an internal error and logs it once per place and exception type (it re-raises only under SESSIONTRACE_RAISE_INTERNAL_ERRORS=1)."""
-    child = subprocess.run(
-        [sys.executable, "-c", GUARDED],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("SESSIONTRACE_", "OTEL_"))},
-    )
+    child = run_plain_python(GUARDED, tmp_path)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["continued", "re-raised"]
     logged = [line for line in child.stderr.splitlines() if line.startswith("sessiontrace: internal error")]
