@@ -33,6 +33,7 @@ from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 
 import sdk
+from notebook_ext.state import STATE
 from notebook_ext.summary import span_recorder
 
 logger = logging.getLogger("sessiontrace.notebook")
@@ -43,8 +44,6 @@ CELL_ID = "notebook.cell.id"
 
 CELLS = "cells"
 """The participant `attach_to_kernel` adds: cell spans and sessions carried from cell to cell."""
-
-_logged: set[tuple[str, str]] = set()
 
 
 @contextmanager
@@ -57,9 +56,7 @@ def guarded(where: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        key = (where, type(exc).__name__)
-        if key not in _logged:
-            _logged.add(key)
+        if STATE.first_time((where, type(exc).__name__)):
             logger.error(
                 "sessiontrace: internal error in the notebook hooks (%s); your code continues",
                 where,

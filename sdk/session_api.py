@@ -647,7 +647,6 @@ def sessions(*, stale: bool = False) -> list[SessionInfo] | list[SessionRecord]:
     """
     if stale:
         return _stale_records()
-    now = time.time_ns()
     listed = [
         SessionInfo(
             s.id,
@@ -655,7 +654,7 @@ def sessions(*, stale: bool = False) -> list[SessionInfo] | list[SessionRecord]:
             s.user_id,
             s.tags,
             s.auto,
-            (now - s.started_ns) / 1e9,
+            s.age,
             s.idle,
             s.span_count,
             s.trace_id,
@@ -675,7 +674,7 @@ def _stale_records() -> list[SessionRecord]:
 
     stale_after = rt.config.session_stale_after if rt.config is not None else None
     running = rt.store_call(lambda: store.list(state="running"))
-    now = time.time()
+    now = STATE.clock.time()
     mine = set(STATE.registry.by_id)
     return [r for r in running or () if r.id not in mine and is_stale(r, stale_after, now)]
 

@@ -123,6 +123,7 @@ class Session:
         "parent_id",
         "segment",
         "span",
+        "started_monotonic_ns",
         "started_ns",
         "started_thread",
         "trace_id_int",
@@ -158,7 +159,8 @@ class Session:
         self.parent_id = parent_id
         self.auto = auto
         self.started_ns = started_ns
-        self.last_active_ns = STATE.clock.monotonic_ns()
+        self.started_monotonic_ns = self.last_active_ns = STATE.clock.monotonic_ns()
+        """When the session was made and when a span last started in it, on the SDK's clock."""
         self._step: Span | None = None
         self.started_thread: int | None = None
         """The thread `start_session()` made this session current in (None for other sessions)."""
@@ -308,6 +310,11 @@ class Session:
         """Seconds from start to end (or to now while running)."""
         end = self._ended_ns if self._ended_ns is not None else time.time_ns()
         return (end - self.started_ns) / 1e9
+
+    @property
+    def age(self) -> float:
+        """Seconds since the session started, on the SDK's clock (whether or not it has ended)."""
+        return (STATE.clock.monotonic_ns() - self.started_monotonic_ns) / 1e9
 
     @property
     def idle(self) -> float:
@@ -528,7 +535,7 @@ class Session:
         )
 
     def _last_activity_wall(self) -> float:
-        return time.time() - (STATE.clock.monotonic_ns() - self.last_active_ns) / 1e9
+        return STATE.clock.time() - (STATE.clock.monotonic_ns() - self.last_active_ns) / 1e9
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r} id={self.id} state={self._state.value}>"

@@ -47,10 +47,14 @@ T = TypeVar("T")
 
 
 class Clock:
-    """Where the SDK reads monotonic time for idle timeouts, grace periods and store intervals.
+    """Where the SDK reads time to decide that a time window has passed.
 
-    Tests replace it (``sdk.testing.FakeClock``) to cross a time window without sleeping through it.
-    Span and session timestamps stay wall-clock time from the OpenTelemetry SDK and `time`.
+    Monotonic time: idle sessions and their age, the ended-session grace period, remote traces'
+    lifetime, warning intervals, the pause after a store failure. Wall time (`time`): a stored
+    record's last activity and what it is compared with (session expiry, stale sessions). Tests
+    replace it (`sdk.testing.freeze_clock`) to cross a window without sleeping through it.
+    Span and session timestamps stay wall-clock time from the OpenTelemetry SDK and `time`, and the
+    background threads' own waits (export and store intervals, flush deadlines) stay real time.
     """
 
     def monotonic(self) -> float:
@@ -60,6 +64,10 @@ class Clock:
     def monotonic_ns(self) -> int:
         """Nanoseconds on a monotonic clock."""
         return time.monotonic_ns()
+
+    def time(self) -> float:
+        """Seconds since the epoch (wall-clock time)."""
+        return time.time()
 
 
 DEFAULT_ENDED_SESSION_GRACE = 30.0

@@ -1,8 +1,10 @@
 """Every test starts with a clean SDK, a clean environment and its own working directory.
 
-The real components tests share are fixtures here: a loopback OTLP receiver (HTTP, or HTTP and
-gRPC), the loopback LLM server the real openai and anthropic clients talk to, a real
-``redis-server``, and a Jupyter folder whose kernel is ipykernel on this Python.
+A test of a time window (an idle timeout, a grace period, an expiry) takes the ``clock`` fixture
+and moves the SDK's clock instead of sleeping through the window. The real components tests share
+are fixtures here: a loopback OTLP receiver (HTTP, or HTTP and gRPC), the loopback LLM server the
+real openai and anthropic clients talk to, a real ``redis-server``, and a Jupyter folder whose
+kernel is ipykernel on this Python.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llm_server import LLMServer
@@ -19,7 +22,7 @@ from otlp_receiver import OTLPReceiver
 from redis_server import RedisServer
 
 import sdk
-from sdk.testing import CapturedSpans, capture, reset
+from sdk.testing import CapturedSpans, FakeClock, capture, freeze_clock, reset
 
 # Internal errors fail the SDK's own tests instead of being swallowed (tests of the guard turn it off).
 os.environ["SESSIONTRACE_RAISE_INTERNAL_ERRORS"] = "1"
@@ -45,6 +48,12 @@ def captured() -> CapturedSpans:
 def trusting() -> CapturedSpans:
     """The SDK started with an in-memory recorder, adopting inbound session ids from any sender."""
     return capture(service_name="tests", accept_session_from="all")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The SDK's clock, frozen for this test: ``clock.advance(seconds)`` moves it (reset() restores the real one)."""
+    return freeze_clock()
 
 
 @pytest.fixture
@@ -81,6 +90,24 @@ def fresh_llm_server() -> Iterator[LLMServer]:
     """The loopback LLM server, for one test (its request log starts empty)."""
     with LLMServer() as running:
         yield running
+
+
+@pytest.fixture
+def openai_client(llm_server: LLMServer) -> Iterator[Any]:
+    """The real openai client against the loopback LLM server, closed after the test (its sockets too)."""
+    import openai  # here: a test of what happens before openai is imported must be able to run first
+
+    with openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def anthropic_client(llm_server: LLMServer) -> Iterator[Any]:
+    """The real anthropic client against the loopback LLM server, closed after the test (its sockets too)."""
+    import anthropic
+
+    with anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="test-key", max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """The house rules, checked: imports run one way through the layers, with no cycle, and no module keeps mutable state.
 
+Mutable process state lives in ``sdk/state.py`` (``STATE``) and, for the notebook extension, which
+sees the SDK through its face only, in ``notebook_ext/state.py``.
+
 Layers, lowest first (a module may import its own layer and those below, never above):
 
 0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
@@ -20,6 +23,7 @@ docs/architecture.md explains each layer.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +78,22 @@ LAYERS: dict[str, int] = {
     "sdk.__main__": 7,
     "notebook_ext": 8,
 }
+
+
+def documented_layers() -> dict[str, int]:
+    """The layers docs/architecture.md draws: its first code block, one ``N  name, name`` line per
+    layer (a line that starts with spaces goes on), a parenthesis being a remark."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```\n", 2)[1]
+    found: dict[str, int] = {}
+    number = -1
+    for line in block.splitlines():
+        if line[:1].isdigit():
+            number, line = int(line[0]), line[1:]
+        for name in re.sub(r"\([^)]*\)", "", line).split(","):
+            if name.strip():
+                found[name.strip()] = number
+    return found
 
 
 def module_name(path: Path) -> str:
@@ -140,6 +160,12 @@ def graph() -> dict[str, set[str]]:
     }
 
 
+def test_docs_architecture_draws_these_layers():
+    """docs/architecture.md's layer drawing names every module of LAYERS in its layer, and nothing else."""
+    expected = {name.removeprefix("sdk.") if name != "sdk" else name: level for name, level in LAYERS.items()}
+    assert documented_layers() == expected
+
+
 def test_every_import_runs_down_the_layers():
     """No module imports a module of a higher layer, at top level or inside a function."""
     backwards = [
@@ -194,13 +220,17 @@ MUTABLE_CALLS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("sdk")))
+STATE_MODULES = frozenset({"sdk.state", "notebook_ext.state"})
+"""Where mutable process state lives: the SDK's, and the notebook extension's own."""
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_keep_no_mutable_state(name):
-    """A module's top level holds constants only: no module-level list, dict, set, lock or counter that is changed later, no ``global``."""
+    """A module's top level (in sdk/ and notebook_ext/) holds constants only: no module-level list, dict, set, lock or counter that is changed later, no ``global``."""
     tree = ast.parse(MODULES[name].read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)], "a `global` statement"
-    if name == "sdk.state":
-        return  # the one place mutable state lives
+    if name in STATE_MODULES:
+        return  # the places mutable state lives
     for node in tree.body:
         value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
         if value is None:

@@ -15,7 +15,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import sdk
-from sdk.testing import CapturedSpans, capture
+from sdk.testing import CapturedSpans, FakeClock, capture
 
 tracer = trace.get_tracer("tests.attribution")
 _W3C = TraceContextTextMapPropagator()
@@ -92,13 +92,21 @@ def test_a_span_started_after_its_session_ended_joins_it_within_the_grace_period
     assert captured.named("late").context.trace_id == s.trace_id_int
 
 
-def test_after_the_grace_period_a_late_span_no_longer_claims_the_session() -> None:
-    captured = capture(session_store="none", ended_session_grace=0.05)
+def test_after_the_grace_period_a_late_span_no_longer_claims_the_session(clock: FakeClock) -> None:
+    """A span of an ended session's trace joins it until `ended_session_grace` has passed, not after."""
+    captured = capture(session_store="none", ended_session_grace=10)
     with sdk.session("ended-long-ago") as s:
         with tracer.start_as_current_span("publish"):
             headers = traceparent_only()
-    time.sleep(0.2)
-    contextvars.Context().run(lambda: tracer.start_span("too-late", context=_W3C.extract(headers)).end())
+
+    def late(name: str) -> None:
+        contextvars.Context().run(lambda: tracer.start_span(name, context=_W3C.extract(headers)).end())
+
+    clock.advance(9.9)
+    late("just-in-time")
+    clock.advance(0.2)
+    late("too-late")
+    assert session_of(captured, "just-in-time") == [s.id]
     assert session_of(captured, "too-late") == [None]
     assert s.ended
 

@@ -14,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import anthropic
 import openai
 import pytest
 from llm_server import INPUT_TOKENS, OUTPUT_TOKENS, LLMServer
@@ -35,10 +34,10 @@ def chat(client: openai.OpenAI) -> None:
     client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)  # type: ignore[arg-type]
 
 
-def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(llm_server):
+def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(llm_server, openai_client):
     """max_llm_calls=2: two requests reach the server; the third call raises BudgetExceeded with the limit, the usage and the session, and nothing is sent."""
     captured = capture()
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    client = openai_client
     before = sent(llm_server, "/v1/chat/completions")
     with sdk.session("capped", budget=sdk.Budget(max_llm_calls=2)) as s:
         chat(client)
@@ -59,10 +58,10 @@ def test_max_llm_calls_refuses_the_third_call_before_it_is_sent(llm_server):
     assert events[0].attributes["session.budget.limit"] == "max_llm_calls"
 
 
-def test_token_limit_from_the_servers_usage_with_anthropic(llm_server):
+def test_token_limit_from_the_servers_usage_with_anthropic(llm_server, anthropic_client):
     """max_tokens counts the input and output tokens the server reported (anthropic, sync and stream)."""
     capture()
-    claude = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
+    claude = anthropic_client
     per_call = INPUT_TOKENS + OUTPUT_TOKENS
     before = sent(llm_server, "/v1/messages")
     with sdk.session("tokens", budget=sdk.Budget(max_tokens=2 * per_call)):
@@ -93,11 +92,11 @@ async def test_cost_limit_with_the_async_client(llm_server):
     assert s.usage.cost_usd == pytest.approx(3 * per_call)
 
 
-def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(llm_server):
+def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(llm_server, openai_client):
     """on_exceed="warn": every call is sent; the first excess records a session.budget_exceeded event and calls on_budget_exceeded once per limit."""
     seen: list[tuple[str, str]] = []
     captured = capture(on_budget_exceeded=lambda session, error: seen.append((session.name, error.limit)))
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    client = openai_client
     before = sent(llm_server, "/v1/chat/completions")
     with sdk.session("warned", budget=sdk.Budget(max_llm_calls=1, max_tokens=100, on_exceed="warn")):
         for _ in range(8):
@@ -113,10 +112,10 @@ def test_warn_mode_lets_calls_through_records_one_event_and_calls_the_callbacks(
     assert root.attributes["session.state"] == "success"
 
 
-def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(llm_server):
+def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(openai_client):
     """max_repeats=2: a tool called three times in a row with the same arguments makes the next LLM call raise; other arguments in between reset the count."""
     capture()
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    client = openai_client
 
     @sdk.tool
     def search(query: str) -> str:
@@ -133,7 +132,7 @@ def test_the_loop_guard_counts_the_same_tool_with_the_same_arguments_in_a_row(ll
 
 
 def test_session_budget_setting_applies_to_every_session_unless_it_has_its_own(
-    llm_server, monkeypatch, tmp_path
+    openai_client, monkeypatch, tmp_path
 ):
     """session_budget (init keyword, environment text or pyproject table) is every session's default; a session's own budget wins."""
     monkeypatch.setenv("SESSIONTRACE_SESSION_BUDGET", "max_llm_calls=1,on_exceed=raise")
@@ -142,7 +141,7 @@ def test_session_budget_setting_applies_to_every_session_unless_it_has_its_own(
     monkeypatch.delenv("SESSIONTRACE_SESSION_BUDGET")
     assert load_config(cwd=tmp_path).session_budget == sdk.Budget(max_cost_usd=0.5, on_exceed="warn")
     capture(session_budget=sdk.Budget(max_llm_calls=1))
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    client = openai_client
     with sdk.session("default") as default:
         chat(client)
         with pytest.raises(sdk.BudgetExceeded):
@@ -172,7 +171,7 @@ def test_bad_budgets_are_config_errors_naming_the_setting(raw, problem):
 
 
 @pytest.mark.subprocess
-def test_a_resumed_session_in_a_second_process_inherits_the_usage(llm_server, tmp_path):
+def test_a_resumed_session_in_a_second_process_inherits_the_usage(llm_server, openai_client, tmp_path):
     """A session that made two calls in one process and is resumed in another with max_llm_calls=3 gets one more call there."""
     script = textwrap.dedent(
         f"""
@@ -190,7 +189,7 @@ def test_a_resumed_session_in_a_second_process_inherits_the_usage(llm_server, tm
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     sdk.init(exporter="none", data_dir=str(tmp_path / "data"))
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    client = openai_client
     with sdk.session(
         "conversation", session_id="conv-1", resume=True, budget=sdk.Budget(max_llm_calls=3)
     ) as s:

@@ -31,8 +31,9 @@ COST = (INPUT_TOKENS * 1.0 + OUTPUT_TOKENS * 5.0) / 1e6
 
 
 @pytest.fixture
-def client(llm_server):
-    return anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="test-key", max_retries=0)
+def client(anthropic_client):
+    """The real anthropic client against the loopback server (closed after the test)."""
+    return anthropic_client
 
 
 @pytest.fixture

@@ -30,8 +30,9 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def client(llm_server):
-    return openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0)
+def client(openai_client):
+    """The real openai client against the loopback server (closed after the test)."""
+    return openai_client
 
 
 @pytest.fixture

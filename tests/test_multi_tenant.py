@@ -96,7 +96,7 @@ class ServerProcess:
                 self.kill()
                 pytest.fail(f"the server printed no port within {timeout} s; stderr:\n{self.stderr()}")
             if line is None:
-                self.proc.wait()
+                self.kill()  # it has exited: this waits for it and closes its files
                 pytest.fail(f"the server exited ({self.proc.returncode}) before listening:\n{self.stderr()}")
             match = PORT_LINE.search(line)
             if match:
@@ -125,7 +125,9 @@ class ServerProcess:
         self._stderr.close()
 
     def stderr(self) -> str:
-        self._stderr.flush()
+        """Everything the server wrote to stderr so far (also after `kill()` closed the file)."""
+        if not self._stderr.closed:
+            self._stderr.flush()
         return self.stderr_path.read_text()
 
 

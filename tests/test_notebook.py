@@ -581,18 +581,56 @@ def test_example_notebook_runs(tmp_path, kernel_dirs):
 # --- no kernel ---------------------------------------------------------------------------------
 
 
-def test_import_sdk_does_not_import_ipython(tmp_path):
-    """``import sdk`` and ``sdk.init()`` in a plain Python process import no IPython."""
-    child = subprocess.run(
-        [sys.executable, "-c", "import sys, sdk; sdk.init(exporter='none'); print('IPython' in sys.modules)"],
-        cwd=tmp_path,
+def run_plain_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`code` in a plain Python process (no kernel), without the developer's SESSIONTRACE_/OTEL_ settings."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith(("SESSIONTRACE_", "OTEL_"))},
     )
+
+
+def test_import_sdk_does_not_import_ipython(tmp_path):
+    """``import sdk`` and ``sdk.init()`` in a plain Python process import no IPython."""
+    child = run_plain_python(
+        "import sys, sdk; sdk.init(exporter='none'); print('IPython' in sys.modules)", tmp_path
+    )
     assert child.returncode == 0, child.stderr
     assert child.stdout == "False\n"
+
+
+GUARDED = """
+import logging, os
+logging.basicConfig(level=logging.ERROR, format="%(message)s")
+from notebook_ext.kernel import guarded
+for where, error in [("pre_run_cell", ValueError), ("pre_run_cell", ValueError),
+                     ("post_run_cell", ValueError), ("pre_run_cell", TypeError)]:
+    with guarded(where):
+        raise error("boom")
+print("continued")
+os.environ["SESSIONTRACE_RAISE_INTERNAL_ERRORS"] = "1"
+try:
+    with guarded("post_run_cell"):
+        raise ValueError("boom")
+except ValueError:
+    print("re-raised")
+"""
+
+
+def test_a_hook_error_is_logged_once_per_place_and_kind_and_never_reaches_the_cell(tmp_path):
+    """The notebook hooks' guard swallows an internal error and logs it once per place and exception type (it re-raises only under SESSIONTRACE_RAISE_INTERNAL_ERRORS=1)."""
+    child = run_plain_python(GUARDED, tmp_path)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["continued", "re-raised"]
+    logged = [line for line in child.stderr.splitlines() if line.startswith("sessiontrace: internal error")]
+    assert [line.split("(")[1].split(")")[0] for line in logged] == [
+        "pre_run_cell",
+        "post_run_cell",
+        "pre_run_cell",
+    ]
 
 
 def _sdk_uses(tree: ast.AST) -> Iterator[tuple[str, int]]:

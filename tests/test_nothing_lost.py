@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from backends import wait_until
 from fault_proxy import FaultProxy
 from opentelemetry import trace
 
@@ -122,14 +123,13 @@ def test_a_backed_up_queue_spills_to_disk_for_the_local_file_and_everything_is_w
         assert mine == sorted(mine)
 
 
-def test_queue_full_drops_are_counted_per_reason_and_warned_about_once_per_interval(caplog, monkeypatch):
+def test_queue_full_drops_are_counted_per_reason_and_warned_about_once_per_interval(caplog, clock):
     """A queue that cannot spill (a custom exporter) drops: counted as queue-full, one warning per interval,
     each giving the figure since the last one."""
     from test_export_otlp import RecordingExporter
 
-    from sdk.export import batch as batch_module
+    from sdk.export.batch import DROP_WARNING_INTERVAL
 
-    monkeypatch.setattr(batch_module, "DROP_WARNING_INTERVAL", 0.5)
     gate = threading.Event()
 
     class Stuck(RecordingExporter):
@@ -158,11 +158,13 @@ def test_queue_full_drops_are_counted_per_reason_and_warned_about_once_per_inter
     assert figures() == [first]  # the first drops are reported at once
     burst("b")  # within the interval: added up, reported when it has passed
     assert figures() == [first]
-    time.sleep(0.7)
+    clock.advance(DROP_WARNING_INTERVAL)
+    assert wait_until(lambda: len(figures()) == 2, timeout=10, interval=0.01)  # by the export thread
     second = sdk.stats().spans_dropped_queue_full - first
     assert figures() == [first, second]
     burst("c")
-    time.sleep(0.7)
+    clock.advance(DROP_WARNING_INTERVAL)
+    assert wait_until(lambda: len(figures()) == 3, timeout=10, interval=0.01)
     stats = sdk.stats()
     assert figures() == [first, second, stats.spans_dropped_queue_full - first - second]
     assert stats.spans_dropped_queue_full == stats.spans_dropped

@@ -36,10 +36,10 @@ def fail_in_a_session(started: list[sdk.Session]) -> None:
 def record_day(llm_server: LLMServer, **settings: object) -> dict[str, sdk.Session]:
     """Three sessions through the real SDK: an LLM call and a tool (u-1), a failure (u-2), the auto one still running."""
     sdk.init(service_name="records", auto_start_session=True, console_summary=False, **settings)
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0)
-    with sdk.session("refund", user_id="u-1", tags=["prod"]) as refund:
-        lookup("A-1")
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=llm_server.openai_url, api_key="test-key", max_retries=0) as client:
+        with sdk.session("refund", user_id="u-1", tags=["prod"]) as refund:
+            lookup("A-1")
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     started: list[sdk.Session] = []
     with pytest.raises(ZeroDivisionError):
         fail_in_a_session(started)

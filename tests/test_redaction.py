@@ -159,10 +159,7 @@ def _exported_bytes(data_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file())
 
 
-def _make_calls(llm_server) -> None:
-    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
-    claude = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
-
+def _make_calls(client: openai.OpenAI, claude: anthropic.Anthropic) -> None:
     @sdk.tool(capture=True)
     def remember(secret: str) -> str:
         return f"stored {secret}"
@@ -181,11 +178,11 @@ def _make_calls(llm_server) -> None:
         remember(ANTHROPIC_KEY)
 
 
-def test_api_key_never_exported_with_capture_on(llm_server, tmp_path):
+def test_api_key_never_exported_with_capture_on(openai_client, anthropic_client, tmp_path):
     """With capture on, the OTLP-JSON files hold the redacted content and never the keys."""
     data_dir = tmp_path / "data"
     sdk.init(exporter="file", data_dir=str(data_dir), capture_content=True, console_summary=False)
-    _make_calls(llm_server)
+    _make_calls(openai_client, anthropic_client)
     sdk.shutdown()
     exported = _exported_bytes(data_dir)
     assert b"gen_ai.input.messages" in exported
@@ -197,11 +194,11 @@ def test_api_key_never_exported_with_capture_on(llm_server, tmp_path):
     assert b"sk-ant" not in exported
 
 
-def test_nothing_of_the_content_exported_with_capture_off(llm_server, tmp_path):
+def test_nothing_of_the_content_exported_with_capture_off(openai_client, anthropic_client, tmp_path):
     """With capture off, no byte of the prompts or answers is exported (the decorator asked explicitly)."""
     data_dir = tmp_path / "data"
     sdk.init(exporter="file", data_dir=str(data_dir), console_summary=False)
-    _make_calls(llm_server)
+    _make_calls(openai_client, anthropic_client)
     sdk.shutdown()
     exported = _exported_bytes(data_dir)
     assert b"chat gpt-4o-mini" in exported

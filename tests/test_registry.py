@@ -61,11 +61,11 @@ def _root(captured: CapturedSpans, session: sdk.Session):
 # -- sdk.sessions() ----------------------------------------------------------------------------------
 
 
-def test_sessions_lists_open_sessions_with_age_idle_and_span_count(captured):
+def test_sessions_lists_open_sessions_with_age_idle_and_span_count(captured, clock):
     """sdk.sessions() lists each open session oldest first with id, name, user, tags, age, idle and span count, and these change as spans start."""
     assert sdk.sessions() == []
     first = _start_aside("first", user_id="u-1", tags=["a"])
-    time.sleep(0.05)
+    clock.advance(0.05)
     second = _start_aside("second")
     infos = sdk.sessions()
     assert [(i.id, i.name, i.user_id, i.tags, i.auto, i.spans) for i in infos] == [
@@ -74,19 +74,18 @@ def test_sessions_lists_open_sessions_with_age_idle_and_span_count(captured):
     ]
     assert [i.session for i in infos] == [first, second]
     assert [i.trace_id for i in infos] == [first.trace_id, second.trace_id]
-    assert infos[0].age > infos[1].age >= 0
-    assert infos[0].age >= 0.05
-    assert infos[0].idle >= 0.05
+    assert [i.age for i in infos] == pytest.approx([0.05, 0.0])
+    assert [i.idle for i in infos] == pytest.approx([0.05, 0.0])
 
-    time.sleep(0.05)
+    clock.advance(0.05)
     for _ in range(3):
         _span_in(first)
     after = {i.id: i for i in sdk.sessions()}
     assert after[first.id].spans == 4 == first.span_count
     assert after[second.id].spans == 1
-    assert after[first.id].idle < after[second.id].idle
-    assert after[first.id].idle < 0.05 <= after[second.id].idle
-    assert after[first.id].age > infos[0].age
+    assert after[first.id].idle == 0.0
+    assert after[second.id].idle == pytest.approx(0.05)
+    assert after[first.id].age == pytest.approx(0.1)
 
     second.end()
     assert [i.id for i in sdk.sessions()] == [first.id]
@@ -108,19 +107,45 @@ def test_sessions_lists_the_auto_session_marked_auto():
 # -- idle timeout ------------------------------------------------------------------------------------
 
 
-def test_idle_timeout_ends_an_idle_session_not_an_active_one_nor_the_auto_session():
+def test_a_frozen_clock_stands_still_until_advanced_and_reset_restores_the_real_one():
+    """sdk.testing.freeze_clock(): monotonic and wall time stand still, move together by advance(), never back; reset() puts the real clock back."""
+    from sdk.state import STATE, Clock
+    from sdk.testing import freeze_clock, reset
+
+    clock = freeze_clock()
+    assert STATE.clock is clock
+    mono, wall = clock.monotonic(), clock.time()
+    time.sleep(0.01)  # real time passes; the frozen clock does not see it
+    assert (clock.monotonic(), clock.time()) == (mono, wall)
+    clock.advance(2.5)
+    assert clock.monotonic() == pytest.approx(mono + 2.5)
+    assert clock.time() == pytest.approx(wall + 2.5)
+    assert clock.monotonic_ns() / 1e9 == pytest.approx(clock.monotonic())
+    with pytest.raises(ValueError, match="cannot go back"):
+        clock.advance(-1)
+    reset()
+    assert type(STATE.clock) is Clock
+
+
+def test_idle_timeout_ends_an_idle_session_not_an_active_one_nor_the_auto_session(clock):
     """With session_idle_timeout, a session that starts no span for that long ends as indeterminate (idle_timeout); one that keeps starting spans and the auto session stay open."""
     captured = capture(session_idle_timeout=TIMEOUT, auto_start_session=True)
     auto = sdk.current_session()
     assert auto is not None
     idle = _start_aside("idle")
     active = _start_aside("active")
-    started = time.monotonic()
-    assert _wait_until(lambda: idle.ended, step=lambda: _span_in(active, "keep-alive"))
-    waited = time.monotonic() - started
-    assert waited >= TIMEOUT
+    clock.advance(0.75 * TIMEOUT)
+    assert reaper().check_now() == 0  # not idle for long enough yet
+    assert not idle.ended
+    _span_in(active, "keep-alive")
+    clock.advance(0.5 * TIMEOUT)
+    reaper().check_now()  # (the reaper's thread, reading the same clock, may have ended it first)
+    assert idle.ended
     # Keep the active one busy for several more timeouts: it stays open.
-    _wait_until(lambda: time.monotonic() - started > 4 * TIMEOUT, step=lambda: _span_in(active, "keep-alive"))
+    for _ in range(6):
+        clock.advance(0.5 * TIMEOUT)
+        _span_in(active, "keep-alive")
+        assert reaper().check_now() == 0
     assert idle.state is sdk.SessionState.INDETERMINATE
     assert idle.reason == "idle_timeout"
     assert active.state is sdk.SessionState.RUNNING
@@ -134,23 +159,28 @@ def test_idle_timeout_ends_an_idle_session_not_an_active_one_nor_the_auto_sessio
     assert _root(captured, active).attributes["session.state"] == "success"
 
 
-def test_idle_timeout_counts_span_starts_not_open_spans():
+def test_idle_timeout_counts_span_starts_not_open_spans(clock):
     """Idle means no span started: a session whose only span stays open longer than the timeout is ended as idle."""
     capture(session_idle_timeout=TIMEOUT)
     s = _start_aside("long-call")
+    clock.advance(0.5 * TIMEOUT)
     span = trace.get_tracer("tests.registry").start_span(
         "llm-call", context=trace.set_span_in_context(s.span)
     )
     try:
-        assert _wait_until(lambda: s.ended)
+        clock.advance(0.75 * TIMEOUT)
+        assert reaper().check_now() == 0  # idle since the span started: not long enough yet
+        clock.advance(0.5 * TIMEOUT)
+        assert _wait_until(lambda: s.ended)  # by the reaper's thread
     finally:
         span.end()
     assert s.reason == "idle_timeout"
 
 
-def test_start_session_ended_by_the_reaper_no_longer_claims_its_context(captured_idle):
+def test_start_session_ended_by_the_reaper_no_longer_claims_its_context(captured_idle, clock):
     """After the reaper ends a session made current by start_session(), later spans in that context are not put in it."""
     s = sdk.start_session("timed-out")
+    clock.advance(2 * TIMEOUT)
     assert _wait_until(lambda: s.ended)
     assert sdk.current_session() is None
     with trace.get_tracer("tests.registry").start_as_current_span("later"):
@@ -160,10 +190,11 @@ def test_start_session_ended_by_the_reaper_no_longer_claims_its_context(captured
     assert later.parent is None
 
 
-def test_idle_timeout_ends_a_with_block_session_and_the_block_exit_keeps_that_state():
+def test_idle_timeout_ends_a_with_block_session_and_the_block_exit_keeps_that_state(clock):
     """A `with sdk.session()` block left idle is ended by the timeout; leaving the block later does not end it again."""
     captured = capture(session_idle_timeout=TIMEOUT)
     with sdk.session("sleepy") as s:
+        clock.advance(2 * TIMEOUT)
         assert _wait_until(lambda: s.ended)
         assert sdk.current_session() is None  # ended: no longer the current session
     assert s.state is sdk.SessionState.INDETERMINATE
@@ -173,7 +204,7 @@ def test_idle_timeout_ends_a_with_block_session_and_the_block_exit_keeps_that_st
     assert roots[0].attributes["session.end_reason"] == "idle_timeout"
 
 
-def test_idle_timeout_works_again_after_shutdown_and_init():
+def test_idle_timeout_works_again_after_shutdown_and_init(clock):
     """The reaper stops at shutdown() and runs again after the next init(), however quickly they follow each other."""
     for _ in range(5):
         capture(session_idle_timeout=TIMEOUT)
@@ -182,15 +213,19 @@ def test_idle_timeout_works_again_after_shutdown_and_init():
     assert _wait_until(lambda: not reaper().running, timeout=2.0)
     capture(session_idle_timeout=TIMEOUT)
     s = _start_aside("after-restarts")
+    clock.advance(2 * TIMEOUT)
     assert _wait_until(lambda: s.ended)
     assert s.reason == "idle_timeout"
 
 
-def test_without_idle_timeout_sessions_never_time_out(captured):
+def test_without_idle_timeout_sessions_never_time_out(captured, clock):
     """By default (no session_idle_timeout) no reaper runs and idle sessions stay open."""
     assert _wait_until(lambda: not reaper().running, timeout=2.0)  # a previous test's reaper stops
     s = _start_aside("patient")
-    time.sleep(2 * TIMEOUT)
+    clock.advance(24 * 3600)
+    assert s.idle == pytest.approx(24 * 3600)
+    assert reaper().check_now() == 0
+    assert not reaper().running
     assert s.state is sdk.SessionState.RUNNING
     s.end()
 
@@ -198,17 +233,17 @@ def test_without_idle_timeout_sessions_never_time_out(captured):
 # -- max_open_sessions -------------------------------------------------------------------------------
 
 
-def test_max_open_sessions_ends_the_least_recently_active_and_warns_once(caplog):
+def test_max_open_sessions_ends_the_least_recently_active_and_warns_once(caplog, clock):
     """Starting one more than max_open_sessions ends the least recently active explicit session (indeterminate, max_open_sessions), warns once, and the new one runs."""
     captured = capture(max_open_sessions=3, auto_start_session=True)
     auto = sdk.current_session()
     assert auto is not None
     s1 = _start_aside("s1")
-    time.sleep(0.002)
+    clock.advance(0.002)
     s2 = _start_aside("s2")
-    time.sleep(0.002)
+    clock.advance(0.002)
     s3 = _start_aside("s3")
-    time.sleep(0.002)
+    clock.advance(0.002)
     _span_in(s1)  # s1 is now the most recently active: s2, then s3, are the least
     with caplog.at_level(logging.WARNING, logger="sessiontrace"):
         s4 = _start_aside("s4")

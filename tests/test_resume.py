@@ -29,7 +29,7 @@ from sdk.export.jsonl import read_otlp_json_spans
 from sdk.store import SegmentUpdate, SessionRecord, SessionStore, StoreError
 from sdk.store.memory import MemoryStore
 from sdk.store.sqlite import SQLiteStore
-from sdk.testing import CapturedSpans, capture
+from sdk.testing import CapturedSpans, FakeClock, capture
 
 try:
     from redis_server import RedisServer, redis_server_available
@@ -334,12 +334,13 @@ def test_resume_after_a_normal_end_continues_the_session() -> None:
     assert record.reason == "bad answer"
 
 
-def test_resume_of_an_expired_record_starts_a_new_trace() -> None:
-    capture(session_store="memory", session_expiry=0.05)
+def test_resume_of_an_expired_record_starts_a_new_trace(clock: FakeClock) -> None:
+    """A resume after `session_expiry` has passed since the record's last activity starts a new trace."""
+    capture(session_store="memory", session_expiry=60)
     first = sdk.start_session("chat", session_id="old-1", resume=True)
     first.end()
     assert sdk.flush()
-    time.sleep(0.1)
+    clock.advance(61)
     second = sdk.start_session("chat", session_id="old-1", resume=True)
     second.end()
     assert second.trace_id != first.trace_id
@@ -567,7 +568,7 @@ def test_reinit_with_the_same_store_settings_keeps_the_store() -> None:
 
 
 def test_redis_stopped_mid_run_sessions_go_on_and_are_stored_again_when_it_returns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, clock: FakeClock
 ) -> None:
     """A real redis-server stopped mid-run: sessions (resumed ones too) go on, spans are exported,
     one warning, failures counted; a resume that could not reach the store never overwrites the
@@ -619,7 +620,7 @@ def test_redis_stopped_mid_run_sessions_go_on_and_are_stored_again_when_it_retur
         assert kept is not None
         assert kept.trace_id == before.trace_id, "not overwritten"
         assert len(kept.segments) == 1
-        time.sleep(RETRY_AFTER)  # resumes do not wait on a store that just failed; then they try again
+        clock.advance(RETRY_AFTER)  # resumes do not wait on a store that just failed; then they try again
         again = sdk.start_session("chat", session_id="r-before", resume=True)
         again.end()
         assert (again.trace_id, again.segment) == (before.trace_id, 2)

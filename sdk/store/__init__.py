@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sdk.state import STATE
+
 RUNNING = "running"
 
 
@@ -242,10 +244,8 @@ class SessionStore(ABC):
 
     def get(self, session_id: str) -> SessionRecord | None:
         """The record, or None when unknown or expired."""
-        import time
-
         record = self._fetch(session_id)
-        if record is None or is_expired(record, self.expiry, time.time()):
+        if record is None or is_expired(record, self.expiry, STATE.clock.time()):
             return None
         return record
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 
+from sdk.state import STATE
 from sdk.store import (
     SegmentUpdate,
     SessionRecord,
@@ -28,7 +28,7 @@ class MemoryStore(SessionStore):
     def begin_segment(self, record: SessionRecord, *, resume: bool) -> SessionRecord:
         with self._lock:
             existing = self._records.get(record.id)
-            if resume and existing is not None and not is_expired(existing, self.expiry, time.time()):
+            if resume and existing is not None and not is_expired(existing, self.expiry, STATE.clock.time()):
                 stored = append_segment(existing, record)
             else:
                 stored = record
@@ -55,7 +55,7 @@ class MemoryStore(SessionStore):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[SessionRecord]:
-        now = time.time()
+        now = STATE.clock.time()
         with self._lock:
             records = list(self._records.values())
         found = [
@@ -68,7 +68,7 @@ class MemoryStore(SessionStore):
         return found[:limit] if limit is not None else found
 
     def purge_expired(self, now: float | None = None) -> int:
-        now = time.time() if now is None else now
+        now = STATE.clock.time() if now is None else now
         with self._lock:
             expired = [k for k, r in self._records.items() if is_expired(r, self.expiry, now)]
             for key in expired:
@@ -80,7 +80,7 @@ class MemoryStore(SessionStore):
     ) -> SessionRecord | None:
         with self._lock:
             record = self._records.get(session_id)
-            if record is None or is_expired(record, self.expiry, time.time()):
+            if record is None or is_expired(record, self.expiry, STATE.clock.time()):
                 return None
             self._records[session_id] = changed = change(record)
             return changed

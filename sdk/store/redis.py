@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdk.display import mask_url
+from sdk.state import STATE
 from sdk.store import (
     SegmentUpdate,
     SessionRecord,
@@ -228,7 +229,7 @@ class RedisStore(SessionStore):
 
         def body(pipe: Pipeline) -> SessionRecord:
             existing = self._decode(record.id, pipe.get(key)) if resume else None
-            if existing is not None and not is_expired(existing, self.expiry, time.time()):
+            if existing is not None and not is_expired(existing, self.expiry, STATE.clock.time()):
                 stored = append_segment(existing, record)
             else:
                 stored = record
@@ -277,7 +278,7 @@ class RedisStore(SessionStore):
         def body(pipe: Pipeline) -> SessionRecord | None:
             record = self._decode(session_id, pipe.get(key))
             pipe.multi()
-            if record is None or is_expired(record, self.expiry, time.time()):
+            if record is None or is_expired(record, self.expiry, STATE.clock.time()):
                 return None
             changed = change(record)
             self._queue_write(pipe, changed)
@@ -299,7 +300,7 @@ class RedisStore(SessionStore):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[SessionRecord]:
-        now = time.time()
+        now = STATE.clock.time()
         floor = since
         if self.expiry is not None:
             floor = max(floor if floor is not None else float("-inf"), now - self.expiry)
@@ -342,7 +343,7 @@ class RedisStore(SessionStore):
     def purge_expired(self, now: float | None = None) -> int:
         if self.expiry is None:
             return 0
-        cutoff = (time.time() if now is None else now) - self.expiry
+        cutoff = (STATE.clock.time() if now is None else now) - self.expiry
         removed = 0
         with self._errors():
             client = self._redis()

@@ -158,7 +158,7 @@ class SQLiteStore(SessionStore):
     def begin_segment(self, record: SessionRecord, *, resume: bool) -> SessionRecord:
         def claim(conn: sqlite3.Connection) -> SessionRecord:
             existing = self._load(conn, record.id) if resume else None
-            if existing is not None and not is_expired(existing, self.expiry, time.time()):
+            if existing is not None and not is_expired(existing, self.expiry, STATE.clock.time()):
                 stored = append_segment(existing, record)
             else:
                 stored = record
@@ -200,7 +200,7 @@ class SQLiteStore(SessionStore):
     ) -> SessionRecord | None:
         def apply(conn: sqlite3.Connection) -> SessionRecord | None:
             record = self._load(conn, session_id)
-            if record is None or is_expired(record, self.expiry, time.time()):
+            if record is None or is_expired(record, self.expiry, STATE.clock.time()):
                 return None
             changed = change(record)
             self._write(conn, changed)
@@ -220,7 +220,7 @@ class SQLiteStore(SessionStore):
         since: float | None = None,
         limit: int | None = None,
     ) -> list[SessionRecord]:
-        now = time.time()
+        now = STATE.clock.time()
         clauses = ["1 = 1"]
         params: list[object] = []
         if state is not None:
@@ -249,7 +249,7 @@ class SQLiteStore(SessionStore):
     def purge_expired(self, now: float | None = None) -> int:
         if self.expiry is None:
             return 0
-        cutoff = (time.time() if now is None else now) - self.expiry
+        cutoff = (STATE.clock.time() if now is None else now) - self.expiry
         return int(
             self._run(
                 lambda conn: conn.execute("DELETE FROM sessions WHERE last_activity < ?", (cutoff,)).rowcount,

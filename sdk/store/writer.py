@@ -164,13 +164,13 @@ class StoreWriter:
         On failure: warned once, counted, None. After a failure, calls return None at once for
         RETRY_AFTER seconds instead of waiting on a store that is down each time (the
         background writer keeps retrying)."""
-        if time.monotonic() < self._down_until:
+        if STATE.clock.monotonic() < self._down_until:
             STATE.counters.store_errors.add()
             return None
         try:
             result = operation()
         except Exception as exc:
-            self._down_until = time.monotonic() + RETRY_AFTER
+            self._down_until = STATE.clock.monotonic() + RETRY_AFTER
             store_failed(self.store, exc)
             return None
         self._down_until = 0.0
@@ -351,7 +351,7 @@ class StoreWriter:
                     if self._pending.get((update.session_id, update.span_id)) is update:
                         del self._pending[(update.session_id, update.span_id)]
         except Exception as exc:
-            self._down_until = time.monotonic() + RETRY_AFTER
+            self._down_until = STATE.clock.monotonic() + RETRY_AFTER
             store_failed(self.store, exc)
             if len(self._pending_starts) > MAX_PENDING:
                 self._pending_starts.pop(next(iter(self._pending_starts)))
