@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias,
 
 from opentelemetry.sdk.trace import SpanProcessor
 
+from sdk import dialects
 from sdk.budget import Budget
 from sdk.display import mask_url
 from sdk.trust import PRIVATE, TrustRules
@@ -408,6 +409,13 @@ def _processors(value: object) -> tuple[SpanProcessor, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(p, SpanProcessor) for p in value):
         return tuple(value)
     raise _Invalid("expected a SpanProcessor or a list of SpanProcessor instances")
+
+
+def _dialects(value: object) -> tuple[str, ...]:
+    try:
+        return dialects.parse(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def _not_disabled(value: object) -> bool:
@@ -1303,6 +1311,16 @@ SETTINGS: dict[str, Setting] = {
             _env("SESSIONTRACE_LIVE_SESSIONS"),
         ),
         Setting(
+            "dialects",
+            _dialects,
+            dialects.DEFAULT,
+            "Attributes for backends beside the GenAI conventions: `openinference` (span kinds, "
+            "inputs and outputs, tags, read by Phoenix, Langfuse and MLflow), `langfuse` (Langfuse's "
+            "token split and trace metadata), both (comma-separated) or `none`. Content only with "
+            "`capture_content`, redacted. See docs/backends.md.",
+            _env("SESSIONTRACE_DIALECTS"),
+        ),
+        Setting(
             "metrics",
             _optional_bool,
             None,
@@ -1433,6 +1451,7 @@ class Config:
     spool_max_bytes: int
     spool_retry_interval: float
     live_sessions: bool
+    dialects: tuple[str, ...]
     metrics: bool | None
     metric_export_interval: float
     metrics_endpoint: str | None

@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own layer and those below, never above):
 
 0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
-   budget, semconv, w3c, version
+   budget, semconv, dialects, w3c, version
 1. settings
 2. export, store
 3. runtime, tracing, foreign
@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "sdk.pricing",
             "sdk.budget",
             "sdk.semconv",
+            "sdk.dialects",
             "sdk.w3c",
             "sdk.version",
         ],

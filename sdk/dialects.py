@@ -1,0 +1,273 @@
+"""Backend dialects: the attributes Phoenix (OpenInference) and Langfuse read, beside the GenAI conventions.
+
+The SDK's spans follow the OpenTelemetry conventions (``session.id``, ``user.id``, ``gen_ai.*``).
+Backends read more than that, each its own way; the `dialects` setting adds what they lack and
+nothing they already derive (docs/backends.md has the measurements behind each line):
+
+- ``openinference`` (on by default; read by Phoenix, and also by Langfuse and MLflow):
+  ``openinference.span.kind`` on the SDK's own spans (a session is a CHAIN, so are its live
+  marker, tasks, workflows and notebook cells; an agent is an AGENT, a tool a TOOL, an LLM call
+  an LLM, a score an EVALUATOR), ``tag.tags`` from ``session.tags``, ``agent.name`` from
+  ``gen_ai.agent.name``, the cache-write count under OpenInference's name (Phoenix reads the
+  conventions' old name only), and captured arguments and return values of tasks, workflows and
+  agents as ``input.value`` / ``output.value`` (JSON) instead of ``sessiontrace.input`` /
+  ``sessiontrace.output``. With content capture on, an instrumented LLM call also writes its
+  assistant text as the call's ``output.value``, and the session's first user message and last
+  answer as the session span's ``input.value`` / ``output.value`` (what a backend shows as a
+  session's first input and last output: `note_call_content`).
+- ``langfuse``: ``langfuse.observation.usage_details`` on LLM spans (Langfuse's exact token
+  split: input without cached tokens, output without reasoning tokens), and the session's state
+  and end reason as filterable trace metadata (``langfuse.trace.metadata.session_state``, ...).
+
+Everything but the content is derived here, on the export worker, from attributes the span
+already has (`DialectTranslator`, before scrubbing): the program's threads pay nothing for it,
+and spans the SDK did not make (no ``sessiontrace.span.kind``) are passed on untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Span
+
+from sdk.guard import internal_error
+from sdk.semconv import SESSION_END_REASON, SESSION_STATE, SESSION_TAGS, SPAN_KIND
+
+OPENINFERENCE = "openinference"
+LANGFUSE = "langfuse"
+NAMES = (OPENINFERENCE, LANGFUSE)
+DEFAULT = (OPENINFERENCE,)
+
+# OpenInference (openinference-semantic-conventions 0.1.42)
+OI_SPAN_KIND = "openinference.span.kind"
+INPUT_VALUE = "input.value"
+INPUT_MIME_TYPE = "input.mime_type"
+OUTPUT_VALUE = "output.value"
+OUTPUT_MIME_TYPE = "output.mime_type"
+TAG_TAGS = "tag.tags"
+AGENT_NAME = "agent.name"
+OI_CACHE_WRITE = "llm.token_count.prompt_details.cache_write"
+TEXT = "text/plain"
+JSON = "application/json"
+
+# Langfuse (v4.16, packages/shared/src/server/otel/OtelIngestionProcessor.ts)
+LANGFUSE_USAGE = "langfuse.observation.usage_details"
+LANGFUSE_TRACE_METADATA = "langfuse.trace.metadata."
+
+OI_KINDS = {
+    "session": "CHAIN",
+    "session.start": "CHAIN",
+    "task": "CHAIN",
+    "workflow": "CHAIN",
+    "cell": "CHAIN",
+    "agent": "AGENT",
+    "tool": "TOOL",
+    "llm": "LLM",
+    "score": "EVALUATOR",
+}
+"""``sessiontrace.span.kind`` -> ``openinference.span.kind`` (Phoenix shows UNKNOWN without one)."""
+NOTEBOOK_CELL = "notebook.cell.execution_count"
+"""A notebook cell's step span carries this (notebook_ext) and no span kind: it is a CHAIN too."""
+_CAPTURED = (
+    ("sessiontrace.input", INPUT_VALUE, INPUT_MIME_TYPE),
+    ("sessiontrace.output", OUTPUT_VALUE, OUTPUT_MIME_TYPE),
+)
+_GENAI_AGENT_NAME = "gen_ai.agent.name"
+_CACHE_WRITE = "gen_ai.usage.cache_write.input_tokens"
+_LANGFUSE_SESSION_KEYS = ((SESSION_STATE, "session_state"), (SESSION_END_REASON, "session_end_reason"))
+
+
+def parse(value: object) -> tuple[str, ...]:
+    """The `dialects` setting: names from `NAMES` (a list, or comma-separated), or ``none``.
+
+    Raises ValueError naming the unknown entry."""
+    items: Iterable[object]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none"):
+            return ()
+        items = text.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        raise ValueError(f"expected a list of dialects ({', '.join(NAMES)}) or none")
+    found: list[str] = []
+    for item in items:
+        name = item.strip().lower() if isinstance(item, str) else item
+        if name == "":
+            continue
+        if name not in NAMES:
+            raise ValueError(f"unknown dialect {name!r}; known: {', '.join(NAMES)} (or none)")
+        if name not in found:
+            found.append(str(name))
+    return tuple(found)
+
+
+class DialectTranslator:
+    """Adds the dialects' attributes to the SDK's spans of a batch (run by the export worker)."""
+
+    def __init__(self, dialects: Sequence[str]) -> None:
+        self.openinference = OPENINFERENCE in dialects
+        self.langfuse = LANGFUSE in dialects
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any dialect is on (else the translator is not put in the pipeline)."""
+        return self.openinference or self.langfuse
+
+    def __call__(self, spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+        """`spans`, the SDK's own with their dialect attributes (copies), the others as they are."""
+        return [self.translate(span) for span in spans]
+
+    def translate(self, span: ReadableSpan) -> ReadableSpan:
+        """One span with its dialect attributes (a copy), or the span itself when none apply."""
+        attributes = span.attributes
+        if not attributes:
+            return span
+        kind = attributes.get(SPAN_KIND)
+        if kind is None:
+            if NOTEBOOK_CELL not in attributes:
+                return span
+            kind = "cell"
+        try:
+            changed = self.attributes(str(kind), attributes)
+        except Exception as exc:  # never lose the span for a dialect: export it as it is
+            internal_error("dialect attributes", exc)
+            return span
+        if changed is None:
+            return span
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=changed,
+            events=span.events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def attributes(self, kind: str, attributes: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The attributes of a span of `kind` with the dialects' added, or None when nothing changes."""
+        extra: dict[str, Any] = {}
+        moved = False
+        if self.openinference:
+            oi_kind = OI_KINDS.get(kind)
+            if oi_kind is not None and OI_SPAN_KIND not in attributes:
+                extra[OI_SPAN_KIND] = oi_kind
+            if kind in ("session", "session.start"):
+                tags = attributes.get(SESSION_TAGS)
+                if tags:
+                    extra[TAG_TAGS] = tags
+            elif kind == "agent" and _GENAI_AGENT_NAME in attributes:
+                extra[AGENT_NAME] = attributes[_GENAI_AGENT_NAME]
+            elif kind == "llm" and _CACHE_WRITE in attributes:
+                extra[OI_CACHE_WRITE] = attributes[_CACHE_WRITE]
+            moved = any(ours in attributes for ours, _, _ in _CAPTURED)
+        if self.langfuse:
+            if kind == "llm":
+                usage = langfuse_usage(attributes)
+                if usage is not None:
+                    extra[LANGFUSE_USAGE] = usage
+            elif kind == "session":
+                for ours, theirs in _LANGFUSE_SESSION_KEYS:
+                    if ours in attributes:
+                        extra[LANGFUSE_TRACE_METADATA + theirs] = attributes[ours]
+        if not extra and not moved:
+            return None
+        out = dict(attributes)
+        if moved:
+            for ours, theirs, mime in _CAPTURED:
+                if ours in out:
+                    out[theirs] = out.pop(ours)
+                    out[mime] = JSON
+        out.update(extra)
+        return out
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def langfuse_usage(attributes: Mapping[str, Any]) -> str | None:
+    """``langfuse.observation.usage_details`` of an LLM span: Langfuse's own split of the GenAI counts
+    (input without cache reads and writes, output without reasoning), as a JSON object; None
+    without token counts."""
+    if "gen_ai.usage.input_tokens" not in attributes and "gen_ai.usage.output_tokens" not in attributes:
+        return None
+    tokens_in = _int(attributes.get("gen_ai.usage.input_tokens"))
+    tokens_out = _int(attributes.get("gen_ai.usage.output_tokens"))
+    cache_read = _int(attributes.get("gen_ai.usage.cache_read.input_tokens"))
+    cache_write = _int(attributes.get(_CACHE_WRITE))
+    reasoning = _int(attributes.get("gen_ai.usage.reasoning.output_tokens"))
+    usage = {
+        "input": max(tokens_in - cache_read - cache_write, 0),
+        "output": max(tokens_out - reasoning, 0),
+        "total": tokens_in + tokens_out,
+    }
+    if cache_read:
+        usage["input_cached_tokens"] = cache_read
+    if cache_write:
+        usage["input_cache_creation"] = cache_write
+    if reasoning:
+        usage["output_reasoning_tokens"] = reasoning
+    return json.dumps(usage, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Content (captured on the program's thread, by the LLM instrumentation)
+
+
+def message_text(message: Mapping[str, Any] | None) -> str | None:
+    """The text parts of one message in the GenAI conventions' shape, joined; None without text."""
+    if not isinstance(message, Mapping):
+        return None
+    parts = message.get("parts")
+    texts = [
+        part["content"]
+        for part in (parts if isinstance(parts, (list, tuple)) else ())
+        if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("content"), str)
+    ]
+    return "\n".join(texts) if texts else None
+
+
+def last_user_text(messages: object) -> str | None:
+    """The text of the last ``user`` message of a call's input messages (what the user asked)."""
+    if not isinstance(messages, (list, tuple)):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return message_text(message)
+    return None
+
+
+def first_text(messages: object) -> str | None:
+    """The text of the first output message that has text (a call's answer)."""
+    for message in messages if isinstance(messages, (list, tuple)) else ():
+        text = message_text(message)
+        if text is not None:
+            return text
+    return None
+
+
+def note_call_content(
+    call_span: Span, session_span: Span | None, asked: str | None, answer: str | None
+) -> None:
+    """With capture on: the call's answer as its ``output.value``; on its session's span, the first
+    question as ``input.value`` (kept) and the latest answer as ``output.value`` (replaced).
+    The texts are already redacted."""
+    if answer is not None:
+        call_span.set_attributes({OUTPUT_VALUE: answer, OUTPUT_MIME_TYPE: TEXT})
+    if session_span is None or not session_span.is_recording():
+        return
+    if asked is not None and INPUT_VALUE not in (getattr(session_span, "attributes", None) or {}):
+        session_span.set_attributes({INPUT_VALUE: asked, INPUT_MIME_TYPE: TEXT})
+    if answer is not None:
+        session_span.set_attributes({OUTPUT_VALUE: answer, OUTPUT_MIME_TYPE: TEXT})

@@ -1,0 +1,268 @@
+"""Backend dialects (sdk/dialects.py): the OpenInference attributes Phoenix reads, added to what is exported."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from llm_server import (
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    REASONING_TOKENS,
+    USAGE_DETAILS,
+    LLMServer,
+)
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
+
+import sdk
+from sdk.dialects import DialectTranslator
+from sdk.settings import ConfigError, load_config
+
+SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
+OI_KEYS = ("openinference.span.kind", "input.value", "output.value", "tag.tags", "agent.name")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LLMServer() as running:
+        yield running
+
+
+def exported(**settings: Any) -> InMemorySpanExporter:
+    """The SDK started with an in-memory exporter behind its export pipeline (where dialects apply)."""
+    exporter = InMemorySpanExporter()
+    sdk.init(
+        service_name="tests",
+        exporter=exporter,
+        export_interval=0.05,
+        metrics=False,
+        session_store="none",
+        **settings,
+    )
+    return exporter
+
+
+def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    assert sdk.flush()
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+@sdk.task
+def plan(goal: str) -> list[str]:
+    return [goal, "done"]
+
+
+@sdk.tool
+def look_up(order: str) -> str:
+    return f"{order}: shipped"
+
+
+@sdk.agent(name="helper")
+def helper(question: str) -> str:
+    return look_up(plan(question)[0])
+
+
+@sdk.workflow
+def flow() -> str:
+    return helper("A-1")
+
+
+def ask(client: openai.OpenAI, text: str, model: str = "gpt-4o-mini") -> str:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    return str(reply.choices[0].message.content)
+
+
+def test_every_sdk_span_gets_its_openinference_kind(server):
+    """Sessions, tasks, workflows, agents, tools, LLM calls and scores carry `openinference.span.kind`; raw spans do not."""
+    exporter = exported()
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("chat", user_id="u-1", tags=["prod", "eu"]) as session:
+        flow()
+        ask(client, "hello")
+        with trace.get_tracer("tests.raw").start_as_current_span("raw"):
+            pass
+    sdk.score(session, "helpful", 1.0)
+    spans = by_name(exporter)
+    kinds = {name: span.attributes.get("openinference.span.kind") for name, span in spans.items()}
+    assert kinds == {
+        "chat": "CHAIN",
+        "flow": "CHAIN",
+        "plan": "CHAIN",
+        "invoke_agent helper": "AGENT",
+        "execute_tool look_up": "TOOL",
+        "chat gpt-4o-mini": "LLM",
+        "session.score": "EVALUATOR",
+        "raw": None,
+    }
+    assert spans["chat"].attributes["tag.tags"] == ("prod", "eu")
+    assert spans["invoke_agent helper"].attributes["agent.name"] == "helper"
+    assert spans["chat"].attributes["user.id"] == "u-1"
+
+
+def test_live_marker_is_a_chain_with_the_sessions_tags():
+    """The live `session.start` marker of a running session is a CHAIN with the session's tags."""
+    translator = DialectTranslator(("openinference",))
+    marker = ReadableSpan(
+        name="session.start",
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes={"sessiontrace.span.kind": "session.start", "session.tags": ("a",), "session.id": "s"},
+    )
+    translated = translator.translate(marker)
+    assert translated.attributes["openinference.span.kind"] == "CHAIN"
+    assert translated.attributes["tag.tags"] == ("a",)
+    cell = ReadableSpan(
+        name="cell[3]",
+        context=SpanContext(1, 3, False, TraceFlags(1)),
+        attributes={"notebook.cell.execution_count": 3},
+    )
+    assert translator.translate(cell).attributes["openinference.span.kind"] == "CHAIN"
+
+
+def test_spans_the_sdk_did_not_make_pass_through_unchanged():
+    """A span without the SDK's kind is exported as the same object, with nothing added."""
+    span = ReadableSpan(
+        name="GET /", context=SpanContext(1, 2, False, TraceFlags(1)), attributes={"http.method": "GET"}
+    )
+    assert DialectTranslator(("openinference", "langfuse")).translate(span) is span
+
+
+def test_captured_arguments_and_results_become_input_and_output_values():
+    """With capture on, a task's arguments and result are `input.value`/`output.value` (JSON), not `sessiontrace.*`."""
+    exporter = exported(capture_content=True)
+    with sdk.session("s"):
+        plan("ship it")
+        look_up("A-9")
+    spans = by_name(exporter)
+    task = spans["plan"].attributes
+    assert json.loads(task["input.value"]) == {"goal": "ship it"}
+    assert json.loads(task["output.value"]) == ["ship it", "done"]
+    assert task["input.mime_type"] == task["output.mime_type"] == "application/json"
+    assert "sessiontrace.input" not in task
+    assert "sessiontrace.output" not in task
+    tool = spans["execute_tool look_up"].attributes
+    assert json.loads(tool["gen_ai.tool.call.arguments"]) == {"order": "A-9"}  # Phoenix derives its own
+    assert "input.value" not in tool
+
+
+def test_session_shows_its_first_question_and_last_answer(server):
+    """With capture on, the session span's input is the first user message, its output the last answer."""
+    exporter = exported(capture_content=True)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("conversation"):
+        ask(client, "first question")
+        last = ask(client, "second question")
+    spans = exporter.get_finished_spans() if sdk.flush() else []
+    root = next(s for s in spans if s.name == "conversation").attributes
+    assert root["input.value"] == "first question"
+    assert root["output.value"] == last == "Hello! You said: second question"
+    assert root["input.mime_type"] == root["output.mime_type"] == "text/plain"
+    llm = [s.attributes for s in spans if s.name == "chat gpt-4o-mini"]
+    assert [a["output.value"] for a in llm] == [
+        "Hello! You said: first question",
+        "Hello! You said: second question",
+    ]
+
+
+def test_no_content_without_capture(server):
+    """With content capture off (the default) no input or output value is exported, only the kinds."""
+    exporter = exported()
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("quiet"):
+        ask(client, "private question")
+        plan("private goal")
+    assert sdk.flush()
+    for span in exporter.get_finished_spans():
+        assert not {"input.value", "output.value"} & set(span.attributes), span.name
+        assert "private" not in json.dumps(dict(span.attributes))
+        assert "openinference.span.kind" in span.attributes
+
+
+def test_session_input_and_output_are_redacted(server):
+    """A secret in the question never reaches the session's or the call's exported input and output."""
+    exporter = exported(capture_content=True)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("leaky"):
+        ask(client, f"my key is {SECRET}")
+    spans = by_name(exporter)
+    assert "[REDACTED]" in spans["leaky"].attributes["input.value"]
+    assert "[REDACTED]" in spans["leaky"].attributes["output.value"]
+    for span in spans.values():
+        assert SECRET not in json.dumps(dict(span.attributes)), span.name
+
+
+def test_dialects_none_adds_nothing(server):
+    """`dialects="none"` exports only the GenAI conventions and the SDK's own names."""
+    exporter = exported(dialects="none", capture_content=True)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("plain", tags=["t"]):
+        ask(client, "hi")
+        plan("x")
+    spans = by_name(exporter)
+    for span in spans.values():
+        assert not set(OI_KEYS) & set(span.attributes), span.name
+    assert json.loads(spans["plan"].attributes["sessiontrace.input"]) == {"goal": "x"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("openinference", ("openinference",)),
+        ("langfuse, openinference", ("langfuse", "openinference")),
+        ("none", ()),
+        (["openinference", "openinference"], ("openinference",)),
+    ],
+)
+def test_dialects_setting_values(value, expected):
+    """The `dialects` setting takes names (a list or comma-separated) or `none`."""
+    assert load_config({"dialects": value}).dialects == expected
+
+
+def test_an_unknown_dialect_is_a_clear_error():
+    """An unknown dialect name is refused with the key, the value's layer and the known names."""
+    with pytest.raises(
+        ConfigError, match=r"dialects .*unknown dialect 'phoenix'; known: openinference, langfuse"
+    ):
+        load_config({"dialects": "phoenix"})
+
+
+def test_dialects_default_is_openinference():
+    """With nothing set, the OpenInference dialect is on (its cost: docs/performance.md)."""
+    assert load_config().dialects == ("openinference",)
+
+
+def test_anthropic_cache_write_uses_the_current_name_and_the_openinference_one(server):
+    """Cache writes are `gen_ai.usage.cache_write.input_tokens` (not the old `cache_creation`), and Phoenix's name too."""
+    exporter = exported()
+    client = anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    with sdk.session("cached"):
+        client.messages.create(
+            model=USAGE_DETAILS, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    attrs = by_name(exporter)[f"chat {USAGE_DETAILS}"].attributes
+    assert attrs["gen_ai.usage.input_tokens"] == INPUT_TOKENS  # includes cache reads and writes
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ_TOKENS
+    assert attrs["gen_ai.usage.cache_write.input_tokens"] == CACHE_WRITE_TOKENS
+    assert attrs["llm.token_count.prompt_details.cache_write"] == CACHE_WRITE_TOKENS
+    assert "gen_ai.usage.cache_creation.input_tokens" not in attrs
+    assert "gen_ai.system" not in attrs
+
+
+def test_openai_reasoning_and_cached_tokens(server):
+    """OpenAI's reasoning and cached token counts are recorded under the current GenAI names."""
+    exporter = exported()
+    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    with sdk.session("reasoning"):
+        ask(client, "think", model=USAGE_DETAILS)
+    attrs = by_name(exporter)[f"chat {USAGE_DETAILS}"].attributes
+    assert attrs["gen_ai.usage.input_tokens"] == INPUT_TOKENS
+    assert attrs["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ_TOKENS
+    assert attrs["gen_ai.usage.reasoning.output_tokens"] == REASONING_TOKENS
