@@ -11,10 +11,12 @@ nothing they already derive (docs/backends.md has the measurements behind each l
   ``gen_ai.agent.name``, the cache-write count under OpenInference's name (Phoenix reads the
   conventions' old name only), and captured arguments and return values of tasks, workflows and
   agents as ``input.value`` / ``output.value`` (JSON) instead of ``sessiontrace.input`` /
-  ``sessiontrace.output``. With content capture on, an instrumented LLM call also writes its
-  assistant text as the call's ``output.value``, and the session's first user message and last
-  answer as the session span's ``input.value`` / ``output.value`` (what a backend shows as a
-  session's first input and last output: `note_call_content`).
+  ``sessiontrace.output``. With content capture on, the session's first user message and last
+  answer (from its instrumented LLM calls) become the session span's ``input.value`` /
+  ``output.value``: what a backend shows as a session's first input and last output
+  (`note_session_content`). An LLM span gets neither: Phoenix derives its messages from
+  ``gen_ai.*``, and Langfuse would read an ``output.value`` alone as "no input" (it takes both
+  from ``input.value`` / ``output.value`` as soon as one is there).
 - ``langfuse``: ``langfuse.observation.usage_details`` on LLM spans (Langfuse's exact token
   split: input without cached tokens, output without reasoning tokens), and the session's state
   and end reason as filterable trace metadata (``langfuse.trace.metadata.session_state``, ...).
@@ -257,15 +259,11 @@ def first_text(messages: object) -> str | None:
     return None
 
 
-def note_call_content(
-    call_span: Span, session_span: Span | None, asked: str | None, answer: str | None
-) -> None:
-    """With capture on: the call's answer as its ``output.value``; on its session's span, the first
-    question as ``input.value`` (kept) and the latest answer as ``output.value`` (replaced).
-    The texts are already redacted."""
-    if answer is not None:
-        call_span.set_attributes({OUTPUT_VALUE: answer, OUTPUT_MIME_TYPE: TEXT})
-    if session_span is None or not session_span.is_recording():
+def note_session_content(session_span: Span, asked: str | None, answer: str | None) -> None:
+    """With capture on, after an LLM call of a session: the first question as the session span's
+    ``input.value`` (kept), the latest answer as its ``output.value`` (replaced). The texts are
+    already redacted."""
+    if not session_span.is_recording():
         return
     if asked is not None and INPUT_VALUE not in (getattr(session_span, "attributes", None) or {}):
         session_span.set_attributes({INPUT_VALUE: asked, INPUT_MIME_TYPE: TEXT})

@@ -164,11 +164,9 @@ def test_session_shows_its_first_question_and_last_answer(server):
     assert root["input.value"] == "first question"
     assert root["output.value"] == last == "Hello! You said: second question"
     assert root["input.mime_type"] == root["output.mime_type"] == "text/plain"
-    llm = [s.attributes for s in spans if s.name == "chat gpt-4o-mini"]
-    assert [a["output.value"] for a in llm] == [
-        "Hello! You said: first question",
-        "Hello! You said: second question",
-    ]
+    for llm in (s.attributes for s in spans if s.name == "chat gpt-4o-mini"):
+        assert "input.value" not in llm  # its messages are gen_ai.input.messages / gen_ai.output.messages
+        assert "output.value" not in llm
 
 
 def test_no_content_without_capture(server):

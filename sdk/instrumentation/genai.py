@@ -348,12 +348,9 @@ class LLMCall:
         STATE.counters.llm_calls.add()
         session = session_for_trace(span.get_span_context().trace_id)
         counted_error = session is not None  # record_error() counts the error of a span in a session's trace
-        if self.settings.texts:
-            dialects.note_call_content(
-                span,
-                session.span if session is not None else None,
-                self.asked,
-                self.settings.redactor.text(answer) if answer is not None else None,
+        if self.settings.texts and session is not None:
+            dialects.note_session_content(
+                session.span, self.asked, self.settings.redactor.text(answer) if answer is not None else None
             )
         if session is None:
             session = current_session()
