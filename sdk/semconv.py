@@ -18,6 +18,10 @@ SESSION_STATE = "session.state"
 SESSION_TAGS = "session.tags"
 SESSION_END_REASON = "session.end_reason"
 SESSION_PARENT_ID = "session.parent_id"
+SESSION_PREVIOUS_ID = "session.previous_id"
+"""Semconv's previous id of a session whose id *changed* (never equal to ``session.id``): the SDK
+never writes it — a resumed segment keeps its id and links the earlier segment — an application
+that replaces one session by another passes it in ``attributes=``."""
 SESSION_AUTO = "session.auto"
 SESSION_CONTINUED = "session.continued"
 SESSION_SEGMENT = "session.segment"
