@@ -156,6 +156,18 @@ class Phoenix:
             if not cursor:
                 return found
 
+    def graphql(self, query: str, **variables: Any) -> Any:
+        """Run a GraphQL query (what Phoenix's own UI reads); its ``data``, or fail with its errors."""
+        request = urllib.request.Request(
+            f"{self.http_url}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.load(response)
+        assert not answer.get("errors"), answer["errors"]
+        return answer["data"]
+
     def sessions(self, project: str) -> list[dict[str, Any]]:
         """The project's sessions listing."""
         try:
