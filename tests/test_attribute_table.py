@@ -71,12 +71,6 @@ def sources() -> list[Path]:
     return sorted([*(ROOT / "sdk").rglob("*.py"), *(ROOT / "notebook_ext").glob("*.py")])
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
-
-
 @sdk.task
 def plan(goal: str) -> str:
     return goal
@@ -97,7 +91,7 @@ def flow() -> str:
     return helper("q")
 
 
-def exercise(server: LLMServer) -> list[ReadableSpan]:
+def exercise(llm_server: LLMServer) -> list[ReadableSpan]:
     """Every feature that writes attributes, once; the exported spans."""
     exporter = InMemorySpanExporter()
     sdk.init(
@@ -111,8 +105,8 @@ def exercise(server: LLMServer) -> list[ReadableSpan]:
         auto_start_session=True,
         accept_session_from="all",
     )
-    oai = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-    ant = anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    oai = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    ant = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
     prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     with sdk.session("everything", user_id="u", tags=["t"]) as outer:
         flow()
@@ -194,9 +188,9 @@ def emitted_names(spans: list[ReadableSpan]) -> set[str]:
     return names
 
 
-def test_every_emitted_attribute_is_documented(server):
+def test_every_emitted_attribute_is_documented(llm_server):
     """Every span, event, link and resource attribute name a run of every feature exports is in docs/attributes.md."""
-    names = emitted_names(exercise(server))
+    names = emitted_names(exercise(llm_server))
     assert len(names) > 80  # the run did exercise the features
     missing = sorted(names - documented())
     assert missing == [], f"add these to docs/attributes.md: {missing}"

@@ -79,13 +79,13 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OTLPReceiver]:
+def exported(tmp_path_factory: pytest.TempPathFactory, llm_server: LLMServer) -> Iterator[OTLPReceiver]:
     """A receiver holding what one run of the SDK exported (metrics and spans)."""
-    with OTLPReceiver() as receiver, LLMServer() as llm:
+    with OTLPReceiver() as receiver:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SESSIONTRACE_"))}
         child = subprocess.run(
             [sys.executable, "-c", SCRIPT],
-            env={**env, "ENDPOINT": receiver.url, "LLM": llm.url},
+            env={**env, "ENDPOINT": receiver.url, "LLM": llm_server.url},
             cwd=tmp_path_factory.mktemp("run"),
             capture_output=True,
             text=True,

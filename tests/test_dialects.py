@@ -15,7 +15,6 @@ from llm_server import (
     OUTPUT_TOKENS,
     REASONING_TOKENS,
     USAGE_DETAILS,
-    LLMServer,
 )
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
@@ -28,12 +27,6 @@ from sdk.settings import ConfigError, load_config
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
 OI_KEYS = ("openinference.span.kind", "input.value", "output.value", "tag.tags", "agent.name")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
 
 
 def exported(**settings: Any) -> InMemorySpanExporter:
@@ -80,10 +73,10 @@ def ask(client: openai.OpenAI, text: str, model: str = "gpt-4o-mini") -> str:
     return str(reply.choices[0].message.content)
 
 
-def test_every_sdk_span_gets_its_openinference_kind(server):
+def test_every_sdk_span_gets_its_openinference_kind(llm_server):
     """Sessions, tasks, workflows, agents, tools, LLM calls and scores carry `openinference.span.kind`; raw spans do not."""
     exporter = exported()
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("chat", user_id="u-1", tags=["prod", "eu"]) as session:
         flow()
         ask(client, "hello")
@@ -152,10 +145,10 @@ def test_captured_arguments_and_results_become_input_and_output_values():
     assert "input.value" not in tool
 
 
-def test_session_shows_its_first_question_and_last_answer(server):
+def test_session_shows_its_first_question_and_last_answer(llm_server):
     """With capture on, the session span's input is the first user message, its output the last answer."""
     exporter = exported(capture_content=True)
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("conversation"):
         ask(client, "first question")
         last = ask(client, "second question")
@@ -169,10 +162,10 @@ def test_session_shows_its_first_question_and_last_answer(server):
         assert "output.value" not in llm
 
 
-def test_no_content_without_capture(server):
+def test_no_content_without_capture(llm_server):
     """With content capture off (the default) no input or output value is exported, only the kinds."""
     exporter = exported()
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("quiet"):
         ask(client, "private question")
         plan("private goal")
@@ -183,10 +176,10 @@ def test_no_content_without_capture(server):
         assert "openinference.span.kind" in span.attributes
 
 
-def test_session_input_and_output_are_redacted(server):
+def test_session_input_and_output_are_redacted(llm_server):
     """A secret in the question never reaches the session's or the call's exported input and output."""
     exporter = exported(capture_content=True)
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("leaky"):
         ask(client, f"my key is {SECRET}")
     spans = by_name(exporter)
@@ -196,10 +189,10 @@ def test_session_input_and_output_are_redacted(server):
         assert SECRET not in json.dumps(dict(span.attributes)), span.name
 
 
-def test_dialects_none_adds_nothing(server):
+def test_dialects_none_adds_nothing(llm_server):
     """`dialects="none"` exports only the GenAI conventions and the SDK's own names."""
     exporter = exported(dialects="none", capture_content=True)
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("plain", tags=["t"]):
         ask(client, "hi")
         plan("x")
@@ -236,10 +229,10 @@ def test_dialects_default_is_openinference():
     assert load_config().dialects == ("openinference",)
 
 
-def test_anthropic_cache_write_uses_the_current_name_and_the_openinference_one(server):
+def test_anthropic_cache_write_uses_the_current_name_and_the_openinference_one(llm_server):
     """Cache writes are `gen_ai.usage.cache_write.input_tokens` (not the old `cache_creation`), and Phoenix's name too."""
     exporter = exported()
-    client = anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    client = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
     with sdk.session("cached"):
         client.messages.create(
             model=USAGE_DETAILS, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
@@ -253,10 +246,10 @@ def test_anthropic_cache_write_uses_the_current_name_and_the_openinference_one(s
     assert "gen_ai.system" not in attrs
 
 
-def test_openai_reasoning_and_cached_tokens(server):
+def test_openai_reasoning_and_cached_tokens(llm_server):
     """OpenAI's reasoning and cached token counts are recorded under the current GenAI names."""
     exporter = exported()
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("reasoning"):
         ask(client, "think", model=USAGE_DETAILS)
     attrs = by_name(exporter)[f"chat {USAGE_DETAILS}"].attributes

@@ -8,12 +8,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from otlp_receiver import OTLPReceiver, closed_port_url
+from otlp_receiver import closed_port_url
 
 pytestmark = pytest.mark.subprocess
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,12 +55,6 @@ def row(stdout: str, name: str, cells_wanted: int = 2) -> list[str]:
         if cells[0] == name and len(cells) == cells_wanted:
             return cells[1:]
     raise AssertionError(f"no {name!r} line in:\n{stdout}")
-
-
-@pytest.fixture
-def grpc_receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver(grpc=True) as receiver:
-        yield receiver
 
 
 def test_doctor_grpc_shows_the_grpc_endpoint_and_probes_it_for_real(tmp_path, grpc_receiver):
@@ -154,28 +147,26 @@ def test_quickstart_says_where_spans_went_with_the_default_file(tmp_path):
     assert result.stderr.count("sessiontrace: session") == 2  # one summary line per session
 
 
-def test_quickstart_says_where_spans_went_with_an_otlp_endpoint(tmp_path):
+def test_quickstart_says_where_spans_went_with_an_otlp_endpoint(tmp_path, receiver):
     """With OTEL_EXPORTER_OTLP_ENDPOINT the quickstart names the backend (not the unused traces folder), and
     says how to see the per-session summary lines."""
-    with OTLPReceiver() as receiver:
-        result = quickstart(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_METRICS_EXPORTER="none")
-        assert result.returncode == 0, result.stderr
-        assert receiver.spans_named("support-chat")
+    result = quickstart(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_METRICS_EXPORTER="none")
+    assert result.returncode == 0, result.stderr
+    assert receiver.spans_named("support-chat")
     assert f"spans went to an OTLP backend (http/protobuf) at {receiver.url}/v1/traces" in result.stdout
     assert "traces written under" not in result.stdout
     assert ".sessiontrace/traces" not in result.stdout
     assert "SESSIONTRACE_CONSOLE_SUMMARY=true" in result.stdout
 
 
-def test_quickstart_with_two_destinations_names_both(tmp_path):
+def test_quickstart_with_two_destinations_names_both(tmp_path, receiver):
     """With otlp and file both, the quickstart names both."""
-    with OTLPReceiver() as receiver:
-        result = quickstart(
-            tmp_path,
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
-            OTEL_METRICS_EXPORTER="none",
-            SESSIONTRACE_EXPORTER="otlp,file",
-        )
+    result = quickstart(
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_METRICS_EXPORTER="none",
+        SESSIONTRACE_EXPORTER="otlp,file",
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("spans went to")]
     assert lines == [

@@ -33,18 +33,12 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflow]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
 @sdk.tool
 def look_up(order: str) -> str:
     return f"{order}: shipped"
 
 
-def test_sessions_and_users_appear_in_mlflow(mlflow: MLflow, llm: LLMServer, tmp_path: Path):
+def test_sessions_and_users_appear_in_mlflow(mlflow: MLflow, llm_server: LLMServer, tmp_path: Path):
     """Two users' sessions (a tool and an openai call each) and a running one are MLflow traces with their
     session, user, first question and last answer, state, token usage and spans."""
     experiment = mlflow.create_experiment(f"e2e-{uuid.uuid4().hex[:8]}")
@@ -57,7 +51,7 @@ def test_sessions_and_users_appear_in_mlflow(mlflow: MLflow, llm: LLMServer, tmp
         capture_content=True,
         flush_timeout=60,  # MLflow stores a batch in a few seconds when it has just started
     )
-    client = openai.OpenAI(base_url=llm.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     running = sdk.start_session("still-running", user_id="u-live")
     finished = []
     for user, question in (("u-ann", "where is A-1?"), ("u-bob", "refund A-2")):

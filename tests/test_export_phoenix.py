@@ -167,13 +167,7 @@ query Sessions($name: String!) {
 """
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
-def chat_sessions(endpoint: str, project: str, llm: LLMServer, **settings: Any) -> list[sdk.Session]:
+def chat_sessions(endpoint: str, project: str, llm_server: LLMServer, **settings: Any) -> list[sdk.Session]:
     """Two users' sessions, one instrumented openai call each, with content capture on; the second
     runs long enough (over 1 s, with an export meanwhile) to get its live marker."""
     sdk.init(
@@ -185,7 +179,7 @@ def chat_sessions(endpoint: str, project: str, llm: LLMServer, **settings: Any) 
         capture_content=True,
         **settings,
     )
-    client = openai.OpenAI(base_url=llm.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     done = []
     for user, question, wait in (("u-ann", "where is my order?", False), ("u-bob", "refund A-2", True)):
         with sdk.session("support-chat", user_id=user, tags=["e2e"]) as session:
@@ -243,14 +237,14 @@ def assert_native_in_phoenix(phoenix: Phoenix, project: str, sessions: list[sdk.
         assert trace_node["rootSpan"] == {"name": "support-chat", "spanKind": "chain"}
 
 
-def test_sessions_look_native_in_phoenix_over_http(phoenix: Phoenix, llm: LLMServer):
+def test_sessions_look_native_in_phoenix_over_http(phoenix: Phoenix, llm_server: LLMServer):
     """Over OTLP/HTTP, Phoenix shows each session's user, first input, last output, span kinds, tokens and span count."""
     project = project_name()
-    assert_native_in_phoenix(phoenix, project, chat_sessions(phoenix.http_url, project, llm))
+    assert_native_in_phoenix(phoenix, project, chat_sessions(phoenix.http_url, project, llm_server))
 
 
-def test_sessions_look_native_in_phoenix_over_grpc(phoenix: Phoenix, llm: LLMServer):
+def test_sessions_look_native_in_phoenix_over_grpc(phoenix: Phoenix, llm_server: LLMServer):
     """The same over OTLP/gRPC."""
     project = project_name()
-    sessions = chat_sessions(phoenix.grpc_url, project, llm, protocol="grpc")
+    sessions = chat_sessions(phoenix.grpc_url, project, llm_server, protocol="grpc")
     assert_native_in_phoenix(phoenix, project, sessions)

@@ -21,17 +21,10 @@ from llm_server import (
     OUTPUT_TOKENS,
     REASONING_TOKENS,
     USAGE_DETAILS,
-    LLMServer,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sdk
-
-
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
 
 
 def start(**settings) -> InMemorySpanExporter:
@@ -67,10 +60,10 @@ def support(question: str, client: openai.OpenAI) -> str:
     return str(reply.choices[0].message.content)
 
 
-def test_session_user_tags_input_and_output_of_a_trace(server):
+def test_session_user_tags_input_and_output_of_a_trace(llm_server):
     """A session is a Langfuse trace with its session id, user, tags, name, first input and last output."""
     exporter = start(capture_content=True, dialects="openinference,langfuse")
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("refund-flow", user_id="u-42", tags=["prod", "eu"]) as session:
         support("where is A-1?", client)
         support("refund it", client)
@@ -85,10 +78,10 @@ def test_session_user_tags_input_and_output_of_a_trace(server):
     assert trace.metadata == {"session_state": "success"}
 
 
-def test_observation_types_and_generation_content(server):
+def test_observation_types_and_generation_content(llm_server):
     """Each span becomes the right observation type; a generation keeps its messages as input and output."""
     exporter = start(capture_content=True)
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("typed"):
         support("hello", client)
     (trace,) = langfuse_traces(exporter).values()
@@ -109,10 +102,10 @@ def test_observation_types_and_generation_content(server):
     assert json.loads(agent.input)["question"] == "hello"  # input.value from the captured arguments
 
 
-def test_usage_and_cost_of_a_generation_with_the_langfuse_dialect(server):
+def test_usage_and_cost_of_a_generation_with_the_langfuse_dialect(llm_server):
     """With the langfuse dialect, a generation's usage is Langfuse's exact split and its cost is the SDK's."""
     exporter = start(dialects="openinference,langfuse")
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("priced"):
         client.chat.completions.create(model=USAGE_DETAILS, messages=[{"role": "user", "content": "hi"}])
     (trace,) = langfuse_traces(exporter).values()
@@ -127,10 +120,10 @@ def test_usage_and_cost_of_a_generation_with_the_langfuse_dialect(server):
     assert generation.cost == {"total": pytest.approx((INPUT_TOKENS * 1.0 + OUTPUT_TOKENS * 2.0) / 1e6)}
 
 
-def test_cache_writes_without_the_langfuse_dialect_leave_an_unknown_usage_type(server):
+def test_cache_writes_without_the_langfuse_dialect_leave_an_unknown_usage_type(llm_server):
     """Without the langfuse dialect Langfuse keeps the conventions' new cache-write key as a usage type of
     its own (its reader predates the rename); the dialect's usage details replace it with the exact split."""
-    client = anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    client = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
     expected_input = INPUT_TOKENS - CACHE_READ_TOKENS - CACHE_WRITE_TOKENS
     found = {}
     for dialects in ("openinference", "openinference,langfuse"):
@@ -154,10 +147,10 @@ def test_cache_writes_without_the_langfuse_dialect_leave_an_unknown_usage_type(s
     }
 
 
-def test_cost_is_never_a_usage_type(server):
+def test_cost_is_never_a_usage_type(llm_server):
     """The cost attribute (`llm.cost.total`) is read as the cost, never as a token type."""
     exporter = start(dialects="openinference")
-    client = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
     with sdk.session("cost"):
         client.chat.completions.create(model=USAGE_DETAILS, messages=[{"role": "user", "content": "hi"}])
     (trace,) = langfuse_traces(exporter).values()

@@ -7,7 +7,6 @@ import time
 
 import openai
 import pytest
-from llm_server import LLMServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sdk
@@ -15,15 +14,9 @@ import sdk
 PROMPT = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMServer() as running:
-        yield running
-
-
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
+def client(llm_server):
+    return openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
 
 
 def exported(**settings) -> InMemorySpanExporter:
