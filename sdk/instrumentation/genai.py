@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wrapt
 from opentelemetry import context as otel_context
@@ -36,6 +36,9 @@ from sdk.redaction import Redactor, redactor_for
 from sdk.semconv import SPAN_KIND
 from sdk.session_core import Session, current_session, detach_quietly, end_span, session_for_trace
 from sdk.state import STATE
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
@@ -286,13 +289,21 @@ class LLMCall:
         finally:
             end_span(span, error if isinstance(error, Exception) else None)
 
-    def _finish(self, error: BaseException | None, stream_end: str | None) -> None:
-        span = self.span
-        now = time.monotonic_ns()
-        if self.on_end is not None:
-            self.on_end(self)
-        if self.stream_error is not None and error is None:
-            span.set_status(Status(StatusCode.ERROR, self.stream_error))
+    def _add_tool_call_events(self) -> None:
+        """One `gen_ai.tool.call` event per tool call the model asked for (arguments only with capture)."""
+        for call in self.tool_calls:
+            event: dict[str, Any] = {"gen_ai.tool.name": str(call.get("name") or "")}
+            if call.get("id"):
+                event["gen_ai.tool.call.id"] = str(call["id"])
+            event["gen_ai.tool.type"] = str(call.get("type") or "function")
+            if self.capture and call.get("arguments") is not None:
+                event["gen_ai.tool.call.arguments"] = arguments_text(
+                    self.settings.redactor, call["arguments"]
+                )
+            self.span.add_event(TOOL_CALL_EVENT, event)
+
+    def _response_attributes(self, error: BaseException | None, stream_end: str | None) -> dict[str, Any]:
+        """The span attributes the response (or the error) gave: ids, model, finish reasons, tokens."""
         attrs: dict[str, Any] = dict(self.extra)
         if self.response_id:
             attrs[RESPONSE_ID] = self.response_id
@@ -317,6 +328,16 @@ class LLMCall:
         status = get(error, "status_code")
         if isinstance(status, int) and not isinstance(status, bool):
             attrs["http.response.status_code"] = status
+        return attrs
+
+    def _finish(self, error: BaseException | None, stream_end: str | None) -> None:
+        span = self.span
+        now = time.monotonic_ns()
+        if self.on_end is not None:
+            self.on_end(self)
+        if self.stream_error is not None and error is None:
+            span.set_status(Status(StatusCode.ERROR, self.stream_error))
+        attrs = self._response_attributes(error, stream_end)
         model = self.response_model or self.request_model
         cost = self.settings.pricing.cost(model, self.input_tokens, self.output_tokens)
         if cost is not None:
@@ -335,16 +356,7 @@ class LLMCall:
                 output  # JSON: not cut to attribute_max_length (content_max_length applies)
             )
         write_attributes(span, valid)
-        for call in self.tool_calls:
-            event: dict[str, Any] = {"gen_ai.tool.name": str(call.get("name") or "")}
-            if call.get("id"):
-                event["gen_ai.tool.call.id"] = str(call["id"])
-            event["gen_ai.tool.type"] = str(call.get("type") or "function")
-            if self.capture and call.get("arguments") is not None:
-                event["gen_ai.tool.call.arguments"] = arguments_text(
-                    self.settings.redactor, call["arguments"]
-                )
-            span.add_event(TOOL_CALL_EVENT, event)
+        self._add_tool_call_events()
         STATE.counters.llm_calls.add()
         session = session_for_trace(span.get_span_context().trace_id)
         counted_error = session is not None  # record_error() counts the error of a span in a session's trace
@@ -678,9 +690,18 @@ def _meter_instruments() -> GenAIInstruments:
         if provider is not None
         else metrics.get_meter("sessiontrace", __version__)
     )
+    made = _make_instruments(meter)
+    with STATE.genai_instruments_lock:
+        if len(STATE.genai_instruments) > 8:
+            STATE.genai_instruments.clear()
+        STATE.genai_instruments[key] = made
+    return made
+
+
+def _make_instruments(meter: Meter) -> GenAIInstruments:
     tokens = list(_TOKEN_BUCKETS)
     durations = list(_DURATION_BUCKETS)
-    made = GenAIInstruments(
+    return GenAIInstruments(
         inference_duration=meter.create_histogram(
             "gen_ai.client.inference.duration",
             unit="s",
@@ -727,11 +748,6 @@ def _meter_instruments() -> GenAIInstruments:
             description="Cost of the instrumented LLM calls in USD, from the pricing table.",
         ),
     )
-    with STATE.genai_instruments_lock:
-        if len(STATE.genai_instruments) > 8:
-            STATE.genai_instruments.clear()
-        STATE.genai_instruments[key] = made
-    return made
 
 
 def _record_metrics(call: LLMCall, error: BaseException | None, duration: float, cost: float | None) -> None:
