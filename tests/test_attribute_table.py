@@ -172,6 +172,8 @@ def exercise(llm_server: LLMServer) -> list[ReadableSpan]:
     for _ in range(2):
         sdk.start_session("resumed", session_id="r-1", resume=True).end()
     sdk.shutdown()
+    oai.close()
+    ant.close()
     return list(exporter.get_finished_spans())
 
 
