@@ -7,10 +7,14 @@ nothing they already derive (docs/backends.md has the measurements behind each l
 - ``openinference`` (on by default; read by Phoenix, and also by Langfuse and MLflow):
   ``openinference.span.kind`` on the SDK's own spans (a session is a CHAIN, so are its live
   marker, tasks, workflows and notebook cells; an agent is an AGENT, a tool a TOOL, an LLM call
-  an LLM, a score an EVALUATOR), ``tag.tags`` from ``session.tags``, ``agent.name`` from
-  ``gen_ai.agent.name``, the cache-write count under OpenInference's name (Phoenix reads the
-  conventions' old name only), and captured arguments and return values of tasks, workflows and
-  agents as ``input.value`` / ``output.value`` (JSON) instead of ``sessiontrace.input`` /
+  an LLM, an embeddings call an EMBEDDING, a score an EVALUATOR), ``tag.tags`` from
+  ``session.tags``, ``agent.name`` from ``gen_ai.agent.name``; on LLM spans the model, provider
+  and token counts under OpenInference's names (``llm.model_name``, ``llm.provider``,
+  ``llm.token_count.*``: Phoenix 15.10 and later derive them from ``gen_ai.*``, earlier
+  versions and other OpenInference readers do not); on tool spans ``tool.name``,
+  ``tool.id`` and, captured, the arguments and result as ``input.value`` /
+  ``output.value``; the captured arguments and return values of tasks, workflows and agents as
+  ``input.value`` / ``output.value`` (JSON) instead of ``sessiontrace.input`` /
   ``sessiontrace.output``. With content capture on, the session's first user message and last
   answer (from its instrumented LLM calls) become the session span's ``input.value`` /
   ``output.value``: what a backend shows as a session's first input and last output
@@ -52,6 +56,7 @@ OUTPUT_MIME_TYPE = "output.mime_type"
 TAG_TAGS = "tag.tags"
 AGENT_NAME = "agent.name"
 OI_CACHE_WRITE = "llm.token_count.prompt_details.cache_write"
+OI_TOKEN_TOTAL = "llm.token_count.total"
 TEXT = "text/plain"
 JSON = "application/json"
 
@@ -79,6 +84,41 @@ _CAPTURED = (
 )
 _GENAI_AGENT_NAME = "gen_ai.agent.name"
 _CACHE_WRITE = "gen_ai.usage.cache_write.input_tokens"
+_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+_OI_TOKEN_COUNTS = (
+    (_INPUT_TOKENS, "llm.token_count.prompt"),
+    (_OUTPUT_TOKENS, "llm.token_count.completion"),
+    ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read"),
+    (_CACHE_WRITE, OI_CACHE_WRITE),
+    ("gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning"),
+)
+_OI_PROVIDERS = {
+    "openai": ("openai", "openai"),
+    "anthropic": ("anthropic", "anthropic"),
+    "cohere": ("cohere", "cohere"),
+    "mistral_ai": ("mistralai", "mistralai"),
+    "deepseek": ("deepseek", None),
+    "groq": ("groq", None),
+    "perplexity": ("perplexity", None),
+    "x_ai": ("xai", None),
+    "azure.ai.openai": ("azure", "openai"),
+    "azure.ai.inference": ("azure", None),
+    "aws.bedrock": ("aws", None),
+    "gcp.vertex_ai": ("google", "vertexai"),
+    "gcp.gen_ai": ("google", None),
+    "gcp.gemini": ("google", None),
+}
+"""``gen_ai.provider.name`` -> OpenInference's ``llm.provider`` and ``llm.system`` (the pairs Phoenix
+20.26 derives, phoenix/trace/gen_ai/conversion.py); another provider gets neither."""
+_TOOL_NAMES = (
+    ("gen_ai.tool.name", "tool.name"),
+    ("gen_ai.tool.call.id", "tool.id"),
+)
+_TOOL_CONTENT = (
+    ("gen_ai.tool.call.arguments", INPUT_VALUE, INPUT_MIME_TYPE),
+    ("gen_ai.tool.call.result", OUTPUT_VALUE, OUTPUT_MIME_TYPE),
+)
 _LANGFUSE_SESSION_KEYS = ((SESSION_STATE, "session_state"), (SESSION_END_REASON, "session_end_reason"))
 
 
@@ -162,6 +202,8 @@ class DialectTranslator:
         moved = False
         if self.openinference:
             oi_kind = OI_KINDS.get(kind)
+            if kind == "llm" and attributes.get("gen_ai.operation.name") == "embeddings":
+                oi_kind = "EMBEDDING"
             if oi_kind is not None and OI_SPAN_KIND not in attributes:
                 extra[OI_SPAN_KIND] = oi_kind
             if kind in ("session", "session.start"):
@@ -170,8 +212,10 @@ class DialectTranslator:
                     extra[TAG_TAGS] = tags
             elif kind == "agent" and _GENAI_AGENT_NAME in attributes:
                 extra[AGENT_NAME] = attributes[_GENAI_AGENT_NAME]
-            elif kind == "llm" and _CACHE_WRITE in attributes:
-                extra[OI_CACHE_WRITE] = attributes[_CACHE_WRITE]
+            elif kind == "llm":
+                openinference_llm(attributes, extra, embedding=oi_kind == "EMBEDDING")
+            elif kind == "tool":
+                openinference_tool(attributes, extra)
             moved = any(ours in attributes for ours, _, _ in _CAPTURED)
         if self.langfuse:
             if kind == "llm":
@@ -192,6 +236,36 @@ class DialectTranslator:
                     out[mime] = JSON
         out.update(extra)
         return out
+
+
+def openinference_llm(attributes: Mapping[str, Any], extra: dict[str, Any], *, embedding: bool) -> None:
+    """Into `extra`: an LLM span's model, provider and token counts under OpenInference's names
+    (the values Phoenix would derive; the model is the requested one, which its price table reads)."""
+    model = attributes.get("gen_ai.request.model") or attributes.get("gen_ai.response.model")
+    if model:
+        extra["embedding.model_name" if embedding else "llm.model_name"] = model
+    provider, system = _OI_PROVIDERS.get(str(attributes.get("gen_ai.provider.name")), (None, None))
+    if provider is not None:
+        extra["llm.provider"] = provider
+    if system is not None:
+        extra["llm.system"] = system
+    for ours, theirs in _OI_TOKEN_COUNTS:
+        if ours in attributes:
+            extra[theirs] = attributes[ours]
+    if _INPUT_TOKENS in attributes and _OUTPUT_TOKENS in attributes:
+        extra[OI_TOKEN_TOTAL] = _int(attributes[_INPUT_TOKENS]) + _int(attributes[_OUTPUT_TOKENS])
+
+
+def openinference_tool(attributes: Mapping[str, Any], extra: dict[str, Any]) -> None:
+    """Into `extra`: a tool span's name and call id, and its captured arguments and
+    result as ``input.value`` / ``output.value`` (JSON, already redacted)."""
+    for ours, theirs in _TOOL_NAMES:
+        if ours in attributes:
+            extra[theirs] = attributes[ours]
+    for ours, value, mime in _TOOL_CONTENT:
+        if ours in attributes:
+            extra[value] = attributes[ours]
+            extra[mime] = JSON
 
 
 def _int(value: object) -> int:

@@ -53,6 +53,8 @@ NOT_TELEMETRY = frozenset(
         "http.url", "net.peer.name", "url.full", "gen_ai.usage.cost_usd",
         # the name of a custom Agents SDK span with none of its own, a link attribute's value, a logger
         "openai_agents.custom", "notebook.cell", "sessiontrace.notebook",
+        # gen_ai.provider.name values the openinference dialect maps to OpenInference's provider names
+        "aws.bedrock", "azure.ai.inference", "azure.ai.openai", "gcp.gemini", "gcp.gen_ai", "gcp.vertex_ai",
     }
 )  # fmt: skip
 

@@ -141,8 +141,11 @@ def test_captured_arguments_and_results_become_input_and_output_values():
     assert "sessiontrace.input" not in task
     assert "sessiontrace.output" not in task
     tool = spans["execute_tool look_up"].attributes
-    assert json.loads(tool["gen_ai.tool.call.arguments"]) == {"order": "A-9"}  # Phoenix derives its own
-    assert "input.value" not in tool
+    assert json.loads(tool["gen_ai.tool.call.arguments"]) == {"order": "A-9"}
+    assert json.loads(tool["input.value"]) == {"order": "A-9"}  # beside the GenAI names, not instead
+    assert json.loads(tool["gen_ai.tool.call.result"]) == json.loads(tool["output.value"]) == "A-9: shipped"
+    assert tool["input.mime_type"] == tool["output.mime_type"] == "application/json"
+    assert tool["tool.name"] == tool["gen_ai.tool.name"] == "look_up"
 
 
 def test_session_shows_its_first_question_and_last_answer(llm_server):
@@ -169,6 +172,7 @@ def test_no_content_without_capture(llm_server):
     with sdk.session("quiet"):
         ask(client, "private question")
         plan("private goal")
+        look_up("private order")
     assert sdk.flush()
     for span in exporter.get_finished_spans():
         assert not {"input.value", "output.value"} & set(span.attributes), span.name
@@ -257,3 +261,58 @@ def test_openai_reasoning_and_cached_tokens(llm_server):
     assert attrs["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
     assert attrs["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ_TOKENS
     assert attrs["gen_ai.usage.reasoning.output_tokens"] == REASONING_TOKENS
+    assert attrs["llm.token_count.prompt_details.cache_read"] == CACHE_READ_TOKENS
+    assert attrs["llm.token_count.completion_details.reasoning"] == REASONING_TOKENS
+
+
+def test_llm_spans_carry_openinference_model_provider_and_token_counts(llm_server):
+    """An LLM span has the model, provider and the server's token counts under OpenInference's names
+    too (earlier Phoenix versions read only those); an embeddings call is an EMBEDDING."""
+    exporter = exported()
+    oai = openai.OpenAI(base_url=llm_server.openai_url, api_key="k", max_retries=0)
+    ant = anthropic.Anthropic(base_url=llm_server.anthropic_url, api_key="k", max_retries=0)
+    with sdk.session("models"):
+        ask(oai, "hi", model=USAGE_DETAILS)
+        ant.messages.create(model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        oai.embeddings.create(model="text-embedding-3-small", input=["a"])
+    spans = by_name(exporter)
+    chat = spans[f"chat {USAGE_DETAILS}"].attributes
+    assert chat["llm.model_name"] == USAGE_DETAILS
+    assert (chat["llm.provider"], chat["llm.system"]) == ("openai", "openai")
+    assert chat["llm.token_count.prompt"] == INPUT_TOKENS
+    assert chat["llm.token_count.completion"] == OUTPUT_TOKENS
+    assert chat["llm.token_count.total"] == INPUT_TOKENS + OUTPUT_TOKENS
+    claude = spans["chat claude-x"].attributes
+    assert (claude["llm.provider"], claude["llm.system"], claude["llm.model_name"]) == (
+        "anthropic",
+        "anthropic",
+        "claude-x",
+    )
+    assert claude["llm.token_count.prompt"] == claude["gen_ai.usage.input_tokens"] > 0
+    assert claude["llm.token_count.completion"] == claude["gen_ai.usage.output_tokens"] > 0
+    embedding = spans["embeddings text-embedding-3-small"].attributes
+    assert embedding["openinference.span.kind"] == "EMBEDDING"
+    assert embedding["embedding.model_name"] == "text-embedding-3-small"
+    assert "llm.model_name" not in embedding
+    oai.close()
+    ant.close()
+
+
+def test_other_providers_get_no_guessed_openinference_provider():
+    """A provider OpenInference has no name for (a framework's) gets no `llm.provider` or `llm.system`."""
+    translator = DialectTranslator(("openinference",))
+    span = ReadableSpan(
+        name="chat m",
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes={
+            "sessiontrace.span.kind": "llm",
+            "gen_ai.provider.name": "ollama",
+            "gen_ai.request.model": "m",
+            "gen_ai.usage.input_tokens": 3,
+        },
+    )
+    attributes = translator.translate(span).attributes
+    assert attributes["llm.model_name"] == "m"
+    assert attributes["llm.token_count.prompt"] == 3
+    assert "llm.token_count.total" not in attributes  # no output count: no total invented
+    assert not {"llm.provider", "llm.system"} & set(attributes)
