@@ -189,9 +189,13 @@ def test_every_dashboard_trace_attribute_is_exported(exported):
     span_attributes = {key for span in exported.spans for key in span.attributes}
     resource_attributes = {key for span in exported.spans for key in span.resource}
     queries = [t["query"] for t in targets() if t["datasource"]["type"] == "tempo"]
-    assert len(queries) == 2
+    assert len(queries) == 4
     used = {(scope, name) for query in queries for scope, name in _TRACEQL_ATTRIBUTE.findall(query)}
-    assert ("span", "session.llm.cost_usd") in used
+    assert {
+        ("span", "session.llm.cost_usd"),
+        ("span", "session.llm.input_tokens"),
+        ("span", "user.id"),
+    } <= used
     missing = [
         f"{scope}.{name}"
         for scope, name in used
@@ -201,6 +205,7 @@ def test_every_dashboard_trace_attribute_is_exported(exported):
     roots = [s for s in exported.spans if s.attributes.get("sessiontrace.span.kind") == "session"]
     assert {s.attributes.get("user.id") for s in roots} >= {"u-1", "u-2"}
     assert any(s.attributes.get("session.llm.cost_usd", 0) > 0 for s in roots)
+    assert any(s.attributes.get("session.llm.input_tokens", 0) > 0 for s in roots)
 
 
 def test_the_example_is_wired_together():
