@@ -173,3 +173,19 @@ def test_quickstart_with_two_destinations_names_both(tmp_path, receiver):
         f"spans went to an OTLP backend (http/protobuf) at {receiver.url}/v1/traces",
         f"spans went to OTLP-JSON files in {tmp_path.resolve() / '.sessiontrace' / 'traces'}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("exporter", "said"),
+    [
+        ("console", "spans went to the console (standard output)"),
+        ("none", "spans went to nowhere (exporter none: spans are not exported)"),
+    ],
+)
+def test_quickstart_says_where_spans_went_with_console_or_none(tmp_path, exporter, said):
+    """With the console or no exporter, the quickstart says so (and writes no traces folder)."""
+    result = quickstart(tmp_path, SESSIONTRACE_EXPORTER=exporter, OTEL_METRICS_EXPORTER="none")
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout.splitlines()
+    assert "traces written under" not in result.stdout
+    assert not (tmp_path / ".sessiontrace" / "traces").exists()
