@@ -155,6 +155,7 @@ query Sessions($name: String!) {
         firstInput { value mimeType }
         lastOutput { value mimeType }
         tokenUsage { prompt completion total }
+        costSummary { total { cost } }
         traces(first: 10) { edges { node {
           traceId numSpans
           spanCountsByKind { spanKind count }
@@ -215,7 +216,7 @@ def phoenix_sessions(phoenix: Phoenix, project: str, expected: int) -> dict[str,
 
 def assert_native_in_phoenix(phoenix: Phoenix, project: str, sessions: list[sdk.Session]) -> None:
     """Per session, Phoenix's Sessions view has the user, first input and last output, known span kinds,
-    the server's token counts and as many spans as `Session.span_count`."""
+    the server's token counts, a cost and as many spans as `Session.span_count`."""
     nodes = phoenix_sessions(phoenix, project, len(sessions))
     assert set(nodes) == {s.id for s in sessions}, nodes
     for session, question in zip(sessions, ("where is my order?", "refund A-2"), strict=True):
@@ -228,6 +229,7 @@ def assert_native_in_phoenix(phoenix: Phoenix, project: str, sessions: list[sdk.
             "completion": OUTPUT_TOKENS,
             "total": INPUT_TOKENS + OUTPUT_TOKENS,
         }
+        assert node["costSummary"]["total"]["cost"] > 0  # priced by Phoenix's own table (gpt-4o-mini)
         (trace_node,) = [edge["node"] for edge in node["traces"]["edges"]]
         assert trace_node["traceId"] == session.trace_id
         assert trace_node["numSpans"] == session.span_count
@@ -238,7 +240,7 @@ def assert_native_in_phoenix(phoenix: Phoenix, project: str, sessions: list[sdk.
 
 
 def test_sessions_look_native_in_phoenix_over_http(phoenix: Phoenix, llm_server: LLMServer):
-    """Over OTLP/HTTP, Phoenix shows each session's user, first input, last output, span kinds, tokens and span count."""
+    """Over OTLP/HTTP, Phoenix shows each session's user, first input, last output, span kinds, tokens, cost and span count."""
     project = project_name()
     assert_native_in_phoenix(phoenix, project, chat_sessions(phoenix.http_url, project, llm_server))
 
