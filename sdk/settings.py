@@ -1315,9 +1315,9 @@ SETTINGS: dict[str, Setting] = {
             _dialects,
             dialects.DEFAULT,
             "Attributes for backends beside the GenAI conventions: `openinference` (span kinds, "
-            "inputs and outputs, tags, read by Phoenix, Langfuse and MLflow), `langfuse` (Langfuse's "
-            "token split and trace metadata), both (comma-separated) or `none`. Content only with "
-            "`capture_content`, redacted. See docs/backends.md.",
+            "inputs and outputs, tags, models and token counts, read by Phoenix, Langfuse and MLflow), "
+            "`langfuse` (Langfuse's token split and trace metadata), both (comma-separated) or "
+            "`none`. Content only with `capture_content`, redacted. See docs/backends.md.",
             _env("SESSIONTRACE_DIALECTS"),
         ),
         Setting(
