@@ -26,21 +26,23 @@ nothing they already derive (docs/backends.md has the measurements behind each l
   and end reason as filterable trace metadata (``langfuse.trace.metadata.session_state``, ...).
 
 Everything but the content is derived here, on the export worker, from attributes the span
-already has (`DialectTranslator`, before scrubbing): the program's threads pay nothing for it,
-and spans the SDK did not make (no ``sessiontrace.span.kind``) are passed on untouched.
+already has (`DialectTranslator.attributes_of`, before scrubbing, in the same copy of the span):
+the program's threads run none of it, and spans the SDK's tracer did not make pass on
+untouched. Its cost, measured: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span
 
 from sdk.guard import internal_error
-from sdk.semconv import SESSION_END_REASON, SESSION_STATE, SESSION_TAGS, SPAN_KIND
+from sdk.semconv import SESSION_END_REASON, SESSION_STATE, SESSION_TAGS, SPAN_KIND, TRACER_NAME
 
 OPENINFERENCE = "openinference"
 LANGFUSE = "langfuse"
@@ -160,44 +162,35 @@ class DialectTranslator:
         """Whether any dialect is on (else the translator is not put in the pipeline)."""
         return self.openinference or self.langfuse
 
-    def __call__(self, spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
-        """`spans`, the SDK's own with their dialect attributes (copies), the others as they are."""
-        return [self.translate(span) for span in spans]
+    def attributes_of(self, span: ReadableSpan) -> dict[str, Any] | None:
+        """The attributes of `span` with its dialect attributes added (a new dict), or None when
+        none apply. The export worker calls it for every span, before scrubbing (sdk/export/scrub.py
+        makes the one copy of the span).
 
-    def translate(self, span: ReadableSpan) -> ReadableSpan:
-        """One span with its dialect attributes (a copy), or the span itself when none apply."""
+        Only spans of the SDK's tracer are read: another instrumentation's pass at the cost of one
+        comparison. Their attributes are copied once, as a plain dict (every lookup after that is a
+        dict's, not `BoundedAttributes`' through `Mapping`)."""
+        scope = span.instrumentation_scope
         attributes = span.attributes
-        if not attributes:
-            return span
-        kind = attributes.get(SPAN_KIND)
+        if scope is None or scope.name != TRACER_NAME or not attributes:
+            return None
+        own: dict[str, Any] = dict(
+            attributes.copy() if isinstance(attributes, MappingProxyType) else attributes
+        )
+        kind = own.get(SPAN_KIND)
         if kind is None:
-            if NOTEBOOK_CELL not in attributes:
-                return span
+            if NOTEBOOK_CELL not in own:
+                return None
             kind = "cell"
         try:
-            changed = self.attributes(str(kind), attributes)
+            return self.attributes(str(kind), own)
         except Exception as exc:  # never lose the span for a dialect: export it as it is
             internal_error("dialect attributes", exc)
-            return span
-        if changed is None:
-            return span
-        return ReadableSpan(
-            name=span.name,
-            context=span.context,
-            parent=span.parent,
-            resource=span.resource,
-            attributes=changed,
-            events=span.events,
-            links=span.links,
-            kind=span.kind,
-            status=span.status,
-            start_time=span.start_time,
-            end_time=span.end_time,
-            instrumentation_scope=span.instrumentation_scope,
-        )
+            return None
 
-    def attributes(self, kind: str, attributes: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The attributes of a span of `kind` with the dialects' added, or None when nothing changes."""
+    def attributes(self, kind: str, attributes: dict[str, Any]) -> dict[str, Any] | None:
+        """The attributes of a span of `kind` with the dialects' added (`attributes` itself, a copy
+        the caller owns, updated), or None when nothing changes."""
         extra: dict[str, Any] = {}
         moved = False
         if self.openinference:
@@ -228,7 +221,7 @@ class DialectTranslator:
                         extra[LANGFUSE_TRACE_METADATA + theirs] = attributes[ours]
         if not extra and not moved:
             return None
-        out = dict(attributes)
+        out = attributes
         if moved:
             for ours, theirs, mime in _CAPTURED:
                 if ours in out:

@@ -354,18 +354,6 @@ def _store_writer(config: Config, previous: Runtime | None) -> StoreWriter | Non
     return None if store is None else StoreWriter(store, config.store_write_interval, config.data_dir)
 
 
-def _then(
-    first: Callable[[list[ReadableSpan]], list[ReadableSpan]],
-    second: Callable[[list[ReadableSpan]], list[ReadableSpan]],
-) -> Callable[[list[ReadableSpan]], list[ReadableSpan]]:
-    """Two batch steps of the export worker, one after the other."""
-
-    def both(spans: list[ReadableSpan]) -> list[ReadableSpan]:
-        return second(first(spans))
-
-    return both
-
-
 def build_runtime(
     config: Config, tracer: trace.Tracer, previous: Runtime | None = None, plan: ExportPlan | None = None
 ) -> Runtime:
@@ -392,12 +380,13 @@ def _build_runtime(
     from sdk.redaction import scrubber_for
 
     scrubber = scrubber_for(config)
-    prepare: Callable[[list[ReadableSpan]], list[ReadableSpan]] | None = (
-        functools.partial(scrub_spans, scrubber=scrubber) if scrubber.enabled else None
-    )
     translator = DialectTranslator(config.dialects)
-    if translator.enabled:  # the dialects' attributes first, so that they are scrubbed too
-        prepare = translator if prepare is None else _then(translator, prepare)
+    translate = translator.attributes_of if translator.enabled else None
+    prepare: Callable[[list[ReadableSpan]], list[ReadableSpan]] | None = (
+        functools.partial(scrub_spans, scrubber=scrubber, translate=translate)
+        if scrubber.enabled or translate is not None
+        else None
+    )
     # One batch processor (queue and worker) per destination: a backend that is down never holds
     # up the local file, and each destination gets every span.
     batches = []

@@ -17,12 +17,16 @@ from llm_server import (
     USAGE_DETAILS,
 )
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import sdk
 from sdk.dialects import DialectTranslator
+from sdk.export.scrub import scrub_spans
+from sdk.redaction import scrubber_for
 from sdk.settings import ConfigError, load_config
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
@@ -100,31 +104,63 @@ def test_every_sdk_span_gets_its_openinference_kind(llm_server):
     assert spans["chat"].attributes["user.id"] == "u-1"
 
 
+def sdk_span(name: str, attributes: dict[str, Any], scope: str = "sessiontrace") -> ReadableSpan:
+    """A finished span as the SDK's tracer (or another, `scope`) makes it."""
+    return ReadableSpan(
+        name=name,
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes=BoundedAttributes(attributes=attributes),
+        instrumentation_scope=InstrumentationScope(scope),
+    )
+
+
 def test_live_marker_is_a_chain_with_the_sessions_tags():
     """The live `session.start` marker of a running session is a CHAIN with the session's tags."""
     translator = DialectTranslator(("openinference",))
-    marker = ReadableSpan(
-        name="session.start",
-        context=SpanContext(1, 2, False, TraceFlags(1)),
-        attributes={"sessiontrace.span.kind": "session.start", "session.tags": ("a",), "session.id": "s"},
+    marker = sdk_span(
+        "session.start",
+        {"sessiontrace.span.kind": "session.start", "session.tags": ("a",), "session.id": "s"},
     )
-    translated = translator.translate(marker)
-    assert translated.attributes["openinference.span.kind"] == "CHAIN"
-    assert translated.attributes["tag.tags"] == ("a",)
-    cell = ReadableSpan(
-        name="cell[3]",
-        context=SpanContext(1, 3, False, TraceFlags(1)),
-        attributes={"notebook.cell.execution_count": 3},
-    )
-    assert translator.translate(cell).attributes["openinference.span.kind"] == "CHAIN"
+    translated = translator.attributes_of(marker)
+    assert translated is not None
+    assert translated["openinference.span.kind"] == "CHAIN"
+    assert translated["tag.tags"] == ("a",)
+    assert translated["session.id"] == "s"  # the span's own attributes kept
+    cell = sdk_span("cell[3]", {"notebook.cell.execution_count": 3})
+    assert (translator.attributes_of(cell) or {})["openinference.span.kind"] == "CHAIN"
 
 
 def test_spans_the_sdk_did_not_make_pass_through_unchanged():
-    """A span without the SDK's kind is exported as the same object, with nothing added."""
-    span = ReadableSpan(
-        name="GET /", context=SpanContext(1, 2, False, TraceFlags(1)), attributes={"http.method": "GET"}
+    """A span without the SDK's kind, or from another tracer, gets nothing added and is exported as
+    the same object."""
+    translator = DialectTranslator(("openinference", "langfuse"))
+    raw = sdk_span("GET /", {"http.method": "GET", "session.id": "s"})
+    assert translator.attributes_of(raw) is None
+    other = sdk_span("execute_tool x", {"sessiontrace.span.kind": "tool"}, scope="someone.else")
+    assert translator.attributes_of(other) is None
+    scrubber = scrubber_for(load_config())
+    assert scrub_spans([raw, other], scrubber, translator.attributes_of) == [raw, other]
+
+
+def test_one_copy_of_a_span_carries_both_dialect_attributes_and_scrubbing():
+    """A span the dialect changes is copied once, with its name, context and timing, the dialect's
+    attributes added and its secrets scrubbed."""
+    span = sdk_span(
+        "execute_tool x", {"sessiontrace.span.kind": "tool", "gen_ai.tool.name": "x", "note": SECRET}
     )
-    assert DialectTranslator(("openinference", "langfuse")).translate(span) is span
+    (out,) = scrub_spans(
+        [span], scrubber_for(load_config()), DialectTranslator(("openinference",)).attributes_of
+    )
+    assert out is not span
+    assert (out.name, out.context, out.start_time, out.instrumentation_scope) == (
+        span.name,
+        span.context,
+        span.start_time,
+        span.instrumentation_scope,
+    )
+    assert out.attributes["openinference.span.kind"] == "TOOL"
+    assert out.attributes["tool.name"] == "x"
+    assert SECRET not in out.attributes["note"]
 
 
 def test_captured_arguments_and_results_become_input_and_output_values():
@@ -301,17 +337,16 @@ def test_llm_spans_carry_openinference_model_provider_and_token_counts(llm_serve
 def test_other_providers_get_no_guessed_openinference_provider():
     """A provider OpenInference has no name for (a framework's) gets no `llm.provider` or `llm.system`."""
     translator = DialectTranslator(("openinference",))
-    span = ReadableSpan(
-        name="chat m",
-        context=SpanContext(1, 2, False, TraceFlags(1)),
-        attributes={
+    span = sdk_span(
+        "chat m",
+        {
             "sessiontrace.span.kind": "llm",
             "gen_ai.provider.name": "ollama",
             "gen_ai.request.model": "m",
             "gen_ai.usage.input_tokens": 3,
         },
     )
-    attributes = translator.translate(span).attributes
+    attributes = translator.attributes_of(span) or {}
     assert attributes["llm.model_name"] == "m"
     assert attributes["llm.token_count.prompt"] == 3
     assert "llm.token_count.total" not in attributes  # no output count: no total invented
