@@ -4,8 +4,10 @@ Three workloads, the ones of span_in_session, decorated_call and session_start_e
 inside a session, an ``@sdk.tool`` call, a session started and ended). For each, four sides
 interleaved in one process, rotating which goes first: the reference (raw OpenTelemetry, as in
 those benchmarks) and the SDK with ``dialects="none"``, ``"openinference"`` (the default) and
-``"openinference,langfuse"``. Before every SDK sample, untimed, the pipeline is re-initialised with
-that side's setting (on the same null exporter), so the SDK sides differ in nothing else.
+``"openinference,langfuse"``. Before every sample, untimed, the SDK is re-initialised (on the same
+null exporter) with the SDK side's setting, or the default before a reference sample, and both
+pipelines are flushed: every sample follows the same set-up, and the SDK sides differ in nothing
+but the setting.
 
 The dialects' attributes are added on the export worker (sdk/dialects.py), so what a program's
 thread feels is the worker's share of the GIL; with content capture on, an LLM call also notes the
@@ -49,9 +51,8 @@ def _measure(
         body = workload.ref_body if is_ref else workload.sdk_body
 
         def run() -> Timing:
+            p.reinit(dialects=SDK_SIDES["default" if is_ref else side])
             p.flush()
-            if not is_ref:
-                p.reinit(dialects=SDK_SIDES[side])
             with scope():
                 before_sample = exporter.exported
                 timing = time_loop(settings, body, settings.ops)
