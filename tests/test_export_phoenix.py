@@ -10,7 +10,10 @@ machine pays the install (a few minutes), later runs start the servers only.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +253,54 @@ def test_sessions_look_native_in_phoenix_over_grpc(phoenix: Phoenix, llm_server:
     project = project_name()
     sessions = chat_sessions(phoenix.grpc_url, project, llm_server, protocol="grpc")
     assert_native_in_phoenix(phoenix, project, sessions)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+
+
+def test_phoenix_sessions_page_in_a_browser(phoenix: Phoenix, llm_server: LLMServer, tmp_path: Path):
+    """Phoenix's own Sessions page, in headless Chromium, lists each session with its user, first input
+    and last output (the screenshot is docs/images/phoenix-sessions.png); the browser reaches only 127.0.0.1."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no Chromium: apt-get install -y chromium (the Debian package; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    project = project_name()
+    sessions = chat_sessions(phoenix.http_url, project, llm_server)
+    phoenix_sessions(phoenix, project, len(sessions))  # ingested, with their last outputs
+    project_id = phoenix.graphql(
+        "query($name: String!) { getProjectByName(name: $name) { id } }", name=project
+    )["getProjectByName"]["id"]
+    elsewhere: list[str] = []
+
+    def loopback_only(route: Any) -> None:
+        host = urllib.parse.urlsplit(route.request.url).hostname
+        if host == "127.0.0.1":
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 700})
+            tab.route("**/*", loopback_only)
+            tab.goto(f"{phoenix.http_url}/projects/{project_id}/sessions")
+            for question in ("where is my order?", "refund A-2"):
+                tab.get_by_text(f"Hello! You said: {question}").first.wait_for(timeout=60_000)
+            text = tab.inner_text("body")
+            tab.screenshot(path=str(tmp_path / "sessions.png"))
+        finally:
+            browser.close()
+    for session, question in zip(sessions, ("where is my order?", "refund A-2"), strict=True):
+        assert session.id in text
+        assert str(session.user_id) in text
+        assert question in text
+    IMAGES.mkdir(exist_ok=True)
+    shutil.copyfile(tmp_path / "sessions.png", IMAGES / "phoenix-sessions.png")
