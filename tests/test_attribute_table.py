@@ -53,6 +53,12 @@ NOT_TELEMETRY = frozenset(
         "http.url", "net.peer.name", "url.full", "gen_ai.usage.cost_usd",
         # the name of a custom Agents SDK span with none of its own, a link attribute's value, a logger
         "openai_agents.custom", "notebook.cell", "sessiontrace.notebook",
+        # modules of other OpenTelemetry packages sdk/foreign.py looks for, a loopback host name
+        "opentelemetry.exporter.otlp.proto.grpc", "opentelemetry.exporter.otlp.proto.http",
+        "openinference.instrumentation.openai", "openinference.instrumentation.anthropic",
+        "opentelemetry.instrumentation.openai", "opentelemetry.instrumentation.openai_v2",
+        "opentelemetry.instrumentation.genai.openai", "opentelemetry.instrumentation.anthropic",
+        "opentelemetry.util.genai.invocation", "localhost.localdomain",
         # gen_ai.provider.name values the openinference dialect maps to OpenInference's provider names
         "aws.bedrock", "azure.ai.inference", "azure.ai.openai", "gcp.gemini", "gcp.gen_ai", "gcp.vertex_ai",
     }
