@@ -12,6 +12,7 @@ BENCHMARKS = (
     "decorated_call",
     "scrub",
     "sampling",
+    "dialects",
     "session_start_end",
     "throughput",
     "llm_call",

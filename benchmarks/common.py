@@ -61,6 +61,12 @@ class Pipelines:
     ref_exporter: NullExporter
     ref_provider: TracerProvider
 
+    def reinit(self, **settings: Any) -> None:
+        """`sdk.init()` on the same null exporter, with `settings` (none: as `pipelines()` sets it up)."""
+        import sdk
+
+        sdk.init(exporter=self.sdk_exporter, service_name="sessiontrace-benchmarks", **settings)
+
     def flush(self) -> None:
         """Export everything both pipelines hold (untimed, before every sample)."""
         import sdk
@@ -78,17 +84,14 @@ def pipelines() -> Pipelines:
     """`sdk.init(exporter=NullExporter())` and a local reference provider (once per process)."""
     if _pipelines:
         return _pipelines[0]
-    import sdk
-
     # Settings from the environment would change either side (samplers, limits, queue sizes).
     for name in [n for n in os.environ if n.startswith(("SESSIONTRACE_", "OTEL_"))]:
         del os.environ[name]
-    sdk_exporter = NullExporter()
-    sdk.init(exporter=sdk_exporter, service_name="sessiontrace-benchmarks")
     ref_exporter = NullExporter()
     ref_provider = TracerProvider(shutdown_on_exit=False)
     ref_provider.add_span_processor(BatchSpanProcessor(ref_exporter))
-    made = Pipelines(sdk_exporter, ref_exporter, ref_provider)
+    made = Pipelines(NullExporter(), ref_exporter, ref_provider)
+    made.reinit()
     _pipelines.append(made)
     return made
 

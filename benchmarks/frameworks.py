@@ -242,11 +242,11 @@ def run(settings: Settings) -> list[Result]:
     import sdk
 
     p = pipelines()
-    sdk.init(exporter=p.sdk_exporter, service_name="sessiontrace-benchmarks", session_from=SESSION_FROM)
+    p.reinit(session_from=SESSION_FROM)
     model = Model()
     try:
         return _agents(settings, model) + _langgraph(settings, model)
     finally:
         for info in sdk.sessions():
             info.session.end()
-        sdk.init(exporter=p.sdk_exporter, service_name="sessiontrace-benchmarks")  # as pipelines() left it
+        p.reinit()  # as pipelines() left it

@@ -115,11 +115,10 @@ def _measure(p: Pipelines, settings: Settings, keep: bool) -> Result:
 
 
 def run(settings: Settings) -> list[Result]:
-    import sdk
 
     p = pipelines()
-    sdk.init(exporter=p.sdk_exporter, service_name="sessiontrace-benchmarks", sample_rate=RATE)
+    p.reinit(sample_rate=RATE)
     try:
         return [_measure(p, settings, keep=False), _measure(p, settings, keep=True)]
     finally:
-        sdk.init(exporter=p.sdk_exporter, service_name="sessiontrace-benchmarks")
+        p.reinit()

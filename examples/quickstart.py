@@ -3,7 +3,8 @@
 Two users each talk to a support agent in their own session. The "model" is a deterministic
 fake that decides which tool to call; the tools are plain functions with `@sdk.tool`. With no
 endpoint configured, spans go to OTLP-JSON lines under ./.sessiontrace/traces/ and each ended
-session prints a one-line summary.
+session prints a one-line summary; with OTEL_EXPORTER_OTLP_ENDPOINT set, they go to that backend.
+The last lines say where they went.
 
     python examples/quickstart.py
 """
@@ -54,7 +55,7 @@ def support_agent(message: str) -> str:
 
 
 def main() -> None:
-    sdk.init(service_name="quickstart-support-bot")
+    config = sdk.init(service_name="quickstart-support-bot")
     conversations = {
         "u-alice": ["Where is my order A-100?", "Thanks!"],
         "u-bob": ["I want a refund for A-200", "Where is A-200?"],
@@ -65,7 +66,14 @@ def main() -> None:
                 print(f"[{user}] {message!r} -> {support_agent(message)!r}")
         print(f"  session {s.id} for {user}: {s.state}, {s.span_count} spans, trace {s.trace_id}")
     sdk.shutdown()
-    print(f"traces written under {sdk.config().data_dir / 'traces'}")
+    for where in config.destinations_text():
+        print(f"spans went to {where}")
+    stats = sdk.stats()
+    print(
+        f"  ({stats.spans_exported} delivered, {stats.spans_spooled} kept in the spool, {stats.spans_dropped} dropped)"
+    )
+    if not config.summary_enabled:
+        print("  (set SESSIONTRACE_CONSOLE_SUMMARY=true for a summary line per session here too)")
 
 
 if __name__ == "__main__":

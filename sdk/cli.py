@@ -35,7 +35,6 @@ import socket
 import sys
 import traceback
 import types
-import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +57,14 @@ VERSIONED_DISTRIBUTIONS = (
     "opentelemetry-api",
     "opentelemetry-sdk",
     "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-exporter-otlp-proto-grpc",
+    "opentelemetry-exporter-otlp-proto-common",
+    "opentelemetry-proto",
+    "requests",
+    "grpcio",
 )
+"""OpenTelemetry, and what the exporters use: the OTLP encoding (proto-common, proto) and the
+transports of the SDK's own OTLP senders (requests for HTTP, grpcio for gRPC, the `grpc` extra)."""
 
 _DESCRIPTION = """\
 sessiontrace: sessions for LLM and agent programs, recorded as OpenTelemetry traces.
@@ -285,31 +291,50 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
         session_from=frameworks.describe(config),
         export_plan=_export_plan(config) if config.enabled else None,
     )
-    kind = config.exporter_kind
     if not config.enabled:
         source = config.sources.get("enabled", "default")
         report.exporter = "none"
         report.exporter_note = f"the SDK is disabled (enabled from {source}): nothing is recorded"
-    elif kind == "otlp":
-        report.exporter_note = config.protocol
-        report.details["endpoint"] = mask_url(config.traces_endpoint)
-        report.details["headers"] = config.masked("headers")
-        if config.protocol == "grpc":
-            report.check = check_tcp(config.traces_endpoint, timeout)
+        return report
+    notes: list[str] = []
+    checks: list[tuple[str, CheckResult]] = []
+    for kind in config.destination_kinds:
+        if kind == "otlp":
+            notes.append(config.protocol)
+            report.details["endpoint"] = mask_url(config.traces_endpoint)
+            report.details["headers"] = config.masked("headers")
+            metrics_on = config.metrics if config.metrics is not None else True
+            if metrics_on:
+                from sdk.export.otlp import metrics_endpoint
+
+                metrics = metrics_endpoint(config)
+                report.details["metrics_endpoint"] = f"{mask_url(metrics.url)} ({metrics.protocol})"
+            else:
+                report.details["metrics_endpoint"] = "none (metrics off)"
+            if config.protocol == "grpc":
+                checks.append((kind, check_otlp_grpc(config, timeout)))
+            else:
+                checks.append((kind, check_otlp_http(config.traces_endpoint, config.headers, timeout)))
+        elif kind == "file":
+            data_dir = Path(os.path.abspath(config.data_dir))
+            notes.append("OTLP-JSON lines on disk, the embedded default")
+            report.details["data_dir"] = str(data_dir)
+            report.details["traces_folder"] = str(data_dir / "traces")
+            checks.append((kind, check_writable(data_dir / "traces")))
+        elif kind == "console":
+            notes.append("spans printed to stdout")
+        elif kind == "none":
+            notes.append("spans are not exported")
         else:
-            report.check = check_otlp_http(config.traces_endpoint, config.headers, timeout)
-    elif kind == "file":
-        data_dir = Path(os.path.abspath(config.data_dir))
-        report.exporter_note = "OTLP-JSON lines on disk, the embedded default"
-        report.details["data_dir"] = str(data_dir)
-        report.details["traces_folder"] = str(data_dir / "traces")
-        report.check = check_writable(data_dir / "traces")
-    elif kind == "console":
-        report.exporter_note = "spans printed to stdout"
-    elif kind == "none":
-        report.exporter_note = "spans are not exported"
-    else:
-        report.exporter_note = "a SpanExporter given to init()"
+            notes.append("a SpanExporter given to init()")
+    report.exporter_note = "; ".join(notes)
+    if len(checks) == 1:
+        report.check = checks[0][1]
+    elif checks:
+        report.check = CheckResult(
+            all(check.ok for _, check in checks),
+            "; ".join(f"{kind}: {check.message}" for kind, check in checks),
+        )
     return report
 
 
@@ -389,17 +414,28 @@ def check_otlp_http(endpoint: str, headers: Mapping[str, str], timeout: float = 
     return CheckResult(False, f"failed: HTTP {status} {reason}")
 
 
-def check_tcp(endpoint: str, timeout: float = CHECK_TIMEOUT) -> CheckResult:
-    """Connect to the endpoint's host and port (for gRPC, where an HTTP POST would prove nothing)."""
-    parts = urllib.parse.urlsplit(endpoint)
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+def check_otlp_grpc(config: Config, timeout: float = CHECK_TIMEOUT) -> CheckResult:
+    """One gRPC Export call with an empty request, as the exporter would make it (its channel, TLS
+    settings and headers); the answer's status is reported."""
+    if importlib.util.find_spec("grpc") is None:
+        return CheckResult(False, "failed: gRPC needs the grpc extra (pip install 'sessiontrace[grpc]')")
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from sdk.export.otlp import GrpcSender, traces_endpoint
+
+    endpoint = traces_endpoint(config)
+    secrets = [value for _, value in endpoint.headers if len(value) >= 3]
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        return CheckResult(False, _network_failure(f"{host}:{port}", exc, timeout))
-    return CheckResult(True, f"ok (TCP connection to {host}:{port}; gRPC itself not probed)")
+        sender = GrpcSender(endpoint)
+    except Exception as exc:  # a TLS file that cannot be read, a malformed target
+        return CheckResult(False, _scrub(f"failed: {type(exc).__name__}: {exc}", secrets))
+    try:
+        result = sender.send(ExportTraceServiceRequest().SerializeToString(), timeout)
+    finally:
+        sender.close()
+    if result.ok:
+        return CheckResult(True, "ok (gRPC Export answered)")
+    return CheckResult(False, _scrub(f"failed: {result.error}", secrets))
 
 
 def _network_failure(where: str, reason: object, timeout: float) -> str:

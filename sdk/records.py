@@ -58,8 +58,9 @@ CELL_KIND = "cell"
 
 _OTEL_KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 _STATUS = {0: "unset", 1: "ok", 2: "error"}
-_INPUT_KEYS = ("sessiontrace.input", "gen_ai.tool.call.arguments", "gen_ai.input.messages")
-_OUTPUT_KEYS = ("sessiontrace.output", "gen_ai.tool.call.result", "gen_ai.output.messages")
+_INPUT_KEYS = ("sessiontrace.input", "gen_ai.tool.call.arguments", "gen_ai.input.messages", "input.value")
+_OUTPUT_KEYS = ("sessiontrace.output", "gen_ai.tool.call.result", "gen_ai.output.messages", "output.value")
+_COST_KEYS = ("llm.cost.total", "gen_ai.usage.cost_usd")  # the second: traces of earlier versions
 _ENDED_STATES = ("success", "fail", "indeterminate")
 _SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -341,7 +342,7 @@ def span_row(span: Mapping[str, Any]) -> SpanRow:
         model=_text(model),
         input_tokens=_int(attributes.get("gen_ai.usage.input_tokens")),
         output_tokens=_int(attributes.get("gen_ai.usage.output_tokens")),
-        cost_usd=_number(attributes.get("gen_ai.usage.cost_usd")),
+        cost_usd=_number(next((attributes[k] for k in _COST_KEYS if k in attributes), None)),
         input=_first(attributes, _INPUT_KEYS),
         output=_first(attributes, _OUTPUT_KEYS),
         links=tuple(

@@ -22,6 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
+from sdk.dialects import DialectTranslator
 from sdk.guard import internal_error, warn_once
 from sdk.settings import Config
 from sdk.state import STATE
@@ -379,7 +380,13 @@ def _build_runtime(
     from sdk.redaction import scrubber_for
 
     scrubber = scrubber_for(config)
-    prepare = functools.partial(scrub_spans, scrubber=scrubber) if scrubber.enabled else None
+    translator = DialectTranslator(config.dialects)
+    translate = translator.attributes_of if translator.enabled else None
+    prepare: Callable[[list[ReadableSpan]], list[ReadableSpan]] | None = (
+        functools.partial(scrub_spans, scrubber=scrubber, translate=translate)
+        if scrubber.enabled or translate is not None
+        else None
+    )
     # One batch processor (queue and worker) per destination: a backend that is down never holds
     # up the local file, and each destination gets every span.
     batches = []

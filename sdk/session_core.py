@@ -106,6 +106,7 @@ class Session:
         "_ended_elsewhere",
         "_ended_ns",
         "_lock",
+        "_marked",
         "_pid",
         "_reason",
         "_show_summary",
@@ -172,6 +173,7 @@ class Session:
         self._pid = os.getpid()
         self._spans = itertools.count(1)
         next(self._spans)  # the session's own span
+        self._marked = False
         self._activation: Activation | None = None
         self._activated: Activation | None = None
         self._ended_elsewhere = False
@@ -201,8 +203,23 @@ class Session:
 
     @property
     def span_count(self) -> int:
-        """Spans started in this session so far, the session's own span included."""
+        """Spans of this session so far, as a backend counts them: the session's own span, every
+        span started in it, and its live `session.start` marker once one was exported."""
         return counted(self._spans)
+
+    @property
+    def marked(self) -> bool:
+        """Whether a live `session.start` marker was exported for this session."""
+        return self._marked
+
+    def note_marker(self) -> None:
+        """Count the session's live marker (the export pipeline calls this when it makes the first;
+        every destination then gets one, and the count includes it once)."""
+        with self._lock:
+            if self._marked:
+                return
+            self._marked = True
+        next(self._spans)
 
     @property
     def usage(self) -> Usage:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias,
 
 from opentelemetry.sdk.trace import SpanProcessor
 
+from sdk import dialects
 from sdk.budget import Budget
 from sdk.display import mask_url
 from sdk.trust import PRIVATE, TrustRules
@@ -408,6 +409,13 @@ def _processors(value: object) -> tuple[SpanProcessor, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(p, SpanProcessor) for p in value):
         return tuple(value)
     raise _Invalid("expected a SpanProcessor or a list of SpanProcessor instances")
+
+
+def _dialects(value: object) -> tuple[str, ...]:
+    try:
+        return dialects.parse(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def _not_disabled(value: object) -> bool:
@@ -1303,6 +1311,16 @@ SETTINGS: dict[str, Setting] = {
             _env("SESSIONTRACE_LIVE_SESSIONS"),
         ),
         Setting(
+            "dialects",
+            _dialects,
+            dialects.DEFAULT,
+            "Attributes for backends beside the GenAI conventions: `openinference` (span kinds, "
+            "inputs and outputs, tags, models and token counts, read by Phoenix, Langfuse and MLflow), "
+            "`langfuse` (Langfuse's token split and trace metadata), both (comma-separated) or "
+            "`none`. Content only with `capture_content`, redacted. See docs/backends.md.",
+            _env("SESSIONTRACE_DIALECTS"),
+        ),
+        Setting(
             "metrics",
             _optional_bool,
             None,
@@ -1433,6 +1451,7 @@ class Config:
     spool_max_bytes: int
     spool_retry_interval: float
     live_sessions: bool
+    dialects: tuple[str, ...]
     metrics: bool | None
     metric_export_interval: float
     metrics_endpoint: str | None
@@ -1462,10 +1481,33 @@ class Config:
 
     @property
     def traces_endpoint(self) -> str:
-        """The OTLP endpoint spans are sent to when exporting over OTLP (defaults: 4318 HTTP, 4317 gRPC)."""
+        """The OTLP endpoint spans are sent to when exporting over OTLP (defaults: 4318 HTTP, 4317 gRPC).
+
+        For gRPC only scheme, host and port count: a path (``/v1/traces``, appended to
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` for HTTP) is left out, as the exporter leaves it out."""
         if self.endpoint:
-            return self.endpoint
+            if self.protocol != "grpc":
+                return self.endpoint
+            parts = urllib.parse.urlsplit(self.endpoint)
+            return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         return DEFAULT_OTLP_GRPC_ENDPOINT if self.protocol == "grpc" else DEFAULT_OTLP_HTTP_ENDPOINT
+
+    def destinations_text(self) -> list[str]:
+        """Where spans go, one line per destination (what `doctor` and the quickstart print)."""
+        lines = []
+        for destination in self.destinations:
+            if destination == "otlp":
+                lines.append(f"an OTLP backend ({self.protocol}) at {mask_url(self.traces_endpoint)}")
+            elif destination == "file":
+                folder = Path(os.path.abspath(self.data_dir)) / "traces"
+                lines.append(f"OTLP-JSON files in {folder}")
+            elif destination == "console":
+                lines.append("the console (standard output)")
+            elif destination == "none":
+                lines.append("nowhere (exporter none: spans are not exported)")
+            else:
+                lines.append(f"{type(destination).__name__} (a SpanExporter given to init())")
+        return lines
 
     @property
     def summary_enabled(self) -> bool:
@@ -1475,11 +1517,16 @@ class Config:
         return self.console_summary
 
     def masked(self, name: str) -> str:
-        """A setting's value as text, with secrets masked."""
+        """A setting's value as text, with secrets masked; an unset value named as the docs name it
+        (`unset_text`), an empty mapping or list as ``empty``."""
         value = getattr(self, name)
+        if value is None:
+            return unset_text(SETTINGS[name])
+        if isinstance(value, (Mapping, tuple, list)) and not value:
+            return "empty"
         if SETTINGS[name].secret:
             if isinstance(value, Mapping):
-                return ",".join(f"{k}=***" for k in value) if value else "{}"
+                return ",".join(f"{k}=***" for k in value)
             return "***"
         if isinstance(value, (TrustRules, Budget)):
             return value.describe()
@@ -1519,6 +1566,12 @@ class Config:
             values[key] = _parse(setting, setting.parse, raw, source)
             sources[key] = source
         return replace(self, **values, sources=sources)
+
+
+def unset_text(setting: Setting) -> str:
+    """How an unset value of `setting` is named in docs/configuration.md and by `doctor`: ``auto``
+    where the SDK decides from other settings (``console_summary``, ``metrics``), else ``unset``."""
+    return "auto" if setting.parse is _optional_bool else "unset"
 
 
 class _Masked:

@@ -301,7 +301,7 @@ class ProcessState:
         # caches: pure functions of their keys, bounded by their owners.
         self.caches: dict[str, dict[Any, Any]] = collections.defaultdict(dict)
         self.caches_lock = threading.Lock()
-        self.genai_instruments: dict[int, tuple[Any, Any, Any]] = {}
+        self.genai_instruments: dict[int, Any] = {}
         self.genai_instruments_lock = threading.Lock()
 
     def cached(self, kind: str, key: Hashable, make: Callable[[], T], limit: int = 32) -> T:

@@ -33,11 +33,9 @@ from opentelemetry.util.types import Attributes
 from sdk import foreign, runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
-from sdk.semconv import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID
+from sdk.semconv import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, TRACER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
-
-TRACER_NAME = "sessiontrace"
 
 
 class SessionSpanProcessor(SynchronousMultiSpanProcessor):

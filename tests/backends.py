@@ -1,11 +1,13 @@
-"""Real backends for end-to-end tests: Arize Phoenix and the rotel OpenTelemetry collector.
+"""Real backends for end-to-end tests: Arize Phoenix, MLflow's tracking server and the rotel collector.
 
 Each is installed from PyPI into a virtual environment cached outside the repository, keyed by
 version (``~/.cache/sessiontrace-test/<name>-<version>``, or under ``$SESSIONTRACE_TEST_CACHE``),
 so repeated runs on one machine install once. A file lock makes concurrent runs wait for one
 install. If PyPI cannot be reached the test is skipped with the reason; any other install failure
 fails it. The servers run on 127.0.0.1 only, with Phoenix's telemetry, agent assistant, MCP
-server and external resources turned off and its working folder in a temporary folder.
+server and external resources turned off and its working folder in a temporary folder; MLflow
+with its usage telemetry off (``MLFLOW_DISABLE_TELEMETRY``, ``DO_NOT_TRACK``) and a SQLite store in
+a temporary folder.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 import pytest
 
 PHOENIX_VERSION = "20.26.1"
+MLFLOW_VERSION = "3.17.2"
+"""3.18.0 does not install: it pins mlflow-tracing==3.18.0, which is not on the index."""
 ROTEL_VERSION = "0.0.1a15"
 HOST = "127.0.0.1"
 _NETWORK_ERRORS = re.compile(
@@ -156,6 +160,18 @@ class Phoenix:
             if not cursor:
                 return found
 
+    def graphql(self, query: str, **variables: Any) -> Any:
+        """Run a GraphQL query (what Phoenix's own UI reads); its ``data``, or fail with its errors."""
+        request = urllib.request.Request(
+            f"{self.http_url}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.load(response)
+        assert not answer.get("errors"), answer["errors"]
+        return answer["data"]
+
     def sessions(self, project: str) -> list[dict[str, Any]]:
         """The project's sessions listing."""
         try:
@@ -208,6 +224,86 @@ def run_phoenix(workdir: Path) -> Iterator[Phoenix]:
             time.sleep(0.3)
         wait_for_port(phoenix.grpc_port, process, log, timeout=30)
         yield phoenix
+    finally:
+        stop(process)
+
+
+@dataclass
+class MLflow:
+    """A running `mlflow server`: OTLP/HTTP traces at `url` + /v1/traces, its REST API at `url`."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
+        """One REST call (``/api/...``), its JSON answer."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        request = urllib.request.Request(
+            f"{self.url}{path}{query}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return json.load(response)
+
+    def create_experiment(self, name: str) -> str:
+        """A new experiment's id (traces are sent to one with the ``x-mlflow-experiment-id`` header)."""
+        return str(self.call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})["experiment_id"])
+
+    def traces(self, experiment_id: str, filter_string: str = "") -> list[dict[str, Any]]:
+        """The experiment's trace infos (``filter_string`` as in ``mlflow.search_traces``)."""
+        body: dict[str, Any] = {
+            "locations": [
+                {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}}
+            ],
+            "max_results": 100,
+        }
+        if filter_string:
+            body["filter"] = filter_string
+        return list(self.call("POST", "/api/3.0/mlflow/traces/search", body).get("traces", []))
+
+    def spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """The spans MLflow stored for a trace."""
+        found = self.call("GET", "/api/3.0/mlflow/traces/get", trace_id=trace_id)
+        return (
+            list(found["trace"]["trace"]["spans"])
+            if "trace" in found.get("trace", {})
+            else list(found["trace"]["spans"])
+        )
+
+
+@contextlib.contextmanager
+def run_mlflow(workdir: Path) -> Iterator[MLflow]:
+    """Start `mlflow server` (SQLite store, loopback, one worker) from its cached environment."""
+    venv = cached_venv(f"mlflow-{MLFLOW_VERSION}", f"mlflow=={MLFLOW_VERSION}")
+    server = MLflow(free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLFLOW_", "SESSIONTRACE_"))}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    log = workdir / "mlflow.log"
+    command = [
+        str(venv / "bin" / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--default-artifact-root", str(workdir / "artifacts"),
+        "--host", HOST, "--port", str(server.port), "--workers", "1",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(server.port, process, log, timeout=180)
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                pytest.fail(f"MLflow not healthy:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.3)
+        yield server
     finally:
         stop(process)
 

@@ -12,6 +12,9 @@ shared state:
 - ``no-usage``: a valid response without usage and with fields the clients do not know;
 - ``tool-call``: the model asks for the ``get_weather`` tool (``{"city": "Paris"}``);
 - ``stream-error``: a stream that sends one chunk, then an error;
+- ``usage-details``: a text answer whose usage has the detail counts (``CACHE_READ_TOKENS`` cached
+  or read from the cache, ``CACHE_WRITE_TOKENS`` written to it (Anthropic), ``REASONING_TOKENS``
+  of the output for reasoning (OpenAI));
 - ``script`` (any model whose name starts with it): a scripted *agent* model for agent
   frameworks (OpenAI chat completions and Responses), deciding from the request alone (see
   `scripted_tool_call`): it calls a handoff tool (``transfer_to_*``) or a function tool the
@@ -22,7 +25,8 @@ shared state:
 Usage is always ``INPUT_TOKENS`` in and ``OUTPUT_TOKENS`` out. Responses streams send the API's
 full event sequence (``response.created``, ``response.in_progress``, ``response.output_item.added``,
 the content part or function-call argument events, ``response.output_item.done``,
-``response.completed``). The benchmarks import this module too (``benchmarks/llm_call.py``), so it
+``response.completed``). A Responses request's ``conversation`` comes back in the response, as
+the API returns it (``{"id": ...}``). The benchmarks import this module too (``benchmarks/llm_call.py``), so it
 depends only on the standard library.
 """
 
@@ -40,6 +44,10 @@ from typing import Any, NamedTuple
 
 INPUT_TOKENS = 12
 OUTPUT_TOKENS = 5
+CACHE_READ_TOKENS = 4
+CACHE_WRITE_TOKENS = 3
+REASONING_TOKENS = 2
+USAGE_DETAILS = "usage-details"
 EMBEDDING = [0.25, -0.5, 0.75]
 TOOL_ARGUMENTS = {"city": "Paris"}
 CREATED = 1_700_000_000
@@ -265,6 +273,9 @@ def chat_completion(model: str, text: str, call: ToolCall | None, completion_id:
         del data["usage"]
         data["brand_new_field"] = {"nested": [1, 2, 3]}
         data["choices"][0]["another_new_field"] = True
+    elif model == USAGE_DETAILS:
+        data["usage"]["prompt_tokens_details"] = {"cached_tokens": CACHE_READ_TOKENS}
+        data["usage"]["completion_tokens_details"] = {"reasoning_tokens": REASONING_TOKENS}
     return data
 
 
@@ -368,6 +379,14 @@ class _Handler(BaseHTTPRequestHandler):
         if model == "no-usage":
             del response["usage"]
             response["brand_new_field"] = "x"
+        elif model == USAGE_DETAILS:
+            response["usage"]["input_tokens_details"] = {"cached_tokens": CACHE_READ_TOKENS}
+            response["usage"]["output_tokens_details"] = {"reasoning_tokens": REASONING_TOKENS}
+        conversation = body.get("conversation")
+        if conversation is not None:
+            response["conversation"] = {
+                "id": conversation if isinstance(conversation, str) else conversation["id"]
+            }
         if body.get("stream"):
             self._stream(_responses_events(model, response))
             return
@@ -415,6 +434,13 @@ class _Handler(BaseHTTPRequestHandler):
         if model == "no-usage":
             del data["usage"]
             data["brand_new_field"] = {"nested": True}
+        elif model == USAGE_DETAILS:  # Anthropic's input_tokens leave out what was read or written
+            data["usage"] = {
+                "input_tokens": INPUT_TOKENS - CACHE_READ_TOKENS - CACHE_WRITE_TOKENS,
+                "cache_read_input_tokens": CACHE_READ_TOKENS,
+                "cache_creation_input_tokens": CACHE_WRITE_TOKENS,
+                "output_tokens": OUTPUT_TOKENS,
+            }
         self._json(data)
 
 

@@ -6,7 +6,7 @@ sees the SDK through its face only, in ``notebook_ext/state.py``.
 Layers, lowest first (a module may import its own layer and those below, never above):
 
 0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
-   budget, semconv, w3c, version
+   budget, semconv, dialects, w3c, version
 1. settings
 2. export, store
 3. runtime, tracing, foreign
@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
             "sdk.pricing",
             "sdk.budget",
             "sdk.semconv",
+            "sdk.dialects",
             "sdk.w3c",
             "sdk.version",
         ],

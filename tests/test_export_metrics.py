@@ -159,6 +159,8 @@ def test_running_session_is_visible_before_it_ends(receiver):
         "sessiontrace.span.kind": "session.start",
         "user.id": "u-9",
         "session.tags": ["batch"],
+        "openinference.span.kind": "CHAIN",  # the default dialect (docs/backends.md)
+        "tag.tags": ["batch"],
     }
     assert spans["first-step"].parent_span_id == session.span_id  # finished children go out as usual
     assert "long-job" not in spans

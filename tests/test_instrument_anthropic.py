@@ -78,7 +78,7 @@ def test_messages_create_span(captured, client):
     assert tuple(attrs["gen_ai.response.finish_reasons"]) == ("end_turn",)
     assert attrs["gen_ai.usage.input_tokens"] == INPUT_TOKENS
     assert attrs["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
-    assert attrs["gen_ai.usage.cost_usd"] == pytest.approx(COST)
+    assert attrs["llm.cost.total"] == pytest.approx(COST)
     assert captured.named("s").attributes["session.llm.cost_usd"] == pytest.approx(COST)
 
 

@@ -79,7 +79,7 @@ def test_chat_create_is_one_client_span_under_the_session(captured, client):
     assert attrs["session.id"] == session.id
     assert attrs["gen_ai.operation.name"] == "chat"
     assert attrs["gen_ai.provider.name"] == "openai"
-    assert attrs["gen_ai.system"] == "openai"
+    assert "gen_ai.system" not in attrs  # deprecated for gen_ai.provider.name
     assert attrs["gen_ai.request.model"] == MODEL
     assert attrs["gen_ai.request.temperature"] == 0.3
     assert attrs["gen_ai.request.max_tokens"] == 50
@@ -92,7 +92,7 @@ def test_chat_create_is_one_client_span_under_the_session(captured, client):
     assert attrs["gen_ai.usage.input_tokens"] == INPUT_TOKENS
     assert attrs["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
     assert attrs["server.address"] == "127.0.0.1"
-    assert attrs["gen_ai.usage.cost_usd"] == pytest.approx((INPUT_TOKENS * 0.15 + OUTPUT_TOKENS * 0.6) / 1e6)
+    assert attrs["llm.cost.total"] == pytest.approx((INPUT_TOKENS * 0.15 + OUTPUT_TOKENS * 0.6) / 1e6)
     assert "gen_ai.request.stream" not in attrs
     assert span.status.status_code is not StatusCode.ERROR
 
@@ -332,7 +332,7 @@ def test_unexpected_shape_returns_what_the_client_returned(captured, client):
     span = only_llm_span(captured)
     assert span.attributes["gen_ai.response.id"] == "chatcmpl-1"
     assert "gen_ai.usage.input_tokens" not in span.attributes
-    assert "gen_ai.usage.cost_usd" not in span.attributes
+    assert "llm.cost.total" not in span.attributes
     assert span.status.status_code is not StatusCode.ERROR
 
 
@@ -513,14 +513,14 @@ def test_embeddings(captured, client, aclient):
     assert attrs["gen_ai.operation.name"] == "embeddings"
     assert attrs["gen_ai.usage.input_tokens"] == INPUT_TOKENS
     assert "gen_ai.usage.output_tokens" not in attrs
-    assert attrs["gen_ai.usage.cost_usd"] == pytest.approx(INPUT_TOKENS * 0.02 / 1e6)
+    assert attrs["llm.cost.total"] == pytest.approx(INPUT_TOKENS * 0.02 / 1e6)
 
 
 def test_unknown_model_has_no_cost_and_is_counted(captured, client):
     """A model missing from the pricing table: no cost attribute, no error, counted as unpriced."""
     client.chat.completions.create(model="my-private-model", messages=PROMPT)
     span = only_llm_span(captured)
-    assert "gen_ai.usage.cost_usd" not in span.attributes
+    assert "llm.cost.total" not in span.attributes
     assert span.attributes["gen_ai.usage.input_tokens"] == INPUT_TOKENS
     assert sdk.stats().llm_calls_unpriced == 1
     assert sdk.stats().internal_errors == 0
@@ -530,7 +530,7 @@ def test_pricing_override_prices_a_private_model(client):
     """The pricing setting adds a model; its calls get a cost from it."""
     captured = capture(pricing={"my-private-model": {"input": 1.0, "output": 2.0}})
     client.chat.completions.create(model="my-private-model", messages=PROMPT)
-    cost = only_llm_span(captured).attributes["gen_ai.usage.cost_usd"]
+    cost = only_llm_span(captured).attributes["llm.cost.total"]
     assert cost == pytest.approx((INPUT_TOKENS * 1.0 + OUTPUT_TOKENS * 2.0) / 1e6)
 
 
@@ -682,17 +682,26 @@ def test_genai_metrics_are_recorded(llm_server):
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     for p in m.data.data_points:
-                        key = m.name + "/" + str(p.attributes.get("gen_ai.token.type", ""))
-                        found[key] = [p.count, p.sum, dict(p.attributes)]
+                        if hasattr(p, "count"):
+                            found[m.name] = [p.count, p.sum, dict(p.attributes)]
+                        else:
+                            found[m.name] = [None, p.value, dict(p.attributes)]
         print(json.dumps(found))
         """
     )
     found = json.loads(out)
-    assert found["gen_ai.client.token.usage/input"][:2] == [2, 2 * INPUT_TOKENS]
-    assert found["gen_ai.client.token.usage/output"][:2] == [2, 2 * OUTPUT_TOKENS]
-    assert found["gen_ai.client.operation.duration/"][0] == 2
-    assert found["gen_ai.client.operation.time_to_first_chunk/"][0] == 1
-    attrs = found["gen_ai.client.operation.duration/"][2]
+    assert found["gen_ai.client.inference.operation.input_tokens"][:2] == [2, 2 * INPUT_TOKENS]
+    assert found["gen_ai.client.inference.operation.output_tokens"][:2] == [2, 2 * OUTPUT_TOKENS]
+    assert found["gen_ai.client.inference.usage.input_tokens"][1] == 2 * INPUT_TOKENS
+    assert found["gen_ai.client.inference.usage.output_tokens"][1] == 2 * OUTPUT_TOKENS
+    assert found["gen_ai.client.inference.usage.input_tokens"][2]["gen_ai.token.modality"] == "unknown"
+    assert found["gen_ai.client.inference.duration"][0] == 2
+    assert found["gen_ai.client.inference.time_to_first_chunk"][0] == 1
+    assert found["sessiontrace.llm.cost_usd"][1] == pytest.approx(
+        2 * (INPUT_TOKENS * 0.15 + OUTPUT_TOKENS * 0.6) / 1e6
+    )
+    assert "gen_ai.client.token.usage" not in found  # replaced in the current GenAI conventions
+    attrs = found["gen_ai.client.inference.duration"][2]
     assert attrs["gen_ai.operation.name"] == "chat"
     assert attrs["gen_ai.provider.name"] == "openai"
     assert attrs["gen_ai.request.model"] == "gpt-4o-mini"

@@ -233,7 +233,7 @@ class BatchExportProcessor(SpanProcessor):
         sessions = self._new_sessions
         while sessions:
             session = sessions[0]  # oldest first: the first one too young ends the scan
-            if session.ended:
+            if session.ended and not session.marked:
                 sessions.popleft()
                 continue  # its own span is exported when it ends
             if now_ns - session.started_ns < MARKER_AFTER_NS and not self._stopping:
@@ -241,6 +241,7 @@ class BatchExportProcessor(SpanProcessor):
             sessions.popleft()
             marker = session_marker(session)
             if marker is not None:
+                session.note_marker()  # counted in span_count, as backends count it
                 self.on_end(marker)
 
     def on_end(self, span: ReadableSpan) -> None:

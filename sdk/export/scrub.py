@@ -4,30 +4,46 @@ Every span a pipeline exports (the SDK's, other instrumentations', the applicati
 through `scrub_spans` on its way to the exporters, the spool and the local files: its name,
 attribute and event-attribute values (exception messages and stack traces included), link attributes and the
 status description are scrubbed (see sdk/redaction.py). A span with nothing to scrub is exported
-as it is; one with something gets a scrubbed copy.
+as it is; one with something gets a scrubbed copy. The backend dialects' attributes
+(sdk/dialects.py) are added in the same pass, before scrubbing, so that a span the SDK made is
+copied once for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status
 
 from sdk.redaction import Scrubber
 
-
-def scrub_spans(spans: Sequence[ReadableSpan], scrubber: Scrubber) -> list[ReadableSpan]:
-    """`spans`, each scrubbed (the same object when it held nothing to scrub)."""
-    if not scrubber.enabled:
-        return list(spans)
-    return [scrub_span(span, scrubber) for span in spans]
+Translate = Callable[[ReadableSpan], "dict[str, Any] | None"]
+"""A span's attributes with a dialect's added (a new dict), or None when it adds none."""
 
 
-def scrub_span(span: ReadableSpan, scrubber: Scrubber) -> ReadableSpan:
-    """One span with its secrets removed (a copy), or the span itself when it has none."""
+def scrub_spans(
+    spans: Sequence[ReadableSpan], scrubber: Scrubber, translate: Translate | None = None
+) -> list[ReadableSpan]:
+    """`spans`, each with the attributes `translate` adds and scrubbed (the same object when
+    neither changed anything)."""
+    if translate is None:
+        if not scrubber.enabled:
+            return list(spans)
+        return [scrub_span(span, scrubber) for span in spans]
+    return [scrub_span(span, scrubber, translate(span)) for span in spans]
+
+
+def scrub_span(
+    span: ReadableSpan, scrubber: Scrubber, translated: dict[str, Any] | None = None
+) -> ReadableSpan:
+    """One span with its secrets removed (a copy), or the span itself when it has none.
+    `translated`: attributes to use instead of the span's own (its dialect attributes added)."""
     name = scrubber.text(span.name)
-    attributes = scrubber.attributes(span.attributes)
+    attributes = scrubber.attributes(translated if translated is not None else span.attributes)
+    if attributes is None:
+        attributes = translated
     raw_events = span.events
     events = _events(raw_events, scrubber) if raw_events else None
     raw_links = span.links

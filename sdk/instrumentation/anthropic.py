@@ -117,7 +117,7 @@ def _usage(call: LLMCall, usage: Any) -> None:
     if read:
         call.cache_read_tokens = read
     if written:
-        call.extra["gen_ai.usage.cache_creation.input_tokens"] = written
+        call.cache_write_tokens = written
     output = as_int(get(usage, "output_tokens"))
     if output is not None:
         call.output_tokens = output

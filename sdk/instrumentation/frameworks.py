@@ -255,7 +255,7 @@ def record_model_call(
     span = rt.tracer.start_span(
         f"chat {model}" if model else "chat", context=parent, kind=SpanKind.CLIENT, start_time=started_ns
     )
-    attrs: dict[str, Any] = {genai.OPERATION: "chat", genai.PROVIDER: provider, genai.SYSTEM: provider}
+    attrs: dict[str, Any] = {genai.OPERATION: "chat", genai.PROVIDER: provider}
     attrs[SPAN_KIND] = "llm"
     if model:
         attrs[genai.REQUEST_MODEL] = model

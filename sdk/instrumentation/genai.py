@@ -20,14 +20,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from sdk import runtime
+from sdk import dialects, runtime
 from sdk.attributes import to_attribute_value, write_attributes
 from sdk.foreign import quiet_other_instrumentations
 from sdk.guard import internal_error
@@ -37,11 +37,11 @@ from sdk.semconv import SPAN_KIND
 from sdk.session_core import Session, current_session, detach_quietly, end_span, session_for_trace
 from sdk.state import STATE
 
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
-SYSTEM = (
-    "gen_ai.system"  # deprecated in the conventions for gen_ai.provider.name; many backends still read it
-)
 REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
 RESPONSE_ID = "gen_ai.response.id"
@@ -49,13 +49,18 @@ FINISH_REASONS = "gen_ai.response.finish_reasons"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+CACHE_WRITE_TOKENS = "gen_ai.usage.cache_write.input_tokens"
+REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+CONVERSATION_ID = "gen_ai.conversation.id"
 TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 REQUEST_STREAM = "gen_ai.request.stream"
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
 SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 TOOL_DEFINITIONS = "gen_ai.tool.definitions"
-COST = "gen_ai.usage.cost_usd"
+COST = "llm.cost.total"
+"""The call's cost in USD: the GenAI conventions have no cost attribute; this is OpenInference's
+name, which Langfuse reads as the cost (a ``gen_ai.usage.*`` key would become a token type there)."""
 STREAM_END = "sessiontrace.stream.end"
 """How a stream's span ended: ``completed``, ``closed`` (before the end), ``abandoned`` (collected unread) or ``error``."""
 TOOL_CALL_EVENT = "gen_ai.tool.call"
@@ -143,13 +148,22 @@ def server_of(client: Any) -> tuple[str | None, int | None]:
 class CallSettings:
     """What a call needs from the config: content capture, the redactor, the pricing table."""
 
-    __slots__ = ("capture", "max_length", "pricing", "redactor")
+    __slots__ = ("capture", "max_length", "pricing", "redactor", "texts")
 
-    def __init__(self, capture: bool, redactor: Redactor, pricing: PricingTable, max_length: int) -> None:
+    def __init__(
+        self,
+        capture: bool,
+        redactor: Redactor,
+        pricing: PricingTable,
+        max_length: int,
+        texts: bool = False,
+    ) -> None:
         self.capture = capture
         self.redactor = redactor
         self.pricing = pricing
         self.max_length = max_length
+        self.texts = texts
+        """Write the question and answer texts for the OpenInference dialect (capture on only)."""
 
 
 def settings_now(rt: runtime.Runtime) -> CallSettings:
@@ -166,6 +180,7 @@ def settings_now(rt: runtime.Runtime) -> CallSettings:
         redactor_for(config),
         table_for(config.pricing if config is not None else None),
         rt.attribute_max_length,
+        capture and config is not None and dialects.OPENINFERENCE in config.dialects,
     )
 
 
@@ -174,7 +189,9 @@ class LLMCall:
 
     __slots__ = (
         "_lock",
+        "asked",
         "cache_read_tokens",
+        "cache_write_tokens",
         "ctx",
         "done",
         "extra",
@@ -186,6 +203,7 @@ class LLMCall:
         "output",
         "output_tokens",
         "provider",
+        "reasoning_tokens",
         "request_model",
         "response_id",
         "response_model",
@@ -223,6 +241,8 @@ class LLMCall:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.cache_read_tokens: int | None = None
+        self.cache_write_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
         self.tool_calls: list[dict[str, Any]] = []
         """Each ``{"id", "name", "type", "arguments"}`` (arguments: a JSON string or an object)."""
         self.output: list[dict[str, Any]] = []
@@ -232,6 +252,8 @@ class LLMCall:
         """Called first by `end()`: a stream's accumulator puts what it gathered into the call."""
         self.stream_error: str | None = None
         """An error the stream reported as an event rather than raised (the span's status is ERROR)."""
+        self.asked: str | None = None
+        """The last user message's text (redacted), when the call writes texts (`CallSettings.texts`)."""
         self.done = False
         self._lock = threading.Lock()
 
@@ -267,13 +289,21 @@ class LLMCall:
         finally:
             end_span(span, error if isinstance(error, Exception) else None)
 
-    def _finish(self, error: BaseException | None, stream_end: str | None) -> None:
-        span = self.span
-        now = time.monotonic_ns()
-        if self.on_end is not None:
-            self.on_end(self)
-        if self.stream_error is not None and error is None:
-            span.set_status(Status(StatusCode.ERROR, self.stream_error))
+    def _add_tool_call_events(self) -> None:
+        """One `gen_ai.tool.call` event per tool call the model asked for (arguments only with capture)."""
+        for call in self.tool_calls:
+            event: dict[str, Any] = {"gen_ai.tool.name": str(call.get("name") or "")}
+            if call.get("id"):
+                event["gen_ai.tool.call.id"] = str(call["id"])
+            event["gen_ai.tool.type"] = str(call.get("type") or "function")
+            if self.capture and call.get("arguments") is not None:
+                event["gen_ai.tool.call.arguments"] = arguments_text(
+                    self.settings.redactor, call["arguments"]
+                )
+            self.span.add_event(TOOL_CALL_EVENT, event)
+
+    def _response_attributes(self, error: BaseException | None, stream_end: str | None) -> dict[str, Any]:
+        """The span attributes the response (or the error) gave: ids, model, finish reasons, tokens."""
         attrs: dict[str, Any] = dict(self.extra)
         if self.response_id:
             attrs[RESPONSE_ID] = self.response_id
@@ -287,6 +317,10 @@ class LLMCall:
             attrs[OUTPUT_TOKENS] = self.output_tokens
         if self.cache_read_tokens is not None:
             attrs[CACHE_READ_TOKENS] = self.cache_read_tokens
+        if self.cache_write_tokens is not None:
+            attrs[CACHE_WRITE_TOKENS] = self.cache_write_tokens
+        if self.reasoning_tokens is not None:
+            attrs[REASONING_TOKENS] = self.reasoning_tokens
         if self.first_chunk_ns is not None:
             attrs[TIME_TO_FIRST_CHUNK] = (self.first_chunk_ns - self.started_ns) / 1e9
         if stream_end is not None:
@@ -294,14 +328,27 @@ class LLMCall:
         status = get(error, "status_code")
         if isinstance(status, int) and not isinstance(status, bool):
             attrs["http.response.status_code"] = status
+        return attrs
+
+    def _finish(self, error: BaseException | None, stream_end: str | None) -> None:
+        span = self.span
+        now = time.monotonic_ns()
+        if self.on_end is not None:
+            self.on_end(self)
+        if self.stream_error is not None and error is None:
+            span.set_status(Status(StatusCode.ERROR, self.stream_error))
+        attrs = self._response_attributes(error, stream_end)
         model = self.response_model or self.request_model
         cost = self.settings.pricing.cost(model, self.input_tokens, self.output_tokens)
         if cost is not None:
             attrs[COST] = round(cost, 10)
         elif model and (self.input_tokens is not None or self.output_tokens is not None):
             STATE.counters.llm_calls_unpriced.add()
+        answer = None
         if self.capture and self.output:
             attrs[OUTPUT_MESSAGES] = self.settings.redactor.json(self.output)
+            if self.settings.texts:
+                answer = dialects.first_text(self.output)
         output = attrs.pop(OUTPUT_MESSAGES, None)
         valid = _valid(attrs, self.settings.max_length)
         if output is not None:
@@ -309,19 +356,14 @@ class LLMCall:
                 output  # JSON: not cut to attribute_max_length (content_max_length applies)
             )
         write_attributes(span, valid)
-        for call in self.tool_calls:
-            event: dict[str, Any] = {"gen_ai.tool.name": str(call.get("name") or "")}
-            if call.get("id"):
-                event["gen_ai.tool.call.id"] = str(call["id"])
-            event["gen_ai.tool.type"] = str(call.get("type") or "function")
-            if self.capture and call.get("arguments") is not None:
-                event["gen_ai.tool.call.arguments"] = arguments_text(
-                    self.settings.redactor, call["arguments"]
-                )
-            span.add_event(TOOL_CALL_EVENT, event)
+        self._add_tool_call_events()
         STATE.counters.llm_calls.add()
         session = session_for_trace(span.get_span_context().trace_id)
         counted_error = session is not None  # record_error() counts the error of a span in a session's trace
+        if self.settings.texts and session is not None:
+            dialects.note_session_content(
+                session.span, self.asked, self.settings.redactor.text(answer) if answer is not None else None
+            )
         if session is None:
             session = current_session()
         if session is not None:
@@ -331,7 +373,7 @@ class LLMCall:
                 cost_usd=cost,
                 error=isinstance(error, Exception) and not counted_error,
             )
-        _record_metrics(self, model, error, (now - self.started_ns) / 1e9)
+        _record_metrics(self, error, (now - self.started_ns) / 1e9, cost)
 
 
 def arguments_text(redactor: Redactor, arguments: Any) -> str:
@@ -385,7 +427,6 @@ def start(
         attrs: dict[str, Any] = {
             OPERATION: operation,
             PROVIDER: provider,
-            SYSTEM: provider,
             SPAN_KIND: "llm",
         }
         if model:
@@ -404,6 +445,9 @@ def start(
             for key, value in content(call).items():
                 if value is not None:
                     attrs[key] = redactor.json(value)
+                    if key == INPUT_MESSAGES and settings.texts:
+                        asked = dialects.last_user_text(value)
+                        call.asked = redactor.text(asked) if asked is not None else None
         write_attributes(span, attrs)
         return call
     except Exception as exc:
@@ -603,12 +647,40 @@ def _result(
 # Metrics (the GenAI client metrics, through the OpenTelemetry metrics API)
 
 
-def _meter_instruments() -> tuple[Any, Any, Any]:
+class GenAIInstruments(NamedTuple):
+    """The GenAI client metrics (the conventions' current names) and the SDK's LLM cost counter."""
+
+    inference_duration: Any
+    embeddings_duration: Any
+    time_to_first_chunk: Any
+    usage: Mapping[str, Any]
+    """Counters by token category: ``input``, ``output``, ``cache_read``, ``cache_write``, ``reasoning``."""
+    operation_input: Any
+    operation_output: Any
+    embeddings_input: Any
+    cost: Any
+
+
+USAGE_COUNTERS = {
+    "input": "gen_ai.client.inference.usage.input_tokens",
+    "output": "gen_ai.client.inference.usage.output_tokens",
+    "cache_read": "gen_ai.client.inference.usage.cache_read.input_tokens",
+    "cache_write": "gen_ai.client.inference.usage.cache_write.input_tokens",
+    "reasoning": "gen_ai.client.inference.usage.reasoning.output_tokens",
+}
+"""The token usage counters, each with the required ``gen_ai.token.modality`` (``unknown``: the
+providers report totals, not one count per modality)."""
+COST_METRIC = "sessiontrace.llm.cost_usd"
+TOKEN_MODALITY = "gen_ai.token.modality"
+_UNKNOWN_MODALITY = {TOKEN_MODALITY: "unknown"}
+
+
+def _meter_instruments() -> GenAIInstruments:
     provider = getattr(runtime.current(), "meter_provider", None)
     key = id(provider)
     found = STATE.genai_instruments.get(key)
     if found is not None:
-        return found
+        return found  # type: ignore[no-any-return]
     from opentelemetry import metrics
 
     from sdk.version import __version__
@@ -618,26 +690,7 @@ def _meter_instruments() -> tuple[Any, Any, Any]:
         if provider is not None
         else metrics.get_meter("sessiontrace", __version__)
     )
-    made = (
-        meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS),
-        ),
-        meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
-        ),
-        meter.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to receive the first chunk of a streamed response.",
-            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
-        ),
-    )
+    made = _make_instruments(meter)
     with STATE.genai_instruments_lock:
         if len(STATE.genai_instruments) > 8:
             STATE.genai_instruments.clear()
@@ -645,8 +698,60 @@ def _meter_instruments() -> tuple[Any, Any, Any]:
     return made
 
 
-def _record_metrics(call: LLMCall, model: str | None, error: BaseException | None, duration: float) -> None:
-    tokens, durations, first_chunk = _meter_instruments()
+def _make_instruments(meter: Meter) -> GenAIInstruments:
+    tokens = list(_TOKEN_BUCKETS)
+    durations = list(_DURATION_BUCKETS)
+    return GenAIInstruments(
+        inference_duration=meter.create_histogram(
+            "gen_ai.client.inference.duration",
+            unit="s",
+            description="Duration of GenAI inference operations.",
+            explicit_bucket_boundaries_advisory=durations,
+        ),
+        embeddings_duration=meter.create_histogram(
+            "gen_ai.client.embeddings.duration",
+            unit="s",
+            description="GenAI client embeddings operation duration.",
+            explicit_bucket_boundaries_advisory=durations,
+        ),
+        time_to_first_chunk=meter.create_histogram(
+            "gen_ai.client.inference.time_to_first_chunk",
+            unit="s",
+            description="Time to receive the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=durations,
+        ),
+        usage={
+            category: meter.create_counter(name, unit="{token}", description=f"Tokens used ({category}).")
+            for category, name in USAGE_COUNTERS.items()
+        },
+        operation_input=meter.create_histogram(
+            "gen_ai.client.inference.operation.input_tokens",
+            unit="{token}",
+            description="Input tokens per inference operation.",
+            explicit_bucket_boundaries_advisory=tokens,
+        ),
+        operation_output=meter.create_histogram(
+            "gen_ai.client.inference.operation.output_tokens",
+            unit="{token}",
+            description="Output tokens per inference operation.",
+            explicit_bucket_boundaries_advisory=tokens,
+        ),
+        embeddings_input=meter.create_histogram(
+            "gen_ai.client.embeddings.operation.input_tokens",
+            unit="{token}",
+            description="Input tokens per embeddings operation.",
+            explicit_bucket_boundaries_advisory=tokens,
+        ),
+        cost=meter.create_counter(
+            COST_METRIC,
+            unit="{USD}",
+            description="Cost of the instrumented LLM calls in USD, from the pricing table.",
+        ),
+    )
+
+
+def _record_metrics(call: LLMCall, error: BaseException | None, duration: float, cost: float | None) -> None:
+    instruments = _meter_instruments()
     attrs: dict[str, Any] = {OPERATION: call.operation, PROVIDER: call.provider}
     if call.request_model:
         attrs[REQUEST_MODEL] = call.request_model
@@ -658,13 +763,31 @@ def _record_metrics(call: LLMCall, model: str | None, error: BaseException | Non
         attrs[SERVER_PORT] = call.server[1]
     if error is not None:
         attrs["error.type"] = type(error).__qualname__
-    durations.record(duration, attrs)
-    if call.first_chunk_ns is not None:
-        first_chunk.record((call.first_chunk_ns - call.started_ns) / 1e9, attrs)
-    if call.input_tokens is not None:
-        tokens.record(call.input_tokens, {**attrs, "gen_ai.token.type": "input"})
-    if call.output_tokens is not None:
-        tokens.record(call.output_tokens, {**attrs, "gen_ai.token.type": "output"})
+    if call.operation == "embeddings":
+        instruments.embeddings_duration.record(duration, attrs)
+        if call.input_tokens is not None:
+            instruments.embeddings_input.record(call.input_tokens, attrs)
+    else:
+        instruments.inference_duration.record(duration, attrs)
+        if call.first_chunk_ns is not None:
+            instruments.time_to_first_chunk.record((call.first_chunk_ns - call.started_ns) / 1e9, attrs)
+        if call.input_tokens is not None:
+            instruments.operation_input.record(call.input_tokens, attrs)
+        if call.output_tokens is not None:
+            instruments.operation_output.record(call.output_tokens, attrs)
+        counted = {
+            "input": call.input_tokens,
+            "output": call.output_tokens,
+            "cache_read": call.cache_read_tokens,
+            "cache_write": call.cache_write_tokens,
+            "reasoning": call.reasoning_tokens,
+        }
+        with_modality = {**attrs, **_UNKNOWN_MODALITY}
+        for category, tokens in counted.items():
+            if tokens:
+                instruments.usage[category].add(tokens, with_modality)
+    if cost:
+        instruments.cost.add(cost, attrs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,13 +113,27 @@ def _chat_content(kwargs: dict[str, Any]) -> Any:
     return content
 
 
+def _conversation_id(conversation: Any) -> str | None:
+    """The id of a Responses call's server-side conversation (``conversation="conv_..."`` or
+    ``{"id": "conv_..."}``): the only conversation id the OpenAI API has, so the only one recorded."""
+    from sdk.instrumentation.genai import get
+
+    found = conversation if isinstance(conversation, str) else get(conversation, "id")
+    return found if isinstance(found, str) and found else None
+
+
 def _responses_request(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from sdk.instrumentation.genai import CONVERSATION_ID
+
     text = kwargs.get("text")
+    previous = kwargs.get("previous_response_id")
     return {
         "gen_ai.request.temperature": kwargs.get("temperature"),
         "gen_ai.request.top_p": kwargs.get("top_p"),
         "gen_ai.request.max_tokens": _max_tokens(kwargs),
         "gen_ai.output.type": _output_type(text.get("format") if isinstance(text, dict) else None),
+        "gen_ai.request.previous_response.id": previous if isinstance(previous, str) and previous else None,
+        CONVERSATION_ID: _conversation_id(kwargs.get("conversation")),
         "openai.request.service_tier": kwargs.get("service_tier"),
     }
 
@@ -189,6 +203,9 @@ def _usage(call: LLMCall, usage: Any, input_key: str, output_key: str) -> None:
     cached = as_int(get(usage, f"{input_key}_details", "cached_tokens"))
     if cached:
         call.cache_read_tokens = cached
+    reasoning = as_int(get(usage, f"{output_key}_details", "reasoning_tokens"))
+    if reasoning:
+        call.reasoning_tokens = reasoning
 
 
 def _identity(call: LLMCall, result: Any) -> None:
@@ -291,7 +308,7 @@ class _ChatStream:
 
 
 def responses_result(call: LLMCall, result: Any) -> None:
-    from sdk.instrumentation.genai import get, text_part, tool_call_part
+    from sdk.instrumentation.genai import CONVERSATION_ID, get, text_part, tool_call_part
 
     _identity(call, result)
     _usage(call, get(result, "usage"), "input_tokens", "output_tokens")
@@ -301,6 +318,9 @@ def responses_result(call: LLMCall, result: Any) -> None:
     tier = get(result, "service_tier")
     if isinstance(tier, str):
         call.extra["openai.response.service_tier"] = tier
+    conversation = _conversation_id(get(result, "conversation"))
+    if conversation is not None:
+        call.extra[CONVERSATION_ID] = conversation
     output = get(result, "output")
     parts: list[Any] = []
     call.tool_calls = []
