@@ -60,7 +60,7 @@ def score(
         _export_score(rt, session_id, trace_id, span_id, given)
         metrics = existing_handle()
         if metrics is not None and not isinstance(value, str):
-            metrics.recorder.record_score(name, source, float(value))
+            metrics.record_score(name, source, float(value))
     return given
 
 

@@ -29,7 +29,9 @@ from opentelemetry.util.types import Attributes
 
 from sdk.counters import Counter
 from sdk.guard import internal_error
+from sdk.semconv import METER_NAME
 from sdk.state import STATE
+from sdk.version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from sdk.export.otlp import Endpoint
 
 STATES = ("success", "fail", "indeterminate")
+SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
+"""Bucket bounds for scores: fine on 0-1 (grades, thumbs as 1/0) and on 1-5 / 1-10 ratings."""
 EARLY_MAX = 10_000
 """Measurements an instrument keeps while the metrics SDK is being built (it takes a fraction of a second)."""
 BUILD_DELAY = 0.05
@@ -202,8 +206,6 @@ class SessionRecorder:
         self.forked = False  # a forked child's counts are copies of its parent's: it records nothing
         self._histogram: Any = None
         self._durations: list[tuple[float, str]] = []
-        self._score_histogram: Any = None
-        self._scores: list[tuple[float, dict[str, str]]] = []
         self._lock = threading.Lock()
 
     def on_session_start(self, session: Any, *, stored: bool) -> None:
@@ -229,33 +231,13 @@ class SessionRecorder:
                     return
         histogram.record(session.duration, self.state_attributes.get(state))
 
-    def record_score(self, name: str, source: str, value: float) -> None:
-        """Record a numeric score given to a session (``sdk.score``)."""
-        if self.forked:
-            return
-        attributes = {"session.score.name": name, "session.score.source": source}
-        histogram = self._score_histogram
-        if histogram is None:
-            with self._lock:
-                histogram = self._score_histogram
-                if histogram is None:
-                    if len(self._scores) < EARLY_MAX:
-                        self._scores.append((value, attributes))
-                    return
-        histogram.record(value, attributes)
-
-    def attach(self, durations: Any, scores: Any) -> None:
-        """Record the durations and scores kept so far into their histograms, and every later one
-        straight away."""
+    def attach(self, histogram: Any) -> None:
+        """Record the durations kept so far into `histogram`, and every later one straight away."""
         with self._lock:
             for duration, state in self._durations:
-                durations.record(duration, self.state_attributes.get(state))
-            for value, attributes in self._scores:
-                scores.record(value, attributes)
+                histogram.record(duration, self.state_attributes.get(state))
             self._durations = []
-            self._scores = []
-            self._histogram = durations
-            self._score_histogram = scores
+            self._histogram = histogram
 
 
 class MetricsCompanion:
@@ -300,6 +282,14 @@ class MetricsHandle:
         self._hurry = threading.Event()  # set by a flush: build without waiting for BUILD_DELAY
         self._builder: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Made on the early provider: it keeps scores given before the metrics SDK is built.
+        self._scores = self.provider.get_meter(METER_NAME, __version__).create_histogram(
+            "sessiontrace.session.score",
+            unit="1",
+            description="Numeric scores given to sessions with sdk.score() (true/false as 1/0), "
+            "by session.score.name and session.score.source.",
+            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
+        )
         if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
             metrics.set_meter_provider(self.provider)  # the application set none: ours is the global one
 
@@ -332,6 +322,11 @@ class MetricsHandle:
             self._built.wait(max(timeout, 0.0))
         return self._pipeline
 
+    def record_score(self, name: str, source: str, value: float) -> None:
+        """Record a numeric score given to a session (``sdk.score``)."""
+        if not self.recorder.forked:
+            self._scores.record(value, {"session.score.name": name, "session.score.source": source})
+
     def listener(self) -> SessionRecorder:
         """The session listener that records session metrics."""
         return self.recorder
@@ -353,7 +348,7 @@ class MetricsHandle:
             from sdk.export.metrics import MetricsPipeline  # imports the metrics SDK: off init()'s path
 
             pipeline = MetricsPipeline(self.recorder)
-            self.recorder.attach(pipeline.duration, pipeline.scores)
+            self.recorder.attach(pipeline.duration)
             self.provider.attach(pipeline.provider)
             with self._lock:
                 self._pipeline = pipeline

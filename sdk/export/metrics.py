@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, Resource
 from opentelemetry.sdk.resources import Resource
 
 from sdk.guard import internal_error, warn_once
+from sdk.semconv import METER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
 
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
     from sdk.export.meters import SessionRecorder
     from sdk.export.otlp import Endpoint, Sender
 
-METER_NAME = "sessiontrace"
-SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
-"""Bucket bounds for scores: fine on 0-1 (grades, thumbs as 1/0) and on 1-5 / 1-10 ratings."""
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 
@@ -187,13 +185,6 @@ class MetricsPipeline:
             unit="s",
             description="Duration of ended sessions, by final state.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.scores = meter.create_histogram(
-            "sessiontrace.session.score",
-            unit="1",
-            description="Numeric scores given to sessions with sdk.score() (true/false as 1/0), "
-            "by session.score.name and session.score.source.",
-            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
         )
 
         def observe(value: Any) -> Any:
