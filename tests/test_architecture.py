@@ -5,14 +5,14 @@ sees the SDK through its face only, in ``notebook_ext/state.py``.
 
 Layers, lowest first (a module may import its own layer and those below, never above):
 
-0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
-   budget, semconv, dialects, w3c, version
+0. base helpers: counters, state, guard, otel_internals, display, trust, redaction, attributes, datadir,
+   pricing, budget, semconv, dialects, w3c, version
 1. settings
 2. export, store
 3. runtime, tracing, foreign
 4. session_core, inbound, session_api, scores, context, decorators, reaper
 5. instrumentation, logs
-6. lifecycle, testing
+6. lifecycle, autoinstrument, testing
 7. the face (``sdk``), cli, records, upload, __main__
 8. notebook_ext (through the face only)
 
@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
             "sdk.counters",
             "sdk.state",
             "sdk.guard",
+            "sdk.otel_internals",
             "sdk.display",
             "sdk.trust",
             "sdk.redaction",
@@ -71,6 +72,7 @@ LAYERS: dict[str, int] = {
     "sdk.instrumentation": 5,
     "sdk.logs": 5,
     "sdk.lifecycle": 6,
+    "sdk.autoinstrument": 6,
     "sdk.testing": 6,
     "sdk": 7,
     "sdk.cli": 7,

@@ -188,8 +188,12 @@ def test_doctor_defaults(tmp_path):
     for name in SETTINGS:
         assert setting_row(result.stdout, name)[1] == "default"
     assert setting_row(result.stdout, "service_name")[0] == "unknown_service"
-    assert labelled(result.stdout, "opentelemetry-api") == metadata.version("opentelemetry-api")
-    assert labelled(result.stdout, "opentelemetry-sdk") == metadata.version("opentelemetry-sdk")
+    lines = (re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines())
+    integrations = {
+        cells[0]: cells[1:] for cells in lines if len(cells) == 4
+    }  # PACKAGE VERSION SUPPORTED STATUS
+    for package in ("opentelemetry-api", "opentelemetry-sdk"):
+        assert integrations[package] == [metadata.version(package), ">=1.30,<2", "ok"]
     assert labelled(result.stdout, "sessiontrace") == metadata.version("sessiontrace")
     assert labelled(result.stdout, "python").startswith(".".join(map(str, sys.version_info[:3])))
     assert "exporter: file" in result.stdout

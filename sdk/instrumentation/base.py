@@ -16,6 +16,7 @@ and is never a silent no-op.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 import sys
 import types
@@ -203,14 +204,24 @@ def installed_version(package: str) -> str | None:
 class Instrumentor:
     """The patches of one library, applied once its modules are imported (see the module docstring)."""
 
-    def __init__(self, name: str, package: str, supported: str, patches: tuple[Patch, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        package: str,
+        supported: str,
+        patches: tuple[Patch, ...],
+        requires: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
         self.package = package
         self.supported = supported
         self.patches = patches
+        self.requires = requires
+        """SDK modules the wrappers import when they run: imported before patching, so that a failure
+        there (a dependency too old) leaves the library unpatched instead of raising into its calls."""
 
     def instrumentation_dependencies(self) -> tuple[str, ...]:
-        """The supported versions, as OpenTelemetry's instrumentors declare them (``openai >= 1.68, < 4``)."""
+        """The supported versions, as OpenTelemetry's instrumentors declare them (``openai >= 1.66, < 4``)."""
         return (f"{self.package} {self.supported.replace(',', ', ')}",)
 
     @property
@@ -254,6 +265,12 @@ class Instrumentor:
 
     def _on_import(self, module: types.ModuleType) -> None:
         if not self.instrumented or not self.version_supported():
+            return
+        try:
+            for name in self.requires:
+                importlib.import_module(name)
+        except Exception as exc:
+            internal_error(f"{self.name} instrumentation (its calls are not recorded)", exc)
             return
         for patch in self.patches:
             if patch.module != module.__name__:
