@@ -7,14 +7,12 @@ runs on them in the compat matrix's ``fallback`` session (noxfile.py).
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -29,56 +27,7 @@ from sdk.cli import build_report
 from sdk.instrumentation.base import in_range
 from sdk.settings import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
-SEAM = ROOT / "sdk" / "otel_internals.py"
 HIDDEN = os.environ.get(otel_internals.HIDE_ENV, "")
-
-
-def private_names() -> set[str]:
-    """Every private attribute name the seam's table lists (``_context``, ``_on_ending``, ...)."""
-    names: set[str] = set()
-    for internal in otel_internals.INTERNALS:
-        for word in internal.names.replace(",", " ").replace(";", " ").replace("(", " ").split():
-            for part in word.split("."):
-                part = part.split("=")[0]
-                if part.startswith("_") and not part.startswith("__") and part[1:2].isalpha():
-                    names.add(part)
-    return names
-
-
-def test_no_module_but_the_seam_uses_a_private_opentelemetry_name():
-    """No SDK module but sdk/otel_internals.py imports from a private OpenTelemetry module or reads a private name the seam lists (on anything but itself)."""
-    names = private_names()
-    assert {"_context", "_attributes", "_dict", "_on_ending", "_RUNTIME_CONTEXT"} <= names
-    found = []
-    for path in [*ROOT.glob("sdk/**/*.py"), *ROOT.glob("notebook_ext/*.py")]:
-        if path == SEAM:
-            continue
-        tree = ast.parse(path.read_text())
-        type_only = {
-            id(n)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)
-        }
-        for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
-            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
-                private = [p for p in node.module.split(".") if p.startswith("_")]
-                private += [
-                    a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
-                ]
-                if private:
-                    found.append(f"{where}: from {node.module} import {private}")
-            elif (
-                isinstance(node, ast.Attribute)
-                and node.attr in names
-                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
-            ):
-                found.append(f"{where}: {ast.unparse(node)}")
-    assert found == []
 
 
 def expected_missing(version: str) -> set[str]:
