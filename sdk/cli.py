@@ -78,6 +78,7 @@ SUPPORTED_RANGES = (
     ("redis", ">=5"),
     ("pandas", ">=2"),
     ("agency-swarm", ">=1.11,<2"),
+    ("langchain-core", ">=1.4.7,<2"),
 )
 """The packages the SDK integrates with besides the instrumented libraries (whose instrumentors
 declare theirs), and the versions it supports: pyproject.toml's ranges (protobuf: what
