@@ -57,3 +57,15 @@ class AutogenInstrumentor(_EntryPointInstrumentor):
     """autogen-core's agent runtime."""
 
     library = "autogen"
+
+
+class OpenAIAgentsInstrumentor(_EntryPointInstrumentor):
+    """The OpenAI Agents SDK: runs, agents, tools, handoffs and guardrails as spans in the session."""
+
+    library = "openai_agents"
+
+
+class LangGraphInstrumentor(_EntryPointInstrumentor):
+    """LangGraph: graph runs, nodes and tool calls as spans in the session."""
+
+    library = "langgraph"

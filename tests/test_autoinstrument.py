@@ -29,11 +29,11 @@ print("instrumented:", sdk.instrumentation.base.is_applied("openai.chat.completi
 
 
 def test_the_instrumentors_are_registered_for_opentelemetry_instrument():
-    """openai, anthropic and autogen are in the opentelemetry_instrumentor entry-point group, as classes in OpenTelemetry's instrumentor shape declaring the SDK's ranges."""
+    """openai, anthropic, autogen, the OpenAI Agents SDK and LangGraph are in the opentelemetry_instrumentor entry-point group, as classes in OpenTelemetry's instrumentor shape declaring the SDK's ranges."""
     found = {
         e.name: e for e in entry_points(group="opentelemetry_instrumentor") if e.value.startswith("sdk.")
     }
-    assert set(found) == {"openai", "anthropic", "autogen"}
+    assert set(found) == {"openai", "anthropic", "autogen", "openai_agents", "langgraph"}
     for name, entry in found.items():
         cls = entry.load()
         assert issubclass(cls, autoinstrument._EntryPointInstrumentor)
