@@ -15,7 +15,7 @@ from collections.abc import Collection
 from typing import Any
 
 from sdk import instrumentation, lifecycle, runtime
-from sdk.instrumentation.base import installed_version
+from sdk.version import installed_version
 
 
 class _EntryPointInstrumentor:

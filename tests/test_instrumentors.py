@@ -11,8 +11,9 @@ import pytest
 
 import sdk
 from sdk.instrumentation import FRAMEWORKS, LIBRARIES, LLM_LIBRARIES, instrumentor
-from sdk.instrumentation.base import Instrumentor, Patch, applied, in_range, release
+from sdk.instrumentation.base import Instrumentor, Patch, applied
 from sdk.settings import INSTRUMENTABLE
+from sdk.version import in_range, release
 
 
 def passthrough(wrapped, instance, args, kwargs):
