@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sdk.display import mask_url, printable
-from sdk.instrumentation.base import in_range, installed_version
 from sdk.settings import Config, ConfigError, load_config
-from sdk.version import __version__
+from sdk.version import __version__, in_range, installed_version
 
 if TYPE_CHECKING:
     from sdk.foreign import ExportPlan
@@ -219,8 +218,9 @@ class DoctorReport:
     """What init() would export beside an OpenTelemetry pipeline already set up in this process."""
     integrations: list[tuple[str, str | None, str]] = field(default_factory=list)
     """Every package the SDK integrates with: (package, installed version or None, supported range)."""
-    otel_internals: list[tuple[str, str, bool, str]] = field(default_factory=list)
-    """OpenTelemetry's private names the SDK uses: (key, names, in use, the fallback otherwise)."""
+    otel_internals: list[tuple[str, str, bool, str, str]] = field(default_factory=list)
+    """OpenTelemetry's private names the SDK uses: (key, names, in use, the fallback otherwise, the
+    first release that has them when the installed one is older, else "")."""
 
     @property
     def ok(self) -> bool:
@@ -241,8 +241,8 @@ class DoctorReport:
                 for package, version, supported in self.integrations
             ],
             "opentelemetry_internals": [
-                {"key": key, "names": names, "used": used, "fallback": fallback}
-                for key, names, used, fallback in self.otel_internals
+                {"key": key, "names": names, "used": used, "fallback": fallback, "added_in": since or None}
+                for key, names, used, fallback, since in self.otel_internals
             ],
             "config_file": self.config_file,
             "settings": {name: {"value": value, "source": source} for name, value, source in self.settings},
@@ -284,7 +284,13 @@ class DoctorReport:
                 "opentelemetry internals missing here; the SDK uses their fallback (docs/compatibility.md):",
             ]
             lines += _aligned(
-                [("INTERNAL", "FALLBACK"), *((key, fallback) for key, _, _, fallback in fallbacks)]
+                [
+                    ("INTERNAL", "WHY", "FALLBACK"),
+                    *(
+                        (key, f"added in {since}" if since else "not there or hidden", fallback)
+                        for key, _, _, fallback, since in fallbacks
+                    ),
+                ]
             )
         file_note = self.config_file or "none found"
         lines += ["", f"config (config file: {file_note}):"]
@@ -353,7 +359,13 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
         versions=versions(),
         integrations=integrations(),
         otel_internals=[
-            (internal.key, internal.names, used, internal.fallback)
+            (
+                internal.key,
+                internal.names,
+                used,
+                internal.fallback,
+                internal.since if otel_internals.expected_missing(internal) else "",
+            )
             for internal, used in otel_internals.status()
         ],
         config_file=str(config.config_file) if config.config_file is not None else None,

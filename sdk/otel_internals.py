@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
 
 from sdk.guard import warn_once
 from sdk.state import STATE
+from sdk.version import release
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -51,6 +52,10 @@ class Internal(NamedTuple):
     """The opentelemetry-sdk versions it was checked in (all releases between them were probed)."""
     fallback: str
     """What the SDK does without it."""
+    since: str = ""
+    """The first opentelemetry-sdk release that has it, when a supported release lacks it: missing
+    before that is expected (no warning; doctor lists it), missing after it is a release the SDK
+    does not know (a warning)."""
 
 
 INTERNALS = (
@@ -81,6 +86,7 @@ INTERNALS = (
         "called by Span.end in 1.40.0-1.45.2; absent in 1.30.0-1.39.1",
         "the span the SDK's pipeline exports is a copy (public ReadableSpan) with session.id put "
         "back; span processors the application added see the span as OpenTelemetry ended it",
+        since="1.40.0",
     ),
     Internal(
         "tracer_configurator",
@@ -89,6 +95,7 @@ INTERNALS = (
         "1.40.0-1.45.2 (1.40 reads it at each start_span, 1.41+ pushes it to the cached tracers); "
         "absent in 1.30.0-1.39.1",
         "each tracer's public `sampler` is set to ALWAYS_OFF (and back to the provider's sampler)",
+        since="1.40.0",
     ),
     Internal(
         "provider_resource",
@@ -140,6 +147,7 @@ INTERNALS = (
         "1.38.0-1.45.2; 1.30.0-1.37.0 take only a LogRecord",
         "a LogRecord is built and emitted (opentelemetry.sdk._logs' up to 1.38, the API's from 1.39; "
         "with context= from 1.35, trace_id/span_id/trace_flags before)",
+        since="1.38.0",
     ),
     Internal(
         "logs_sdk",
@@ -340,6 +348,8 @@ def _report(key: str) -> None:
         return
     STATE.otel_fallbacks.add(key)
     internal = BY_KEY[key]
+    if not _hidden(key) and expected_missing(internal):
+        return  # a supported release from before the internal existed: docs/compatibility.md says so
     state = "is hidden" if _hidden(key) else "is not there"
     # All in the message itself (logged without arguments): one distinct message per internal.
     warn_once(
@@ -347,6 +357,11 @@ def _report(key: str) -> None:
         f"sessiontrace: opentelemetry-sdk {otel_version()}: {internal.names} {state}; the SDK uses its "
         f"fallback: {internal.fallback} (see python -m sdk doctor and docs/compatibility.md)",
     )
+
+
+def expected_missing(internal: Internal) -> bool:
+    """Whether the installed OpenTelemetry is older than the first release with `internal`."""
+    return bool(internal.since) and release(otel_version()) < release(internal.since)
 
 
 def check() -> list[str]:

@@ -24,8 +24,9 @@ from otlp_receiver import OTLPReceiver
 import sdk
 from sdk import otel_internals
 from sdk.cli import build_report
-from sdk.instrumentation.base import in_range
 from sdk.settings import load_config
+from sdk.state import STATE
+from sdk.version import in_range
 
 HIDDEN = os.environ.get(otel_internals.HIDE_ENV, "")
 
@@ -53,6 +54,36 @@ def test_the_seam_finds_what_the_installed_opentelemetry_has():
     assert ("on_ending" not in missing) == otel_internals.RESTORES_BEFORE_END
     fast_spans = "span_fields" not in missing
     assert (otel_internals.span_trace_id.__class__.__name__ == "attrgetter") == fast_spans
+
+
+def test_internals_a_supported_release_predates_are_counted_and_listed_but_not_warned(caplog):
+    """On a supported release older than an internal (1.30-1.39 have no _on_ending), init() uses the fallback without a warning, counts it in stats() and doctor says which release added it; a hidden one is warned about."""
+    version = otel_internals.otel_version()
+    predates = {i.key for i in otel_internals.INTERNALS if i.since and in_range(version, f"<{i.since}")}
+    hidden = {key for key in otel_internals.BY_KEY if otel_internals._hidden(key)}
+    caplog.set_level(logging.WARNING, logger="sessiontrace")
+    sdk.init(exporter="none")
+    checked = (predates | hidden) & set(otel_internals.TRACE_KEYS)
+    assert set(STATE.otel_fallbacks) >= checked
+    assert sdk.stats().otel_fallbacks == len(STATE.otel_fallbacks)
+    warned = {key for key, i in otel_internals.BY_KEY.items() if f"{i.names} is" in caplog.text}
+    assert warned == hidden & set(STATE.otel_fallbacks)
+    report = build_report(load_config({"exporter": "none"})).to_json()
+    rows = {row["key"]: row for row in report["opentelemetry_internals"]}
+    assert {key for key, row in rows.items() if row["added_in"]} == predates
+    for key in predates:
+        assert rows[key]["added_in"] == otel_internals.BY_KEY[key].since
+        assert rows[key]["used"] is False
+
+
+def test_an_internal_is_expected_missing_only_before_the_release_that_added_it(monkeypatch):
+    """expected_missing compares the installed release with the internal's first one; internals every supported release has are never expected missing."""
+    on_ending = otel_internals.BY_KEY["on_ending"]
+    monkeypatch.setattr(otel_internals, "otel_version", lambda: "1.39.1")
+    assert otel_internals.expected_missing(on_ending)
+    assert not otel_internals.expected_missing(otel_internals.BY_KEY["span_fields"])
+    monkeypatch.setattr(otel_internals, "otel_version", lambda: "1.40.0")
+    assert not otel_internals.expected_missing(on_ending)
 
 
 def test_a_missing_internal_is_warned_once_counted_and_shown_by_doctor(monkeypatch, caplog):
