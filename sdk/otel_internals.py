@@ -141,6 +141,15 @@ INTERNALS = (
         "class comes from the API package and is not the public NoOpMeterProvider)",
     ),
     Internal(
+        "exporter_endpoint",
+        "OTLPSpanExporter._endpoint (opentelemetry-exporter-otlp-proto-http and -grpc)",
+        "export_mode auto: tell whether the application's own OTLP exporter already sends to the "
+        "SDK's endpoint (sdk/foreign.py), so that its spans are not exported twice",
+        "1.30.0-1.45.2 (the resolved endpoint: the URL over HTTP, host:port over gRPC)",
+        "the application's exporter counts as an unknown destination (the SDK exports itself, and "
+        "says so once)",
+    ),
+    Internal(
         "log_emit_keywords",
         "opentelemetry.sdk._logs.Logger.emit(timestamp=, observed_timestamp=, context=, ...)",
         "export_logs: emit a log record with the trace context of the code that logged it",
@@ -266,6 +275,12 @@ def _probe_proxy_meter_provider() -> bool:
     return isinstance(getattr(_internal, "_ProxyMeterProvider", None), type)
 
 
+def _probe_exporter_endpoint() -> bool:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return "_endpoint" in _code_names(OTLPSpanExporter.__init__)
+
+
 def _probe_log_emit_keywords() -> bool:
     import inspect
 
@@ -312,6 +327,7 @@ _PROBES: Mapping[str, Callable[[], bool]] = {
     "suppress_instrumentation_key": _probe_suppress_key,
     "encode_attributes": _probe_encode_attributes,
     "proxy_meter_provider": _probe_proxy_meter_provider,
+    "exporter_endpoint": _probe_exporter_endpoint,
     "log_emit_keywords": _probe_log_emit_keywords,
     "logs_sdk": _probe_logs_sdk,
     "metric_reader_hook": _probe_metric_reader_hook,
@@ -645,20 +661,36 @@ detach: Callable[[object], None] = (
 """Detach an OpenTelemetry context token; ValueError (nothing logged) for another context's token."""
 
 
-def suppressed_context() -> Context:
-    """The current context with instrumentation suppressed (for the SDK's own export threads)."""
+def suppressed_context(ctx: Context | None = None) -> Context:
+    """`ctx` (default: the current context) with the flag every OpenTelemetry instrumentation reads
+    to record nothing: the SDK's own export threads, and calls another instrumentation would double."""
+    if ctx is None:
+        ctx = otel_context.get_current()
     if available("suppress_instrumentation_key"):
-        return otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+        return otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
     try:
         from opentelemetry.instrumentation.utils import suppress_instrumentation
     except ImportError:
-        return otel_context.get_current()
-    with suppress_instrumentation():
-        return otel_context.get_current()
+        return ctx
+    before = otel_context.get_current()
+    with suppress_instrumentation():  # the public way sets the flag in the current context: copy it over
+        flags = {key: value for key, value in otel_context.get_current().items() if key not in before}
+    for key, value in flags.items():
+        ctx = otel_context.set_value(key, value, ctx)
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------
 # Export: the OTLP encoder's fallback, metrics, logs
+
+
+def exporter_endpoint(exporter: object) -> str | None:
+    """Where one of OpenTelemetry's OTLP span exporters sends (the URL over HTTP, host:port over
+    gRPC), or None when that is not known."""
+    if not available("exporter_endpoint"):
+        return None
+    endpoint = getattr(exporter, "_endpoint", None)
+    return endpoint if isinstance(endpoint, str) and endpoint else None
 
 
 def encode_attribute(key: str, value: Any) -> bytes:
