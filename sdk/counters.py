@@ -146,4 +146,5 @@ class Stats(NamedTuple):
     otel_fallbacks: int = 0
     """Private OpenTelemetry names the SDK uses that this OpenTelemetry version lacks, each replaced
     by its public-API fallback (slower, correct; or, for the logs and metrics SDKs, that export off).
-    Each is said once in a warning; ``python -m sdk doctor`` names them (docs/compatibility.md)."""
+    ``python -m sdk doctor`` names them; one a supported release is known to lack (``_on_ending``
+    before 1.40) is not warned about, any other is, once (docs/compatibility.md)."""
