@@ -146,8 +146,8 @@ INTERNALS = (
         "export_mode auto: tell whether the application's own OTLP exporter already sends to the "
         "SDK's endpoint (sdk/foreign.py), so that its spans are not exported twice",
         "1.30.0-1.45.2 (the resolved endpoint: the URL over HTTP, host:port over gRPC)",
-        "the application's exporter counts as an unknown destination (the SDK exports itself, and "
-        "says so once)",
+        "none: the application's exporter counts as an unknown destination (the SDK exports "
+        "itself, and says so once)",
     ),
     Internal(
         "log_emit_keywords",
@@ -192,8 +192,9 @@ TRACE_KEYS = (
 """The internals `check()` looks at on every init() (the others: when their feature is used)."""
 
 
-NO_PUBLIC_FALLBACK = ("logs_sdk", "metric_reader_hook")
-"""Internals without which a feature is off (``all`` in HIDE_ENV leaves them alone)."""
+NO_PUBLIC_FALLBACK = ("logs_sdk", "metric_reader_hook", "exporter_endpoint")
+"""Internals without which a feature is off (export, or telling an exporter's destination): ``all`` in
+HIDE_ENV leaves them alone."""
 
 
 def _hidden(key: str) -> bool:
