@@ -73,6 +73,7 @@ NOTEBOOKS = (
     nox.param("7.0.0", "9.19.1", id="ipykernel-7.0.0-ipython-9.19.1"),
     nox.param("7.0.0", "8.39.0", id="ipykernel-7.0.0-ipython-8.39.0"),
     nox.param("latest", "9.7.0", id="ipykernel-latest-ipython-9.7.0"),
+    nox.param("latest", "8.39.0", id="ipykernel-latest-ipython-8.39.0"),
 )
 """(ipykernel, IPython): the floor; 7.0.0 (ContextVars lost between cells, ipykernel #1457); IPython 8
 and 9.0-9.7, which count a cell after pre_run_cell (9.8+ before it). The newest of both is the
