@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -74,6 +75,12 @@ def test_internals_a_supported_release_predates_are_counted_and_listed_but_not_w
     for key in predates:
         assert rows[key]["added_in"] == otel_internals.BY_KEY[key].since
         assert rows[key]["used"] is False
+
+
+def test_the_compatibility_doc_lists_every_internal():
+    """docs/compatibility.md's table of OpenTelemetry internals has a row for every one the seam uses."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "compatibility.md").read_text()
+    assert [i.key for i in otel_internals.INTERNALS if f"| `{i.key}` |" not in doc] == []
 
 
 def test_an_internal_is_expected_missing_only_before_the_release_that_added_it(monkeypatch):
