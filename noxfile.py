@@ -38,7 +38,7 @@ nox.options.sessions = ["ci"]
 
 PYTEST = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
 """pyproject.toml's default run: two workers, without the phoenix/browser/frameworks markers."""
-WITH_FRAMEWORKS = ("-m", "not phoenix and not browser")
+WITH_FRAMEWORKS = ("-m", "not phoenix and not mlflow and not browser and not foreign")
 """The default run plus the heavy framework tests (-m frameworks) of the files given."""
 
 OTEL = (

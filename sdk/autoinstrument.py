@@ -6,7 +6,9 @@ calls ``instrument()`` before the program starts. Here that starts sessiontrace 
 not (``sdk.init()`` with its settings from the environment and the config file, as always) and
 instruments the library. A program that calls ``sdk.init()`` itself keeps working as before: the
 ``instrument`` setting then decides, as it always does. A library that is not installed is skipped
-by the command (``ModuleNotFoundError``), before anything starts.
+by the command (``ModuleNotFoundError``), before anything starts; one named in OpenTelemetry's
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (by its entry-point name: ``openai``, ``anthropic``,
+``autogen``, ``openai_agents``, ``langgraph``) is not loaded at all.
 """
 
 from __future__ import annotations

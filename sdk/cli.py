@@ -352,22 +352,12 @@ def doctor_command(*, as_json: bool, prog: str = "sessiontrace") -> int:
 
 def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorReport:
     """The doctor report for `config`, running the exporter's check (network or disk)."""
-    from sdk import otel_internals
     from sdk.instrumentation import frameworks
 
     report = DoctorReport(
         versions=versions(),
         integrations=integrations(),
-        otel_internals=[
-            (
-                internal.key,
-                internal.names,
-                used,
-                internal.fallback,
-                internal.since if otel_internals.expected_missing(internal) else "",
-            )
-            for internal, used in otel_internals.status()
-        ],
+        otel_internals=otel_internals_rows(),
         config_file=str(config.config_file) if config.config_file is not None else None,
         settings=config.explain(),
         exporter=config.exporter_kind,
@@ -420,6 +410,23 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
             "; ".join(f"{kind}: {check.message}" for kind, check in checks),
         )
     return report
+
+
+def otel_internals_rows() -> list[tuple[str, str, bool, str, str]]:
+    """Each OpenTelemetry internal the SDK uses: (key, names, in use, fallback, the release that
+    added it when the installed one predates it)."""
+    from sdk import otel_internals
+
+    return [
+        (
+            internal.key,
+            internal.names,
+            used,
+            internal.fallback,
+            internal.since if otel_internals.expected_missing(internal) else "",
+        )
+        for internal, used in otel_internals.status()
+    ]
 
 
 def _export_plan(config: Config) -> ExportPlan:
