@@ -29,8 +29,8 @@ from opentelemetry.util.types import Attributes
 
 from sdk.counters import Counter
 from sdk.guard import internal_error
-from sdk.semconv import METER_NAME
 from sdk.otel_internals import global_meter_provider_unset, metrics_reader_supported
+from sdk.semconv import METER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
 

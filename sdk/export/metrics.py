@@ -37,8 +37,8 @@ from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, Resource
 from opentelemetry.sdk.resources import Resource
 
 from sdk.guard import internal_error, warn_once
-from sdk.semconv import METER_NAME
 from sdk.otel_internals import suppressed_context
+from sdk.semconv import METER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
 
