@@ -22,5 +22,6 @@ BENCHMARKS = (
     "memory",
     "import_time",
     "init_time",
+    "span_in_session_fallback",
 )
 """Module names, in the order they run (the in-process ones first, then fresh interpreters)."""

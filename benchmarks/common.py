@@ -187,14 +187,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(code: str, cwd: Path | None = None, timeout: float = 60.0) -> tuple[float, str]:
-    """Run `python -c code` in a fresh interpreter; (wall seconds, stdout). Raises on failure."""
+def run_child(
+    code: str, cwd: Path | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> tuple[float, str]:
+    """Run `python -c code` in a fresh interpreter (`env`: more variables); (wall seconds, stdout).
+    Raises on failure."""
     with tempfile.TemporaryDirectory(prefix="sessiontrace-bench-") as tmp:
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code],
             cwd=cwd or tmp,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

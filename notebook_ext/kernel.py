@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NamedTuple, Protocol
 
+import IPython
 from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 
@@ -37,6 +38,9 @@ from notebook_ext.state import STATE
 from notebook_ext.summary import span_recorder
 
 logger = logging.getLogger("sessiontrace.notebook")
+
+COUNTS_BEFORE_PRE_RUN_CELL = IPython.version_info >= (9, 8)
+"""IPython 9.8 moved ``execution_count += 1`` before ``pre_run_cell``; earlier releases count after it."""
 
 CELL_EXECUTION_COUNT = "notebook.cell.execution_count"
 CELL_SOURCE_SHA256 = "notebook.cell.source_sha256"
@@ -319,7 +323,7 @@ class NotebookHooks:
         """IPython ``pre_run_cell``: runs in the context the cell's code will run in."""
         with guarded("pre_run_cell"):
             count = self.shell.execution_count
-            if info.store_history:
+            if info.store_history and COUNTS_BEFORE_PRE_RUN_CELL:
                 count -= 1  # IPython has counted this cell already
             cell = Cell(count, info.raw_cell or "", info.cell_id, len(self._cells) + 1)
             self._cells.append(cell)

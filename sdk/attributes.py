@@ -6,8 +6,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.util.types import AttributeValue
+
+from sdk.otel_internals import write_attributes as write_attributes
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Other sequences (a range, a custom Sequence) are listed only up to this length, else shown as text.
@@ -110,21 +111,3 @@ def to_attributes(values: Mapping[Any, Any] | None, max_length: int) -> dict[str
     except Exception:
         pass
     return out
-
-
-def write_attributes(span: Any, attributes: Mapping[str, AttributeValue]) -> None:
-    """Put already-valid attributes on a recording span the SDK has just started (or is ending).
-
-    `Span.set_attribute` takes a lock and validates every value again. For values this module
-    produced (or constant keys and strings) neither is needed, and this runs for every span:
-    write them straight into the span's attribute dict, within its attribute-count limit (each
-    dict write is atomic; the SDK writes only spans it started, at start and at end). Anything
-    else goes through the public API.
-    """
-    bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes and not bounded._immutable and bounded.max_value_len is None:
-        limit = bounded.maxlen
-        if limit is None or len(bounded._dict) + len(attributes) <= limit:
-            bounded._dict.update(attributes)
-            return
-    span.set_attributes(attributes)

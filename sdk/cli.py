@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sdk.display import mask_url, printable
 from sdk.settings import Config, ConfigError, load_config
-from sdk.version import __version__
+from sdk.version import __version__, in_range, installed_version
 
 if TYPE_CHECKING:
     from sdk.foreign import ExportPlan
@@ -65,6 +65,23 @@ VERSIONED_DISTRIBUTIONS = (
 )
 """OpenTelemetry, and what the exporters use: the OTLP encoding (proto-common, proto) and the
 transports of the SDK's own OTLP senders (requests for HTTP, grpcio for gRPC, the `grpc` extra)."""
+SUPPORTED_RANGES = (
+    ("opentelemetry-api", ">=1.30,<2"),
+    ("opentelemetry-sdk", ">=1.30,<2"),
+    ("opentelemetry-exporter-otlp-proto-http", ">=1.30,<2"),
+    ("opentelemetry-exporter-otlp-proto-grpc", ">=1.30,<2"),
+    ("protobuf", ">=5,<8"),
+    ("wrapt", ">=1.16"),
+    ("ipython", ">=8"),
+    ("ipykernel", ">=6.29"),
+    ("redis", ">=5"),
+    ("pandas", ">=2"),
+    ("agency-swarm", ">=1.11,<2"),
+    ("langchain-core", ">=1.4.7,<2"),
+)
+"""The packages the SDK integrates with besides the instrumented libraries (whose instrumentors
+declare theirs), and the versions it supports: pyproject.toml's ranges (protobuf: what
+OpenTelemetry's exporters allow, 5 to 7). docs/compatibility.md shows what was tested."""
 
 _DESCRIPTION = """\
 sessiontrace: sessions for LLM and agent programs, recorded as OpenTelemetry traces.
@@ -199,6 +216,11 @@ class DoctorReport:
     """Framework id -> session mappings: (source, framework, where the id comes from, on/off)."""
     export_plan: ExportPlan | None = None
     """What init() would export beside an OpenTelemetry pipeline already set up in this process."""
+    integrations: list[tuple[str, str | None, str]] = field(default_factory=list)
+    """Every package the SDK integrates with: (package, installed version or None, supported range)."""
+    otel_internals: list[tuple[str, str, bool, str, str]] = field(default_factory=list)
+    """OpenTelemetry's private names the SDK uses: (key, names, in use, the fallback otherwise, the
+    first release that has them when the installed one is older, else "")."""
 
     @property
     def ok(self) -> bool:
@@ -209,6 +231,19 @@ class DoctorReport:
         """The report as a JSON-ready dict."""
         return {
             "versions": self.versions,
+            "integrations": [
+                {
+                    "package": package,
+                    "version": version,
+                    "supported": supported,
+                    "in_range": None if version is None else in_range(version, supported),
+                }
+                for package, version, supported in self.integrations
+            ],
+            "opentelemetry_internals": [
+                {"key": key, "names": names, "used": used, "fallback": fallback, "added_in": since or None}
+                for key, names, used, fallback, since in self.otel_internals
+            ],
             "config_file": self.config_file,
             "settings": {name: {"value": value, "source": source} for name, value, source in self.settings},
             "exporter": {
@@ -228,7 +263,35 @@ class DoctorReport:
     def to_text(self) -> str:
         """The report as aligned, human-readable text."""
         lines = ["sessiontrace doctor", "", "versions:"]
-        lines += _aligned([(name, version) for name, version in self.versions.items()])
+        lines += _aligned([(name, version) for name, version in self.versions.items() if name in _OWN])
+        if self.integrations:
+            lines += ["", "integrations (installed version; the range sessiontrace supports):"]
+            lines += _aligned(
+                [
+                    ("PACKAGE", "VERSION", "SUPPORTED", "STATUS"),
+                    *(
+                        (package, version or "-", supported, _range_status(version, supported))
+                        for package, version, supported in self.integrations
+                    ),
+                ]
+            )
+        fallbacks = [row for row in self.otel_internals if not row[2]]
+        if self.otel_internals and not fallbacks:
+            lines += ["", "opentelemetry internals: every private name the SDK uses is there (the fast path)"]
+        elif fallbacks:
+            lines += [
+                "",
+                "opentelemetry internals missing here; the SDK uses their fallback (docs/compatibility.md):",
+            ]
+            lines += _aligned(
+                [
+                    ("INTERNAL", "WHY", "FALLBACK"),
+                    *(
+                        (key, f"added in {since}" if since else "not there or hidden", fallback)
+                        for key, _, _, fallback, since in fallbacks
+                    ),
+                ]
+            )
         file_note = self.config_file or "none found"
         lines += ["", f"config (config file: {file_note}):"]
         lines += _aligned([("SETTING", "VALUE", "SOURCE"), *self.settings])
@@ -250,6 +313,15 @@ class DoctorReport:
             lines += _aligned(self.export_plan.rows())
         lines += ["", "result: ok" if self.ok else "result: a check failed (exit status 1)"]
         return "\n".join(lines)
+
+
+_OWN = ("sessiontrace", "python")
+
+
+def _range_status(version: str | None, supported: str) -> str:
+    if version is None:
+        return "not installed"
+    return "ok" if in_range(version, supported) else "OUTSIDE the supported range"
 
 
 def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -284,6 +356,8 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
 
     report = DoctorReport(
         versions=versions(),
+        integrations=integrations(),
+        otel_internals=otel_internals_rows(),
         config_file=str(config.config_file) if config.config_file is not None else None,
         settings=config.explain(),
         exporter=config.exporter_kind,
@@ -338,6 +412,23 @@ def build_report(config: Config, *, timeout: float = CHECK_TIMEOUT) -> DoctorRep
     return report
 
 
+def otel_internals_rows() -> list[tuple[str, str, bool, str, str]]:
+    """Each OpenTelemetry internal the SDK uses: (key, names, in use, fallback, the release that
+    added it when the installed one predates it)."""
+    from sdk import otel_internals
+
+    return [
+        (
+            internal.key,
+            internal.names,
+            used,
+            internal.fallback,
+            internal.since if otel_internals.expected_missing(internal) else "",
+        )
+        for internal, used in otel_internals.status()
+    ]
+
+
 def _export_plan(config: Config) -> ExportPlan:
     """The plan init() would make beside the provider set up in this process (run doctor under the
     program's launcher, ``opentelemetry-instrument python -m sdk doctor``, to see it for that setup)."""
@@ -352,17 +443,25 @@ def _export_plan(config: Config) -> ExportPlan:
 
 
 def versions() -> dict[str, str]:
-    """Versions of sessiontrace, Python and the OpenTelemetry packages it uses."""
+    """Versions of sessiontrace, Python and every package it integrates with ("not installed")."""
     found = {
         "sessiontrace": _sessiontrace_version(),
         "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
     }
+    for package, version, _ in integrations():
+        found[package] = version or "not installed"
     for name in VERSIONED_DISTRIBUTIONS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
+        found.setdefault(name, installed_version(name) or "not installed")
     return found
+
+
+def integrations() -> list[tuple[str, str | None, str]]:
+    """(package, installed version or None, supported range) for every package the SDK integrates with."""
+    from sdk.instrumentation import LIBRARIES, instrumentor
+
+    ranges = list(SUPPORTED_RANGES)
+    ranges[4:4] = [(instrumentor(name).package, instrumentor(name).supported) for name in LIBRARIES]
+    return [(package, installed_version(package), supported) for package, supported in ranges]
 
 
 def _sessiontrace_version() -> str:

@@ -143,3 +143,8 @@ class Stats(NamedTuple):
     spans_sampled_out: int = 0
     """Spans of those sessions (and of sessions of other services the sample rate drops); not in
     `spans_dropped`, which counts losses."""
+    otel_fallbacks: int = 0
+    """Private OpenTelemetry names the SDK uses that this OpenTelemetry version lacks, each replaced
+    by its public-API fallback (slower, correct; or, for the logs and metrics SDKs, that export off).
+    ``python -m sdk doctor`` names them; one a supported release is known to lack (``_on_ending``
+    before 1.40) is not warned about, any other is, once (docs/compatibility.md)."""

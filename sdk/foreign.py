@@ -39,6 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from sdk import otel_internals
 from sdk.display import mask_url
 from sdk.guard import internal_error, warn_once
 from sdk.settings import Config
@@ -250,9 +251,8 @@ def _classify(exporter: object) -> Destination | None:
     for cls in type(exporter).__mro__:
         protocol = next((p for m, p in _OTLP_MODULES.items() if cls.__module__.startswith(m)), None)
         if protocol is not None and cls.__name__ == "OTLPSpanExporter":
-            # The exporters keep the resolved endpoint in `_endpoint` (gRPC: host:port only).
-            endpoint = getattr(exporter, "_endpoint", None)
-            if isinstance(endpoint, str) and endpoint:
+            endpoint = otel_internals.exporter_endpoint(exporter)
+            if endpoint is not None:
                 return Destination("otlp", name, protocol, endpoint)
             return Destination("unknown", name)
     if "Console" in name:
@@ -422,8 +422,8 @@ def quiet_other_instrumentations(client: str, ctx: Context) -> Context:
     (OpenInference and OpenLLMetry read it) and, for OpenTelemetry-contrib's GenAI instrumentations,
     the invocation data their util package reads to nest an inner call into an outer one.
 
-    The flag's key is private to opentelemetry-api (``_SUPPRESS_INSTRUMENTATION_KEY``), though
-    every OpenTelemetry and OpenInference instrumentation reads it; this is the one place here that uses it.
+    The flag's key is private to opentelemetry-api, though every OpenTelemetry and OpenInference
+    instrumentation reads it: sdk/otel_internals.py sets it (`suppressed_context`).
     """
     others = other_instrumentations(client)
     if not others:
@@ -438,7 +438,7 @@ def quiet_other_instrumentations(client: str, ctx: Context) -> Context:
         client,
         client,
     )
-    ctx = otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+    ctx = otel_internals.suppressed_context(ctx)
     genai = sys.modules.get("opentelemetry.util.genai.invocation")
     if genai is not None:  # imported by OpenTelemetry-contrib's GenAI instrumentations
         try:

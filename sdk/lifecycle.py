@@ -14,9 +14,8 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import _TracerConfig
 
-from sdk import foreign, runtime, tracing
+from sdk import foreign, otel_internals, runtime, tracing
 from sdk.counters import Stats
 from sdk.export.sampling import SamplingRules, configure_sampling
 from sdk.guard import internal_error
@@ -37,6 +36,7 @@ def init(**settings: Any) -> Config:
     blocks on the network. Returns the resolved config.
     """
     config = load_config(settings)
+    otel_internals.check()
     with STATE.lifecycle_lock:
         return _apply(config)
 
@@ -108,8 +108,7 @@ def _pipeline_changed() -> None:
 def _set_provider_enabled(enabled: bool) -> None:
     provider = tracing.installed_provider()
     if isinstance(provider, tracing.SessionTracerProvider):
-        config = _TracerConfig(is_enabled=enabled)
-        provider._set_tracer_configurator(tracer_configurator=lambda _scope: config)
+        provider.set_enabled(enabled)
 
 
 def _apply_process_features(config: Config) -> None:
@@ -253,6 +252,7 @@ def stats() -> Stats:
         store_dropped=STATE.counters.store_dropped.value,
         sessions_sampled_out=STATE.counters.sessions_sampled_out.value,
         spans_sampled_out=STATE.counters.spans_sampled_out.value,
+        otel_fallbacks=len(STATE.otel_fallbacks),
     )
 
 

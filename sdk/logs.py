@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from sdk import runtime
+from sdk import otel_internals, runtime
 from sdk.context import session_id_from
 from sdk.guard import internal_error, warn_once
 from sdk.redaction import scrubber_for
@@ -154,19 +154,19 @@ def _set_correlation(on: bool) -> None:
 
 
 def _severity(levelno: int) -> Any:
-    from opentelemetry._logs import SeverityNumber
-
     if levelno >= logging.CRITICAL:
-        return SeverityNumber.FATAL
-    if levelno >= logging.ERROR:
-        return SeverityNumber.ERROR
-    if levelno >= logging.WARNING:
-        return SeverityNumber.WARN
-    if levelno >= logging.INFO:
-        return SeverityNumber.INFO
-    if levelno >= logging.DEBUG:
-        return SeverityNumber.DEBUG
-    return SeverityNumber.TRACE
+        name = "FATAL"
+    elif levelno >= logging.ERROR:
+        name = "ERROR"
+    elif levelno >= logging.WARNING:
+        name = "WARN"
+    elif levelno >= logging.INFO:
+        name = "INFO"
+    elif levelno >= logging.DEBUG:
+        name = "DEBUG"
+    else:
+        name = "TRACE"
+    return otel_internals.severity_number(name)
 
 
 _SEVERITY_TEXT = {"WARNING": "WARN", "CRITICAL": "FATAL"}
@@ -218,7 +218,9 @@ class SessionLogHandler(logging.Handler):
         scrubber = scrubber_for(runtime.current().config)
         body = scrubber.text(body)
         attributes = scrubber.attributes(attributes) or attributes
-        self.provider.get_logger(record.name).emit(
+        otel_internals.emit_log(
+            self.provider,
+            record.name,
             timestamp=int(record.created * 1e9),
             observed_timestamp=time.time_ns(),
             context=ctx,
@@ -250,9 +252,7 @@ def logs_endpoint(config: Config) -> str:
 def _exporter(config: Config, url: str) -> Any:
     if config.protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
-                OTLPLogExporter as GrpcLogExporter,
-            )
+            grpc_log_exporter = otel_internals.log_exporter_class("grpc")
         except ImportError:
             warn_once(
                 "logs-grpc",
@@ -260,16 +260,15 @@ def _exporter(config: Config, url: str) -> Any:
                 "(pip install 'sessiontrace[grpc]'); logs are not exported",
             )
             return None
-        return GrpcLogExporter(
+        return grpc_log_exporter(
             endpoint=url,
             headers=dict(config.headers),
             timeout=config.export_timeout,
             insecure=config.insecure,
         )
     from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-    return OTLPLogExporter(
+    return otel_internals.log_exporter_class("http/protobuf")(
         endpoint=url,
         headers=dict(config.headers),
         timeout=config.export_timeout,
@@ -333,15 +332,13 @@ def _start_export(config: Config) -> None:
         current = STATE.log_export
         if current is not None and current.key == key:
             return
-        exporter = _exporter(config, url)
+        # Without OpenTelemetry's logs SDK (said once in a warning, counted in stats()), none is exported.
+        exporter = _exporter(config, url) if otel_internals.logs_supported() else None
         replacement: LogExport | None = None
         if exporter is not None:
-            from opentelemetry.sdk._logs import LoggerProvider
-            from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-
-            provider = LoggerProvider(resource=runtime.build_resource(config), shutdown_on_exit=False)
+            provider = otel_internals.new_logger_provider(runtime.build_resource(config))
             provider.add_log_record_processor(
-                BatchLogRecordProcessor(
+                otel_internals.new_batch_log_processor(
                     exporter,
                     schedule_delay_millis=config.export_interval * 1000,
                     max_export_batch_size=min(config.max_export_batch_size, config.max_queue_size),

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
-from sdk import runtime
+from sdk import otel_internals, runtime
 from sdk.attributes import to_attribute_value, to_attributes, write_attributes
 from sdk.budget import Budget, BudgetExceeded, BudgetState, Spent, report_exceeded
 from sdk.counters import counted
@@ -750,7 +750,7 @@ def detach_quietly(token: object) -> None:
     legitimately when a generator or async generator is closed from another task.
     """
     try:
-        otel_context._RUNTIME_CONTEXT.detach(token)  # type: ignore[arg-type]
+        otel_internals.detach(token)
     except ValueError:
         pass
     except Exception as exc:

@@ -45,8 +45,9 @@ Exporter: TypeAlias = "str | SpanExporter | tuple[str | SpanExporter, ...]"
 
 MAX_CONFIG_FILE_BYTES = 1024 * 1024
 """A config file larger than this is refused (a settings file is a few hundred bytes)."""
-INTERNAL_ENV = frozenset({"SESSIONTRACE_RAISE_INTERNAL_ERRORS"})
-"""SESSIONTRACE_* variables that name no setting but are read (by the SDK's own test suite)."""
+INTERNAL_ENV = frozenset({"SESSIONTRACE_RAISE_INTERNAL_ERRORS", "SESSIONTRACE_HIDE_OTEL_INTERNALS"})
+"""SESSIONTRACE_* variables that name no setting but are read (by the SDK's own test suite and
+benchmarks: docs/compatibility.md)."""
 EXPORTER_NAMES = ("auto", "otlp", "file", "console", "none")
 PROTOCOLS = ("http/protobuf", "grpc")
 EXPORT_MODES = ("auto", "stamp", "own")

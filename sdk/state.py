@@ -287,6 +287,8 @@ class ProcessState:
         self.warned: set[tuple[str, str]] = set()
         self.warned_lock = threading.Lock()
         self.tallies: dict[str, Any] = {}
+        self.otel_fallbacks: set[str] = set()
+        """OpenTelemetry internals found missing (keys of `sdk.otel_internals.INTERNALS`), said once each."""
         # logs: the OTLP log export.
         self.log_export: LogExport | None = None
         self.log_export_lock = threading.Lock()

@@ -10,35 +10,29 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import (
-    ReadableSpan,
-    Span,
-    SpanProcessor,
-    SynchronousMultiSpanProcessor,
-    Tracer,
-    TracerProvider,
-)
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, Tracer, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link
 from opentelemetry.util.types import Attributes
 
-from sdk import foreign, runtime
+from sdk import foreign, otel_internals, runtime
 from sdk.attributes import write_attributes
 from sdk.guard import internal_error, warn_once
+from sdk.otel_internals import RESTORES_BEFORE_END, set_attribute, span_trace_id
 from sdk.semconv import REMOTE_SESSION_KEY, ROOT_KEY, SESSION_ID, TRACER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
 
 
-class SessionSpanProcessor(SynchronousMultiSpanProcessor):
+class SessionSpanProcessor(otel_internals.EndingSpanProcessor):
     """Stamps `session.id` on every span and hands spans to the current pipeline.
 
     A span belongs to the open session that owns its trace; else to the session set in its
@@ -46,6 +40,8 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
     (see `sdk.context.extract`); else to the auto session. Processors added to the provider by the application
     (``provider.add_span_processor``) run after the pipeline's.
     """
+
+    kept_key = SESSION_ID
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -62,15 +58,16 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if not self.active:
-            if self._span_processors:
+            if self.fans_out:
                 super().on_start(span, parent_context)
             return
         STATE.counters.spans_started.add()
         try:
-            session = self._by_trace.get(span._context.trace_id)  # type: ignore[union-attr]  # set for every started span
+            trace_id = span_trace_id(span)
+            session = self._by_trace.get(trace_id)
             late = None
             if session is None and self._ended_traces:
-                late = self._ended_traces.get(span._context.trace_id)  # type: ignore[union-attr]
+                late = self._ended_traces.get(trace_id)
                 if late is not None and late[1] >= STATE.clock.monotonic():  # its session ended moments ago
                     write_attributes(span, {SESSION_ID: late[0]})
                 else:
@@ -85,7 +82,6 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                     session = STATE.registry.auto  # still set in this context, but ended by another thread
                 elif session is None:
                     remote = otel_context.get_value(REMOTE_SESSION_KEY, parent_context)
-                    trace_id = span._context.trace_id  # type: ignore[union-attr]
                     if isinstance(remote, str):  # a trusted session of another process or service
                         write_attributes(span, {SESSION_ID: remote})
                         STATE.registry.note_remote_trace(trace_id, remote)
@@ -96,17 +92,7 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
                     else:
                         session = STATE.registry.auto
             if session is not None:
-                # write_attributes() inlined for the one key: this runs for every span.
-                bounded = span._attributes
-                if (
-                    type(bounded) is BoundedAttributes
-                    and not bounded._immutable
-                    and bounded.max_value_len is None
-                    and (bounded.maxlen is None or len(bounded._dict) < bounded.maxlen)
-                ):
-                    bounded._dict[SESSION_ID] = session.id
-                else:
-                    write_attributes(span, {SESSION_ID: session.id})
+                set_attribute(span, SESSION_ID, session.id)
                 session.note_span()
         except Exception as exc:
             internal_error("session stamping", exc)
@@ -116,31 +102,29 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         rt = STATE.runtime or runtime.OFF
         if rt.starters:
             rt.on_start(span, parent_context)
-        if self._span_processors:
+        if self.fans_out:
             super().on_start(span, parent_context)
 
-    def _on_ending(self, span: Span) -> None:
+    def put_back(self, span: Span) -> None:
         # OpenTelemetry drops the oldest attribute when a span has more than its limit (128), and
         # session.id, set at start, is among the oldest: put it back before the span is exported.
-        attrs = span._attributes
-        if (
-            self.active
-            and type(attrs) is BoundedAttributes
-            and attrs.dropped
-            and SESSION_ID not in attrs._dict
-        ):
-            try:
-                _restore_session_id(span, attrs)
-            except Exception as exc:
-                internal_error("session.id restore", exc)
-        if self._span_processors:
-            super()._on_ending(span)
+        if not self.active:
+            return
+        try:
+            session_id = _session_id_to_restore(span.get_span_context().trace_id)
+            if session_id is not None:
+                otel_internals.put_back_attribute(span, SESSION_ID, session_id)
+        except Exception as exc:
+            internal_error("session.id restore", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self.active:
             STATE.counters.spans_ended.add()
-            (STATE.runtime or runtime.OFF).on_end(span)
-        if self._span_processors:
+            exported = span
+            if not RESTORES_BEFORE_END and otel_internals.lost_attribute(span, SESSION_ID):
+                exported = _with_session_id(span)
+            (STATE.runtime or runtime.OFF).on_end(exported)
+        if self.fans_out:
             super().on_end(span)
 
     def _after_fork_in_child(self) -> None:
@@ -157,9 +141,8 @@ class SessionSpanProcessor(SynchronousMultiSpanProcessor):
         SessionSpanProcessor.on_end(self, span)
 
 
-def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
-    """Resolve the span's session again (by its trace first) and set session.id as the newest key."""
-    trace_id = span.get_span_context().trace_id
+def _session_id_to_restore(trace_id: int) -> str | None:
+    """The session id of a span that lost it to the attribute limit: its session resolved again (by its trace first)."""
     session = STATE.registry.by_trace.get(trace_id)
     if session is None:
         candidate = STATE.current_session.get() or STATE.registry.auto
@@ -169,12 +152,20 @@ def _restore_session_id(span: Span, attrs: BoundedAttributes) -> None:
         if session is not None
         else STATE.registry.ended_session_id_for_trace(trace_id) or otel_context.get_value(REMOTE_SESSION_KEY)
     )
-    if not isinstance(session_id, str) or not session_id:
-        return
-    with attrs._lock:
-        if attrs.maxlen is not None and len(attrs._dict) >= attrs.maxlen:
-            del attrs._dict[next(iter(attrs._dict))]
-        attrs._dict[SESSION_ID] = session_id
+    return session_id if isinstance(session_id, str) and session_id else None
+
+
+def _with_session_id(span: ReadableSpan) -> ReadableSpan:
+    """An ended span that lost session.id to the attribute limit, as the pipeline exports it: a copy
+    with session.id put back (where OpenTelemetry has no `_on_ending` hook; see otel_internals)."""
+    try:
+        context = span.context
+        session_id = _session_id_to_restore(context.trace_id) if context is not None else None
+        if session_id is not None:
+            return otel_internals.copy_with_attribute(span, SESSION_ID, session_id)
+    except Exception as exc:
+        internal_error("session.id restore", exc)
+    return span
 
 
 class SegmentIds(IdGenerator):
@@ -268,14 +259,23 @@ class SessionTracer(Tracer):
 
 
 class SessionTracerProvider(TracerProvider):
-    """The SDK's TracerProvider: one per process; its resource is replaced in place on re-init."""
+    """The SDK's TracerProvider: one per process; its resource is replaced in place on re-init.
+
+    It keeps its own (weak) set of the tracers it made: OpenTelemetry caches tracers only from
+    1.41, in a private dict. Its attributes are prefixed ``_st_`` to stay clear of the base class's.
+    """
 
     def __init__(self, resource: Resource) -> None:
         self.session_processor = SessionSpanProcessor()
         super().__init__(
             resource=resource, shutdown_on_exit=False, active_span_processor=self.session_processor
         )
+        self._st_lock = threading.Lock()
+        self._st_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
+        self._st_resource = resource
+        self._st_enabled = True
         STATE.registry.auto_listeners.append(self.adopt_orphans)
+        STATE.at_fork(self, after_in_child=self._after_fork_in_child)
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         """Add an application's processor (it runs after the SDK's pipeline); the SDK then plans again
@@ -287,14 +287,27 @@ class SessionTracerProvider(TracerProvider):
 
     def application_processors(self) -> tuple[SpanProcessor, ...]:
         """The processors the application added to this provider (``provider.add_span_processor``)."""
-        return tuple(self.session_processor._span_processors)
+        return self.session_processor.added()
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         tracer = super().get_tracer(*args, **kwargs)
-        with self._tracers_lock:
-            if type(tracer) in (Tracer, SessionTracer):
+        if type(tracer) in (Tracer, SessionTracer):
+            with self._st_lock:
+                self._st_tracers.add(tracer)  # type: ignore[arg-type]
                 tracer.__class__ = SessionTracer if STATE.registry.auto is not None else Tracer
+                otel_internals.set_tracer_resource(tracer, self._st_resource)
+                if not self._st_enabled:
+                    otel_internals.set_tracers_enabled(self, (tracer,), False)
         return tracer
+
+    def _st_all_tracers(self) -> Iterable[Tracer]:
+        return list(self._st_tracers)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Make every tracer of this provider record spans (or make non-recording ones: `enabled=False`)."""
+        with self._st_lock:
+            self._st_enabled = enabled
+            otel_internals.set_tracers_enabled(self, self._st_all_tracers(), enabled)
 
     def adopt_orphans(self, on: bool) -> None:
         """Switch every tracer to (or from) SessionTracer as the auto session starts (or ends).
@@ -302,21 +315,22 @@ class SessionTracerProvider(TracerProvider):
         The SDK has no tracer factory hook, and SessionTracer adds behaviour only, no state, so a
         tracer's class can change in place; one already inside start_span finishes as it began.
         """
-        with self._tracers_lock:
-            for tracer in self._tracers.values():
+        with self._st_lock:
+            for tracer in self._st_all_tracers():
                 if type(tracer) in (Tracer, SessionTracer):
                     tracer.__class__ = SessionTracer if on else Tracer
 
-    def _handle_fork(self) -> None:
-        super()._handle_fork()
-        self.replace_resource(self._resource.merge(Resource({"process.pid": os.getpid()})))
+    def _after_fork_in_child(self) -> None:
+        self._st_lock = threading.Lock()  # another thread may have held it at fork time
+        self.replace_resource(self._st_resource.merge(Resource({"process.pid": os.getpid()})))
 
     def replace_resource(self, resource: Resource) -> None:
         """Use `resource` for every tracer, existing ones included (new settings after re-init)."""
-        with self._tracers_lock:
-            self._resource = resource
-            for tracer in self._tracers.values():
-                tracer._set_resource(resource)
+        with self._st_lock:
+            self._st_resource = resource
+            otel_internals.set_provider_resource(self, resource)
+            for tracer in self._st_all_tracers():
+                otel_internals.set_tracer_resource(tracer, resource)
 
     def shutdown(self) -> None:
         """The SDK's provider lives as long as the process; `sdk.shutdown()` closes the pipeline."""

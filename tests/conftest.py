@@ -22,6 +22,7 @@ from otlp_receiver import OTLPReceiver
 from redis_server import RedisServer
 
 import sdk
+from sdk.settings import INTERNAL_ENV
 from sdk.testing import CapturedSpans, FakeClock, capture, freeze_clock, reset
 
 # Internal errors fail the SDK's own tests instead of being swallowed (tests of the guard turn it off).
@@ -31,7 +32,7 @@ os.environ["SESSIONTRACE_RAISE_INTERNAL_ERRORS"] = "1"
 @pytest.fixture(autouse=True)
 def _clean_sdk(tmp_path, monkeypatch):
     for name in list(os.environ):
-        if name.startswith(("SESSIONTRACE_", "OTEL_")) and name != "SESSIONTRACE_RAISE_INTERNAL_ERRORS":
+        if name.startswith(("SESSIONTRACE_", "OTEL_")) and name not in INTERNAL_ENV:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield

@@ -5,14 +5,14 @@ sees the SDK through its face only, in ``notebook_ext/state.py``.
 
 Layers, lowest first (a module may import its own layer and those below, never above):
 
-0. base helpers: counters, state, guard, display, trust, redaction, attributes, datadir, pricing,
-   budget, semconv, dialects, w3c, version
+0. base helpers: counters, state, guard, otel_internals, display, trust, redaction, attributes, datadir,
+   pricing, budget, semconv, dialects, w3c, version
 1. settings
 2. export, store
 3. runtime, tracing, foreign
 4. session_core, inbound, session_api, scores, context, decorators, reaper
 5. instrumentation, logs
-6. lifecycle, testing
+6. lifecycle, autoinstrument, testing
 7. the face (``sdk``), cli, records, upload, __main__
 8. notebook_ext (through the face only)
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
             "sdk.counters",
             "sdk.state",
             "sdk.guard",
+            "sdk.otel_internals",
             "sdk.display",
             "sdk.trust",
             "sdk.redaction",
@@ -71,6 +73,7 @@ LAYERS: dict[str, int] = {
     "sdk.instrumentation": 5,
     "sdk.logs": 5,
     "sdk.lifecycle": 6,
+    "sdk.autoinstrument": 6,
     "sdk.testing": 6,
     "sdk": 7,
     "sdk.cli": 7,
@@ -268,3 +271,103 @@ def test_functions_fit_in_a_readers_head():
                 if length > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
                     long.append(f"{name}.{node.name}: {length} lines")
     assert long == []
+
+
+SEAM = "sdk.otel_internals"
+"""The one module that may use OpenTelemetry's private names (issue 16)."""
+
+
+def opentelemetry_private_names() -> frozenset[str]:
+    """Every single-underscore name the installed OpenTelemetry distributions define: module-level names, class members, attributes set on ``self`` and ``__slots__`` entries (generated protobuf code left out)."""
+    names: set[str] = set()
+    for dist in metadata.distributions():
+        if not (dist.metadata["Name"] or "").startswith("opentelemetry-"):
+            continue
+        for file in dist.files or ():
+            if file.suffix != ".py" or file.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            names |= private_names_defined(ast.parse(Path(str(dist.locate_file(file))).read_bytes()))
+    return frozenset(names)
+
+
+def private_names_defined(tree: ast.AST, *, own: bool = False) -> set[str]:
+    """The single-underscore names a module defines (with `own`: only attributes of its own classes, set on ``self``/``cls``, and class members)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for member in node.body:
+                if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names.add(member.name)
+                elif isinstance(member, (ast.Assign, ast.AnnAssign)):
+                    targets = member.targets if isinstance(member, ast.Assign) else [member.target]
+                    names.update(t.id for t in targets if isinstance(t, ast.Name))
+                    if "__slots__" in map(ast.unparse, targets) and member.value is not None:
+                        constants = (c for c in ast.walk(member.value) if isinstance(c, ast.Constant))
+                        names.update(c.value for c in constants if isinstance(c.value, str))
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            if not own or (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                names.add(node.attr)
+        elif not own and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif not own and isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def opentelemetry_aliases(tree: ast.AST) -> set[str]:
+    """The local names a module binds to OpenTelemetry modules (``import opentelemetry.context as otel_context``, ``from opentelemetry.sdk import trace``)."""
+    aliases: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("opentelemetry"):
+                    aliases.add(alias.asname or alias.name.partition(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+            for alias in node.names:
+                if alias.name[:1].islower():  # a module (classes and constants are capitalised)
+                    aliases.add(alias.asname or alias.name)
+    return aliases
+
+
+def private_opentelemetry_uses(path: Path, otel_private: frozenset[str]) -> list[str]:
+    """Where a module, outside ``if TYPE_CHECKING:``, imports a private OpenTelemetry module or name, uses a private attribute of an OpenTelemetry module, or uses on anything but ``self``/``cls`` an attribute name that is private in OpenTelemetry and not defined by the module's own classes."""
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    aliases = opentelemetry_aliases(tree)
+    suspect = otel_private - private_names_defined(tree, own=True)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Import):
+            found += [f"{where}: import {a.name}" for a in node.names if "._" in f".{a.name}"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+            names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if "._" in f".{node.module}" or names:
+                found.append(f"{where}: from {node.module} import {', '.join(a.name for a in node.names)}")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner in aliases or (node.attr in suspect and owner not in ("self", "cls")):
+                found.append(f"{where}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_private_opentelemetry_name_outside_the_seam():
+    """No module but sdk/otel_internals.py imports a private OpenTelemetry module or name, uses a private attribute of an OpenTelemetry module, or reaches for an attribute name that is private in OpenTelemetry's classes (its own classes' names aside)."""
+    otel_private = opentelemetry_private_names()
+    assert {"_context", "_attributes", "_dict", "_RUNTIME_CONTEXT", "_resource"} <= otel_private
+    found = [
+        use
+        for name, path in MODULES.items()
+        if name != SEAM
+        for use in private_opentelemetry_uses(path, otel_private)
+    ]
+    assert found == []
+    # The check finds what it is for: the seam itself uses such names.
+    assert private_opentelemetry_uses(MODULES[SEAM], otel_private)

@@ -37,7 +37,9 @@ NOT_TELEMETRY = frozenset(
         "openai.resources.chat.completions.completions", "openai.resources.embeddings",
         "openai.resources.responses.responses", "sdk.export.meters", "sdk.instrumentation.agents",
         "sdk.instrumentation.anthropic", "sdk.instrumentation.autogen", "sdk.instrumentation.langgraph",
-        "sdk.instrumentation.openai", "sessiontrace.hooks", "pricing.json", "pyproject.toml", "sessiontrace.toml",
+        "sdk.instrumentation.openai", "sdk.instrumentation.genai", "sdk.instrumentation.openai_responses",
+        "opentelemetry.metrics", "opentelemetry.exporter.otlp.proto.common._internal._encode_attributes",
+        "sessiontrace.hooks", "pricing.json", "pyproject.toml", "sessiontrace.toml",
         "sessions.db",
         # patch names shown in messages, process-state registrations, the public API's names
         "anthropic.messages.create", "anthropic.messages.stream", "openai.chat.completions.create",

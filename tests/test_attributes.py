@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_value
 
 import sdk
@@ -72,10 +72,9 @@ def assert_valid_attribute(value: object) -> None:
     else:
         assert _valid_scalar(value), f"{type(value).__name__}: {value!r}"
     with otel_warnings() as records:
-        cleaned = _clean_attribute_value(value, None)
+        # (OpenTelemetry's own cleaner, _clean_attribute_value, is private: absent in 1.43-1.44.)
         attributes = BoundedAttributes(attributes={"k": value}, max_value_len=None)
     assert records == []
-    assert same(cleaned, value)
     assert same(attributes["k"], value)
     _encode_value(value).SerializeToString()  # the OTLP exporter can send it
 

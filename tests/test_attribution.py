@@ -65,7 +65,8 @@ async def test_an_asyncio_task_in_a_fresh_context_with_a_traceparent_lands_in_th
         with tracer.start_as_current_span("handled", context=extract(headers)):
             await asyncio.sleep(0)
 
-    consumer = asyncio.get_running_loop().create_task(consume(), context=contextvars.Context())
+    # create_task(context=) is Python 3.11+: a task copies the context it is created in.
+    consumer = contextvars.Context().run(asyncio.get_running_loop().create_task, consume())
     async with sdk.session("async-producer") as s:
         with tracer.start_as_current_span("publish"):
             await inbox.put(traceparent_only())

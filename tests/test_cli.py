@@ -188,8 +188,12 @@ def test_doctor_defaults(tmp_path):
     for name in SETTINGS:
         assert setting_row(result.stdout, name)[1] == "default"
     assert setting_row(result.stdout, "service_name")[0] == "unknown_service"
-    assert labelled(result.stdout, "opentelemetry-api") == metadata.version("opentelemetry-api")
-    assert labelled(result.stdout, "opentelemetry-sdk") == metadata.version("opentelemetry-sdk")
+    lines = (re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines())
+    integrations = {
+        cells[0]: cells[1:] for cells in lines if len(cells) == 4
+    }  # PACKAGE VERSION SUPPORTED STATUS
+    for package in ("opentelemetry-api", "opentelemetry-sdk"):
+        assert integrations[package] == [metadata.version(package), ">=1.30,<2", "ok"]
     assert labelled(result.stdout, "sessiontrace") == metadata.version("sessiontrace")
     assert labelled(result.stdout, "python").startswith(".".join(map(str, sys.version_info[:3])))
     assert "exporter: file" in result.stdout
@@ -198,6 +202,34 @@ def test_doctor_defaults(tmp_path):
     assert labelled(result.stdout, "traces folder") == str(data_dir / "traces")
     assert labelled(result.stdout, "check").startswith("writable")
     assert not data_dir.exists(), "doctor must not create the data folder"
+
+
+def test_doctor_ranges_are_the_ones_pyproject_declares():
+    """Each range doctor shows has the floor (and the ceiling, where there is one) that pyproject.toml declares for the package, so the two cannot drift apart."""
+    from packaging.requirements import Requirement
+
+    from sdk.cli import integrations
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
+    extras = (r for name, reqs in project["optional-dependencies"].items() if name != "dev" for r in reqs)
+    declared = {
+        req.name: {str(s) for s in req.specifier}
+        for req in map(Requirement, [*project["dependencies"], *extras])
+    }
+    checked = []
+    for package, _, supported in integrations():
+        if package not in declared:
+            continue  # protobuf: OpenTelemetry's exporters choose it
+        bounds = {s for s in declared[package] if s.startswith((">", "<"))}
+        assert bounds <= set(supported.split(",")), (package, supported, declared[package])
+        checked.append(package)
+    assert {"opentelemetry-sdk", "openai", "anthropic", "langgraph", "agency-swarm", "redis"} <= set(checked)
 
 
 def test_doctor_env_sources_and_masked_headers(tmp_path):

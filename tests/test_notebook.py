@@ -26,6 +26,7 @@ from nbformat import NotebookNode
 
 import sdk
 from sdk.export.jsonl import read_otlp_json_spans
+from sdk.version import installed_version, release
 
 pytestmark = pytest.mark.subprocess
 
@@ -204,6 +205,20 @@ def test_reinit_regression_one_session_one_span_per_cell(tmp_path, kernel_dirs):
     assert len(spans.all) == 1 + 5 + 2 + 1 + 1
 
 
+def test_cell_spans_carry_the_count_the_kernel_shows(tmp_path, kernel_dirs):
+    """Each cell's span has the execution count the kernel shows for that cell: IPython 8 and 9.0-9.7 count a cell after pre_run_cell, 9.8+ before it (the compat matrix runs both)."""
+    nb = execute(
+        ["import sdk\nsdk.init(auto_start_session=True)", "x = 1", "y = x + 1"], tmp_path, kernel_dirs
+    )
+    no_hook_errors(nb)
+    assert [cell.execution_count for cell in nb.cells] == [1, 2, 3]
+    cells = Spans(tmp_path).cells()
+    counts = [int(attrs(c)["notebook.cell.execution_count"]) for c in cells]
+    assert sorted(counts)[-2:] == [2, 3]
+    assert len(set(counts)) == len(counts)
+    assert all(c["name"] == f"cell[{n}]" for c, n in zip(cells, counts, strict=True))
+
+
 # --- one kernel for the %%session cells --------------------------------------------------------
 
 SESSION_CELLS = [
@@ -356,6 +371,12 @@ def test_summary_shows_llm_usage_and_backend_link(session_run):
     assert "LLM" not in html_summary(nb, 1)  # shown only when the session has such attributes
 
 
+@pytest.mark.xfail(
+    sys.version_info < (3, 11) and release(installed_version("ipykernel") or "0") >= (7, 1),
+    reason="Python 3.10 with ipykernel >= 7.1: the next cell's span lands in a session an earlier cell "
+    "started and ended (docs/compatibility.md)",
+    strict=True,
+)
 def test_session_line_magic_shows_and_replaces_the_auto_session(session_run):
     """``%session`` shows the auto session; ``%session new NAME`` ends it and starts another, which later cells join."""
     nb, spans = session_run

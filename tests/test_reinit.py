@@ -293,9 +293,10 @@ def test_application_provider_installed_first_gets_sdk_processing(tmp_path):
 
 @pytest.mark.subprocess
 def test_import_sdk_loads_no_optional_or_heavy_modules(tmp_path):
-    """`import sdk` imports no IPython, grpc, redis, openai, anthropic, requests or exporter modules."""
+    """`import sdk` imports no IPython, grpc, redis, openai, anthropic, requests or exporter modules, nor wrapt, beyond what OpenTelemetry's API and SDK import themselves (1.30's API imports wrapt)."""
     script = (
-        "import sys, json; import sdk; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "import sys, json; import opentelemetry.trace, opentelemetry.sdk.trace; before = set(sys.modules); "
+        "import sdk; print(json.dumps(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
         "{'IPython', 'grpc', 'redis', 'openai', 'anthropic', 'requests', 'google', 'wrapt'} "
         "or m.startswith('opentelemetry.exporter'))))"
     )

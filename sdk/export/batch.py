@@ -40,9 +40,9 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from sdk.export.deferred import DeferredExporter
 from sdk.export.spool import Spool
 from sdk.guard import internal_error, report_due_warnings, warn_every, warn_once
+from sdk.otel_internals import suppressed_context
 from sdk.state import STATE
 
-_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _THREAD_PREFIX = "sessiontrace-"
 
 
@@ -268,7 +268,7 @@ class BatchExportProcessor(SpanProcessor):
             STATE.counters.spans_dropped_queue_full.add()
 
     def _run(self) -> None:
-        otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        otel_context.attach(suppressed_context())
         warm = getattr(self.exporter, "warm", None)
         start_building = getattr(self.exporter, "start_building", None)
         if self._spill is not None and start_building is not None:

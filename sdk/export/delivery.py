@@ -40,10 +40,10 @@ from sdk.export.encode import encode_spans
 from sdk.export.otlp import Endpoint, Sender, SendResult, make_sender
 from sdk.export.spool import Spool, SpoolFile
 from sdk.guard import internal_error, warn_every, warn_once
+from sdk.otel_internals import suppressed_context
 from sdk.state import STATE
 
 logger = logging.getLogger("sessiontrace")
-_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _MAX_BACKOFF = 30.0
 MAX_FRESH = 16
 """Batches written moments ago kept in memory too, so the sender does not read them back; past it
@@ -328,7 +328,7 @@ class SpoolingExporter(SpanExporter):
                 self._resender = None
 
     def _send_loop(self) -> None:
-        otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        otel_context.attach(suppressed_context())
         backoff = self._retry_interval
         wait = backoff if self._down else 0.0
         while True:

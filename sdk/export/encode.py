@@ -21,6 +21,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from sdk.otel_internals import encode_attribute, span_fields, span_origin
 from sdk.state import STATE
 
 _fixed64 = struct.Struct("<Q").pack
@@ -114,10 +115,7 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 def _fallback_key_value(key: str, value: Any) -> bytes:
-    from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes
-
-    encoded = _encode_attributes({key: value})  # logs and skips what it cannot encode, as it would
-    return encoded[0].SerializeToString() if encoded else b""
+    return encode_attribute(key, value)  # logs and skips what it cannot encode, as OpenTelemetry would
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -217,41 +215,36 @@ def _status(status: Any) -> bytes:
 
 def encode_span(span: ReadableSpan) -> bytes:
     """One Span message's bytes."""
-    context = span._context
+    context, parent, name, kind, start_time, end_time, attributes, events, links, status = span_fields(span)
     assert context is not None
-    parent = span._parent
     out = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big"),
         _trace_state(context.trace_state),
     ]
     if parent is not None:
         out.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    name = span._name
     if name:
         out.append(_field(b"\x2a", name.encode("utf-8")))
-    out.append(_KIND[span._kind.value])
-    if span._start_time:
-        out.append(b"\x39" + _fixed64(span._start_time))
-    if span._end_time:
-        out.append(b"\x41" + _fixed64(span._end_time))
-    attributes = span._attributes
+    out.append(_KIND[kind.value])
+    if start_time:
+        out.append(b"\x39" + _fixed64(start_time))
+    if end_time:
+        out.append(b"\x41" + _fixed64(end_time))
     out.append(_attributes(b"\x4a", attributes))
     dropped = getattr(attributes, "dropped", 0)
     if dropped:
         out.append(b"\x50" + _varint(dropped))
-    events = span._events
     if events:
         out.append(_events(events))
     dropped = getattr(events, "dropped", 0)
     if dropped:
         out.append(b"\x60" + _varint(dropped))
-    links = span._links
     if links:
         out.append(_links(links))
     dropped = getattr(links, "dropped", 0)
     if dropped:
         out.append(b"\x70" + _varint(dropped))
-    out.append(_status(span._status))
+    out.append(_status(status))
     out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(out)
 
@@ -261,8 +254,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     OpenTelemetry groups them (equal resources and scopes share one group)."""
     groups: dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytes]]] = {}
     for span in spans:
-        resource = span._resource
-        scope = span._instrumentation_scope or None
+        resource, scope = span_origin(span)
+        scope = scope or None
         resource_key = (_cached(resource, _resource), resource.schema_url or "")
         scope_key = (_cached(scope, _scope), scope.schema_url or "") if scope is not None else (b"", "")
         by_scope = groups.get(resource_key)

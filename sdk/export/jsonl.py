@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -43,6 +45,10 @@ except ImportError:  # pragma: no cover - Windows: no locks; torn tails are stil
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 _TAIL_CHUNK = 64 * 1024
+_KEY_STRINDEX = "key_strindex" in KeyValue.DESCRIPTOR.fields_by_name
+_ENTITY_REFS = "entity_refs" in Resource.DESCRIPTOR.fields_by_name
+"""Whether this opentelemetry-proto has OTLP's newer fields (a key in the string table, a resource's
+entity references); older releases (1.30's) have neither."""
 
 
 def _hex_ids(obj: dict[str, Any]) -> None:
@@ -100,7 +106,7 @@ def _resource(resource: Any) -> dict[str, Any]:
         item["attributes"] = _attributes(resource.attributes)
     if resource.dropped_attributes_count:
         item["droppedAttributesCount"] = resource.dropped_attributes_count
-    if len(resource.entity_refs):
+    if _ENTITY_REFS and len(resource.entity_refs):
         item.update(MessageToDict(resource, use_integers_for_enums=True))  # rare: the generic way
     return item
 
@@ -198,7 +204,7 @@ def _attributes(attributes: Any) -> list[dict[str, Any]]:
             item["key"] = pair.key
         if pair.HasField("value"):
             item["value"] = _value(pair.value)
-        if pair.key_strindex:
+        if _KEY_STRINDEX and pair.key_strindex:
             item["keyStrindex"] = pair.key_strindex
         out.append(item)
     return out

@@ -29,6 +29,7 @@ from opentelemetry.util.types import Attributes
 
 from sdk.counters import Counter
 from sdk.guard import internal_error
+from sdk.otel_internals import global_meter_provider_unset, metrics_reader_supported
 from sdk.semconv import METER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
@@ -290,7 +291,7 @@ class MetricsHandle:
             "by session.score.name and session.score.source.",
             explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
         )
-        if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
+        if global_meter_provider_unset():
             metrics.set_meter_provider(self.provider)  # the application set none: ours is the global one
 
     def attach(self, endpoint: Endpoint, resource: Resource, interval: float) -> MetricsCompanion:
@@ -345,6 +346,8 @@ class MetricsHandle:
     def _build(self) -> None:
         self._hurry.wait(BUILD_DELAY)
         try:
+            if not metrics_reader_supported():  # said once in a warning, counted in stats()
+                return
             from sdk.export.metrics import MetricsPipeline  # imports the metrics SDK: off init()'s path
 
             pipeline = MetricsPipeline(self.recorder)

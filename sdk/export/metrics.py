@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, MetricsData, Resource
 from opentelemetry.sdk.resources import Resource
 
 from sdk.guard import internal_error, warn_once
+from sdk.otel_internals import suppressed_context
 from sdk.semconv import METER_NAME
 from sdk.state import STATE
 from sdk.version import __version__
@@ -85,7 +86,7 @@ class _SwappableReader(MetricReader):
     def _loop(self) -> None:
         from opentelemetry import context as otel_context
 
-        otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        otel_context.attach(suppressed_context())
         next_at = time.monotonic() + self.interval
         while True:
             self._wake.wait(max(next_at - time.monotonic(), 0.0))
@@ -111,9 +112,7 @@ class _SwappableReader(MetricReader):
             from opentelemetry import context as otel_context
 
             # Also when called from the program's thread (sdk.flush()): the SDK's requests are not traced.
-            token = otel_context.attach(
-                otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
-            )
+            token = otel_context.attach(suppressed_context())
             try:
                 self.collect(timeout_millis=max(deadline - time.monotonic(), 0.001) * 1000)
             except MetricsTimeoutError:

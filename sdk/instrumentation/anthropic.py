@@ -24,7 +24,7 @@ _MESSAGES_MODULE = "anthropic.resources.messages.messages"
 _CLIENT_MODULE = "anthropic._base_client"
 _NATIVE_SPAN = "anthropic native span (suppressed inside recorded calls)"
 
-SUPPORTED = ">=0.40,<3"
+SUPPORTED = ">=1.0,<3"
 """The anthropic versions whose module layout the patches are written for (docs/compatibility.md)."""
 
 
@@ -338,8 +338,9 @@ INSTRUMENTOR = Instrumentor(
             _async_stream_helper,
             "anthropic.messages.stream (async)",
         ),
-        # Releases before 2.x start no span of their own: nothing to suppress there.
+        # Releases before 1.14 start no span of their own: nothing to suppress there.
         Patch(_CLIENT_MODULE, None, "start_api_call_span", _native_span, _NATIVE_SPAN, optional=True),
     ),
+    requires=("sdk.instrumentation.genai",),
 )
 """``messages.create`` (``stream=True`` included) and the ``messages.stream`` helper, sync and async."""

@@ -16,15 +16,15 @@ and is never a silent no-op.
 from __future__ import annotations
 
 import functools
-import re
+import importlib
 import sys
 import types
 from collections.abc import Callable
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdk.guard import internal_error, warn_once
 from sdk.state import STATE
+from sdk.version import in_range, installed_version
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
@@ -153,64 +153,27 @@ class Patch(NamedTuple):
     """Absent from some supported versions: no warning when missing."""
 
 
-_VERSION_PART = re.compile(r"\d+")
-_SPEC = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([0-9][0-9A-Za-z.]*)\s*")
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release of a version (``2.0.0rc1`` -> (2, 0, 0)), for range checks."""
-    parts: list[int] = []
-    for piece in version.split(".")[:4]:
-        match = _VERSION_PART.match(piece)
-        if match is None:
-            break
-        parts.append(int(match.group()))
-        if match.end() != len(piece):
-            break
-    return tuple(parts)
-
-
-def in_range(version: str, spec: str) -> bool:
-    """Whether `version` satisfies `spec` (comparisons joined by commas: ``>=1.68,<4``)."""
-    have = release(version)
-    for clause in spec.split(","):
-        match = _SPEC.fullmatch(clause)
-        if match is None:
-            raise ValueError(f"not a version range: {spec!r}")
-        op, bound = match.group(1), release(match.group(2))
-        width = max(len(have), len(bound))
-        a, b = have + (0,) * (width - len(have)), bound + (0,) * (width - len(bound))
-        if not {
-            ">=": a >= b,
-            "<=": a <= b,
-            "==": a == b,
-            "!=": a != b,
-            ">": a > b,
-            "<": a < b,
-        }[op]:
-            return False
-    return True
-
-
-def installed_version(package: str) -> str | None:
-    """The installed distribution's version, or None."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 class Instrumentor:
     """The patches of one library, applied once its modules are imported (see the module docstring)."""
 
-    def __init__(self, name: str, package: str, supported: str, patches: tuple[Patch, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        package: str,
+        supported: str,
+        patches: tuple[Patch, ...],
+        requires: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
         self.package = package
         self.supported = supported
         self.patches = patches
+        self.requires = requires
+        """SDK modules the wrappers import when they run: imported before patching, so that a failure
+        there (a dependency too old) leaves the library unpatched instead of raising into its calls."""
 
     def instrumentation_dependencies(self) -> tuple[str, ...]:
-        """The supported versions, as OpenTelemetry's instrumentors declare them (``openai >= 1.68, < 4``)."""
+        """The supported versions, as OpenTelemetry's instrumentors declare them (``openai >= 1.66, < 4``)."""
         return (f"{self.package} {self.supported.replace(',', ', ')}",)
 
     @property
@@ -254,6 +217,12 @@ class Instrumentor:
 
     def _on_import(self, module: types.ModuleType) -> None:
         if not self.instrumented or not self.version_supported():
+            return
+        try:
+            for name in self.requires:
+                importlib.import_module(name)
+        except Exception as exc:
+            internal_error(f"{self.name} instrumentation (its calls are not recorded)", exc)
             return
         for patch in self.patches:
             if patch.module != module.__name__:

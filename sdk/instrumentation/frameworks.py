@@ -43,11 +43,11 @@ from opentelemetry.trace import SpanKind
 from sdk import runtime
 from sdk.attributes import write_attributes
 from sdk.guard import warn_once
-from sdk.instrumentation.base import installed_version
 from sdk.semconv import MAX_ID_LENGTH, SPAN_KIND, SessionState
 from sdk.session_api import session
 from sdk.session_core import Session, session_for_trace
 from sdk.state import STATE
+from sdk.version import installed_version
 
 if TYPE_CHECKING:
     from sdk.instrumentation.genai import LLMCall, ModelCallMark

@@ -477,7 +477,14 @@ def _handle(call: LLMCall, handler: ChunkHandler, chunk: Any) -> None:
         internal_error(f"{call.provider} stream chunk", exc)
 
 
-class SyncStream(wrapt.ObjectProxy[Any]):
+if TYPE_CHECKING:
+    ObjectProxy = wrapt.ObjectProxy[Any]
+else:  # subscriptable only from wrapt 2.2; the supported floor is 1.16
+    ObjectProxy = wrapt.ObjectProxy
+"""wrapt's transparent proxy, as the proxies of a client's streams and responses subclass it."""
+
+
+class SyncStream(ObjectProxy):
     """A client's stream as the program sees it (isinstance and attributes unchanged), recorded."""
 
     def __init__(self, wrapped: Any, call: LLMCall, handler: ChunkHandler) -> None:
@@ -521,7 +528,7 @@ class SyncStream(wrapt.ObjectProxy[Any]):
             self._self_call.end(stream_end="closed")
 
 
-class AsyncStream(wrapt.ObjectProxy[Any]):
+class AsyncStream(ObjectProxy):
     """A client's async stream as the program sees it, recorded (see `SyncStream`)."""
 
     def __init__(self, wrapped: Any, call: LLMCall, handler: ChunkHandler) -> None:

@@ -29,7 +29,7 @@ _CHAT_MODULE = "openai.resources.chat.completions.completions"
 _RESPONSES_MODULE = "openai.resources.responses.responses"
 _EMBEDDINGS_MODULE = "openai.resources.embeddings"
 
-SUPPORTED = ">=1.68,<4"
+SUPPORTED = ">=1.66,<4"
 """The openai versions whose module layout the patches are written for (docs/compatibility.md)."""
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +353,8 @@ class _ResponsesStream:
         from sdk.instrumentation.genai import get
 
         kind = get(event, "type")
+        if kind is None and get(event, "event") == "error":  # openai < 1.98 yields it untyped: {event, data}
+            kind, event = "error", get(event, "data") or event
         response = get(event, "response")
         if kind in ("response.completed", "response.incomplete", "response.failed") and response is not None:
             responses_result(call, response)
@@ -514,5 +516,6 @@ INSTRUMENTOR = Instrumentor(
             Patch(module, f"Async{owner}", "create", _async_wrapper(api), f"{name} (async)"),
         )
     ),
+    requires=("sdk.instrumentation.genai", "sdk.instrumentation.openai_responses"),
 )
 """``chat.completions.create``, ``responses.create`` and ``embeddings.create``, sync and async."""

@@ -15,10 +15,9 @@ import weakref
 from typing import Any
 
 import openai
-import wrapt
 
 from sdk.guard import internal_error
-from sdk.instrumentation.genai import AsyncStream, LLMCall, SyncStream
+from sdk.instrumentation.genai import AsyncStream, LLMCall, ObjectProxy, SyncStream
 
 
 def _end_unparsed(call: LLMCall, parsed: list[bool]) -> None:
@@ -71,7 +70,7 @@ class _Recording:
         self.call.end(stream_end="closed" if self.stream is not None else None)
 
 
-class _RecordedResponse(wrapt.ObjectProxy[Any]):
+class _RecordedResponse(ObjectProxy):
     """A response object (``with_raw_response``, sync ``with_streaming_response``) whose ``parse()`` is recorded."""
 
     def __init__(self, wrapped: Any, recording: _Recording) -> None:
@@ -91,7 +90,7 @@ class _RecordedResponse(wrapt.ObjectProxy[Any]):
             self._self_recording.closed()
 
 
-class _AsyncRecordedResponse(wrapt.ObjectProxy[Any]):
+class _AsyncRecordedResponse(ObjectProxy):
     """An async ``with_streaming_response`` response whose ``await parse()`` is recorded."""
 
     def __init__(self, wrapped: Any, recording: _Recording) -> None:
