@@ -51,6 +51,8 @@ def _truncate(text: str, max_length: int) -> str:
 def to_attribute_value(value: Any, max_length: int) -> AttributeValue:
     """A valid attribute value for anything: scalars pass, homogeneous sequences become lists,
     everything else becomes its text; strings longer than `max_length` are truncated."""
+    if type(value) is str and len(value) <= max_length and value.isascii():
+        return value  # the common case (names, ids), without the conversion's checks
     try:
         return _convert(value, max_length)
     except Exception:  # an object that defeats even the fallbacks (e.g. a raising __class__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from importlib import metadata
 
 __version__ = "0.1.0"
 
@@ -48,6 +47,8 @@ def in_range(version: str, spec: str) -> bool:
 
 def installed_version(package: str) -> str | None:
     """The installed distribution's version, or None."""
+    from importlib import metadata  # email, zipfile, csv...: 7 ms that `import sdk` need not pay
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
