@@ -210,22 +210,23 @@ def _code_names(function: Any) -> frozenset[str]:
     return frozenset(code.co_names) if code is not None else frozenset()
 
 
+_SPAN_FIELDS = (
+    "_context",
+    "_parent",
+    "_name",
+    "_kind",
+    "_start_time",
+    "_end_time",
+    "_attributes",
+    "_events",
+    "_links",
+    "_status",
+)
+_SPAN_ORIGIN = ("_resource", "_instrumentation_scope")
+
+
 def _probe_span_fields() -> bool:
-    wanted = {
-        "_context",
-        "_parent",
-        "_name",
-        "_kind",
-        "_start_time",
-        "_end_time",
-        "_attributes",
-        "_events",
-        "_links",
-        "_status",
-        "_resource",
-        "_instrumentation_scope",
-    }
-    return wanted <= _code_names(ReadableSpan.__init__)
+    return {*_SPAN_FIELDS, *_SPAN_ORIGIN} <= _code_names(ReadableSpan.__init__)
 
 
 def _probe_bounded_attributes() -> bool:
@@ -451,20 +452,7 @@ def _fields_public(
 
 
 span_fields: Callable[[ReadableSpan], tuple[Any, ...]] = (
-    operator.attrgetter(
-        "_context",
-        "_parent",
-        "_name",
-        "_kind",
-        "_start_time",
-        "_end_time",
-        "_attributes",
-        "_events",
-        "_links",
-        "_status",
-    )
-    if _FAST_SPANS
-    else _fields_public
+    operator.attrgetter(*_SPAN_FIELDS) if _FAST_SPANS else _fields_public
 )
 """(context, parent, name, kind, start_time, end_time, attributes, events, links, status) of a
 span; the attributes, events and links have a ``dropped`` count."""
@@ -475,7 +463,7 @@ def _origin_public(span: ReadableSpan) -> tuple[Resource, Any]:
 
 
 span_origin: Callable[[ReadableSpan], tuple[Any, Any]] = (
-    operator.attrgetter("_resource", "_instrumentation_scope") if _FAST_SPANS else _origin_public
+    operator.attrgetter(*_SPAN_ORIGIN) if _FAST_SPANS else _origin_public
 )
 """(resource, instrumentation scope) of a span."""
 
