@@ -670,7 +670,10 @@ class Activation:
         session._activated = self
 
     def undo(self) -> None:
-        detach_quietly(self.otel_token)
+        if not detach_quietly(self.otel_token):
+            # Undone in a copy of the context that made it current (on Python 3.10, ipykernel 7.1+ runs
+            # each cell in a copy of the last one's context), where the token cannot reset.
+            otel_context.attach(self.previous_ctx)
         try:
             STATE.current_session.reset(self.session_token)
         except ValueError:  # undone from another context than the one that made it current
@@ -743,18 +746,21 @@ def end_span(span: Span, error: BaseException | None = None) -> None:
             internal_error("span end", exc)
 
 
-def detach_quietly(token: object) -> None:
+def detach_quietly(token: object) -> bool:
     """Detach an OpenTelemetry context token; a token from another context is ignored, not logged.
 
     ``opentelemetry.context.detach`` logs "Failed to detach context" in that case, which happens
-    legitimately when a generator or async generator is closed from another task.
+    legitimately when a generator or async generator is closed from another task. Returns whether
+    the token was detached.
     """
     try:
         otel_internals.detach(token)
     except ValueError:
-        pass
+        return False
     except Exception as exc:
         internal_error("context detach", exc)
+        return False
+    return True
 
 
 def current_session() -> Session | None:
