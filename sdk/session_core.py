@@ -670,14 +670,17 @@ class Activation:
         session._activated = self
 
     def undo(self) -> None:
-        if not detach_quietly(self.otel_token):
-            # Undone in a copy of the context that made it current (on Python 3.10, ipykernel 7.1+ runs
-            # each cell in a copy of the last one's context), where the token cannot reset.
+        # A token resets only in the context that made it. Undone elsewhere, the session is put away
+        # only where it is still current: a copy of that context (on Python 3.10, ipykernel 7.1+ runs
+        # each cell in a copy of the last one's), not another task closing a generator of it.
+        current_here = STATE.current_session.get() is self.session
+        if not detach_quietly(self.otel_token) and current_here:
             otel_context.attach(self.previous_ctx)
         try:
             STATE.current_session.reset(self.session_token)
-        except ValueError:  # undone from another context than the one that made it current
-            STATE.current_session.set(self.previous)
+        except ValueError:
+            if current_here:
+                STATE.current_session.set(self.previous)
         if self.session._activated is self:
             self.session._activated = None
         restored = STATE.current_session.get()

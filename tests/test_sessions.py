@@ -188,6 +188,40 @@ def test_session_ended_in_a_copy_of_its_context_is_not_current_there(captured, t
     assert captured.named("after").parent is None
 
 
+async def test_a_session_generator_closed_by_another_task_leaves_that_tasks_context_alone(captured, tracer):
+    """An async generator that made a session current (``session.use()``), closed by another task, leaves that task's current span and session alone."""
+
+    session = sdk.session("generator").start()  # not made current here
+
+    async def numbers():
+        with session.use():
+            yield 1
+            yield 2
+
+    async def consume():
+        with tracer.start_as_current_span("consumer"):
+            agen = numbers()
+            await agen.__anext__()
+            return agen
+
+    agen = await asyncio.create_task(consume())
+
+    async def close_it() -> None:
+        with tracer.start_as_current_span("closer") as closer:
+            await agen.aclose()
+            assert trace.get_current_span() is closer
+            assert sdk.current_session() is None
+            with tracer.start_as_current_span("after"):
+                pass
+
+    await asyncio.create_task(close_it())
+    session.end()
+    after, closer = captured.named("after"), captured.named("closer")
+    assert after.parent is not None
+    assert after.parent.span_id == closer.context.span_id
+    assert "session.id" not in after.attributes
+
+
 def test_nested_session_is_own_trace_linked_to_outer(captured, tracer):
     """A session inside another is its own trace, linked to the outer session, and restores it on exit."""
     with sdk.session("outer") as outer:
