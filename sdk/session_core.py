@@ -670,11 +670,17 @@ class Activation:
         session._activated = self
 
     def undo(self) -> None:
-        detach_quietly(self.otel_token)
+        # A token resets only in the context that made it. Undone elsewhere, the session is put away
+        # only where it is still current: a copy of that context (on Python 3.10, ipykernel 7.1+ runs
+        # each cell in a copy of the last one's), not another task closing a generator of it.
+        current_here = STATE.current_session.get() is self.session
+        if not detach_quietly(self.otel_token) and current_here:
+            otel_context.attach(self.previous_ctx)
         try:
             STATE.current_session.reset(self.session_token)
-        except ValueError:  # undone from another context than the one that made it current
-            STATE.current_session.set(self.previous)
+        except ValueError:
+            if current_here:
+                STATE.current_session.set(self.previous)
         if self.session._activated is self:
             self.session._activated = None
         restored = STATE.current_session.get()
@@ -743,18 +749,21 @@ def end_span(span: Span, error: BaseException | None = None) -> None:
             internal_error("span end", exc)
 
 
-def detach_quietly(token: object) -> None:
+def detach_quietly(token: object) -> bool:
     """Detach an OpenTelemetry context token; a token from another context is ignored, not logged.
 
     ``opentelemetry.context.detach`` logs "Failed to detach context" in that case, which happens
-    legitimately when a generator or async generator is closed from another task.
+    legitimately when a generator or async generator is closed from another task. Returns whether
+    the token was detached.
     """
     try:
         otel_internals.detach(token)
     except ValueError:
-        pass
+        return False
     except Exception as exc:
         internal_error("context detach", exc)
+        return False
+    return True
 
 
 def current_session() -> Session | None:

@@ -26,7 +26,6 @@ from nbformat import NotebookNode
 
 import sdk
 from sdk.export.jsonl import read_otlp_json_spans
-from sdk.version import installed_version, release
 
 pytestmark = pytest.mark.subprocess
 
@@ -371,12 +370,6 @@ def test_summary_shows_llm_usage_and_backend_link(session_run):
     assert "LLM" not in html_summary(nb, 1)  # shown only when the session has such attributes
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 11) and release(installed_version("ipykernel") or "0") >= (7, 1),
-    reason="Python 3.10 with ipykernel >= 7.1: the next cell's span lands in a session an earlier cell "
-    "started and ended (docs/compatibility.md)",
-    strict=True,
-)
 def test_session_line_magic_shows_and_replaces_the_auto_session(session_run):
     """``%session`` shows the auto session; ``%session new NAME`` ends it and starts another, which later cells join."""
     nb, spans = session_run

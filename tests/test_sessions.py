@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import warnings
 
@@ -168,6 +169,57 @@ def test_start_session_is_current_until_ended(captured, tracer):
     assert captured.named("inside").attributes["session.id"] == s.id
     assert "session.id" not in captured.named("after").attributes
     assert captured.named("after").context.trace_id != int(s.trace_id, 16)
+
+
+def test_session_ended_in_a_copy_of_its_context_is_not_current_there(captured, tracer):
+    """A session start_session() made current, ended in a copy of that context (a later notebook cell on Python 3.10 with ipykernel 7.1+), is no longer current there: nor is its span."""
+    started_in = contextvars.copy_context()
+    s = started_in.run(sdk.start_session, "kept")
+
+    def later_cell() -> None:
+        sdk.end_session(s)
+        assert sdk.current_session() is None
+        with tracer.start_as_current_span("after"):
+            pass
+
+    started_in.copy().run(later_cell)
+    assert "session.id" not in captured.named("after").attributes
+    assert captured.named("after").context.trace_id != int(s.trace_id, 16)
+    assert captured.named("after").parent is None
+
+
+async def test_a_session_generator_closed_by_another_task_leaves_that_tasks_context_alone(captured, tracer):
+    """An async generator that made a session current (``session.use()``), closed by another task, leaves that task's current span and session alone."""
+
+    session = sdk.session("generator").start()  # not made current here
+
+    async def numbers():
+        with session.use():
+            yield 1
+            yield 2
+
+    async def consume():
+        with tracer.start_as_current_span("consumer"):
+            agen = numbers()
+            await agen.__anext__()
+            return agen
+
+    agen = await asyncio.create_task(consume())
+
+    async def close_it() -> None:
+        with tracer.start_as_current_span("closer") as closer:
+            await agen.aclose()
+            assert trace.get_current_span() is closer
+            assert sdk.current_session() is None
+            with tracer.start_as_current_span("after"):
+                pass
+
+    await asyncio.create_task(close_it())
+    session.end()
+    after, closer = captured.named("after"), captured.named("closer")
+    assert after.parent is not None
+    assert after.parent.span_id == closer.context.span_id
+    assert "session.id" not in after.attributes
 
 
 def test_nested_session_is_own_trace_linked_to_outer(captured, tracer):
