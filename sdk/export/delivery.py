@@ -278,7 +278,13 @@ class SpoolingExporter(SpanExporter):
         the next process (counted in spans_spooled), the batch whose request is still in flight too."""
         self._deadline = deadline
         with self._state:
-            while (self._mine or self._held) and not self._down and self._resender_alive():
+            # A backend that was down is waited for only while a request to it is in flight (it may
+            # be back: that answer settles the batch and its files).
+            while (
+                (self._mine or self._held)
+                and (not self._down or self._sending is not None)
+                and self._resender_alive()
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -371,22 +377,22 @@ class SpoolingExporter(SpanExporter):
                 mine = name in self._mine
             if not mine and self._deadline is not None:
                 continue  # shutting down: only this process's batches; others wait for a later sender
-            item = spool.claim(name, *fresh) if fresh is not None else spool.claim(name)
+            timeout = self._timeout()
+            with self._state:  # claimed and in hand in one step: finish() either sees it or prevents it
+                if self._closed or timeout <= 0:  # shutting down: leave it for the next process
+                    first_try, self._held = self._held, False
+                    self._state.notify_all()
+                    if first_try and fresh is not None:
+                        STATE.counters.spans_spooled.add_many(fresh[1])
+                    return "failed"
+                item = spool.claim(name, *fresh) if fresh is not None else spool.claim(name)
+                if item is not None:
+                    self._sending = item
             if item is None:
                 if fresh is not None:  # another process took it from the spool and sends it
                     STATE.counters.spans_spooled.add_many(fresh[1])
                 self._let_go(name)
                 continue
-            timeout = self._timeout()
-            with self._state:
-                if self._closed or timeout <= 0:  # shutting down: leave it for the next process
-                    spool.release(item)
-                    first_try, self._held = self._held, False
-                    self._state.notify_all()
-                    if first_try:
-                        STATE.counters.spans_spooled.add_many(item.count)
-                    return "failed"
-                self._sending = item
             result = sender.send(item.data, timeout)
             with self._state:
                 abandoned = self._abandoned is item
