@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span
 
 from sdk.guard import internal_error
+from sdk.otel_internals import plain_attributes, span_fields, span_origin
 from sdk.semconv import SESSION_END_REASON, SESSION_STATE, SESSION_TAGS, SPAN_KIND, TRACER_NAME
 
 OPENINFERENCE = "openinference"
@@ -170,13 +170,13 @@ class DialectTranslator:
         Only spans of the SDK's tracer are read: another instrumentation's pass at the cost of one
         comparison. Their attributes are copied once, as a plain dict (every lookup after that is a
         dict's, not `BoundedAttributes`' through `Mapping`)."""
-        scope = span.instrumentation_scope
-        attributes = span.attributes
-        if scope is None or scope.name != TRACER_NAME or not attributes:
+        scope = span_origin(span)[1]
+        if scope is None or scope.name != TRACER_NAME:
             return None
-        own: dict[str, Any] = dict(
-            attributes.copy() if isinstance(attributes, MappingProxyType) else attributes
-        )
+        attributes = plain_attributes(span_fields(span)[6])
+        if not attributes:
+            return None
+        own: dict[str, Any] = dict(attributes)
         kind = own.get(SPAN_KIND)
         if kind is None:
             if NOTEBOOK_CELL not in own:

@@ -468,6 +468,22 @@ span_origin: Callable[[ReadableSpan], tuple[Any, Any]] = (
 """(resource, instrumentation scope) of a span."""
 
 
+def _plain_attributes_fast(attributes: Any) -> Mapping[str, Any]:
+    # `BoundedAttributes._dict`: its Mapping methods are Python code, the dict's are C.
+    return attributes._dict if type(attributes) is BoundedAttributes else attributes or {}
+
+
+def _plain_attributes_public(attributes: Any) -> Mapping[str, Any]:
+    return attributes or {}
+
+
+plain_attributes: Callable[[Any], Mapping[str, Any]] = (
+    _plain_attributes_fast if _FAST_ATTRIBUTES else _plain_attributes_public
+)
+"""The mapping to read an ended span's attributes from (the attributes `span_fields` gives; only
+read, never written: the span is frozen)."""
+
+
 def _write_attributes_fast(span: Any, attributes: Mapping[str, Any]) -> None:
     bounded = getattr(span, "_attributes", None)
     if type(bounded) is BoundedAttributes and not bounded._immutable and bounded.max_value_len is None:

@@ -604,16 +604,16 @@ class CurrentSessionSpan(trace.Span):
     `ended_session_grace`.)
     """
 
-    __slots__ = ("_session",)
+    __slots__ = ("_context", "_session")
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._context = session.span.get_span_context()  # read for every span started under it
 
     def get_span_context(self) -> trace.SpanContext:
-        session = self._session
-        if session._ended_elsewhere:
+        if self._session._ended_elsewhere:
             return trace.INVALID_SPAN_CONTEXT
-        return session.span.get_span_context()
+        return self._context
 
     def is_recording(self) -> bool:
         return not self._session._ended_elsewhere and self._session.span.is_recording()

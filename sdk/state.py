@@ -57,17 +57,11 @@ class Clock:
     background threads' own waits (export and store intervals, flush deadlines) stay real time.
     """
 
-    def monotonic(self) -> float:
-        """Seconds on a monotonic clock."""
-        return time.monotonic()
-
-    def monotonic_ns(self) -> int:
-        """Nanoseconds on a monotonic clock."""
-        return time.monotonic_ns()
-
-    def time(self) -> float:
-        """Seconds since the epoch (wall-clock time)."""
-        return time.time()
+    # The C functions themselves (read on every span): `monotonic()` and `monotonic_ns()` on a
+    # monotonic clock, `time()` seconds since the epoch (wall-clock time).
+    monotonic = staticmethod(time.monotonic)
+    monotonic_ns = staticmethod(time.monotonic_ns)
+    time = staticmethod(time.time)
 
 
 DEFAULT_ENDED_SESSION_GRACE = 30.0

@@ -17,6 +17,7 @@ from typing import Any
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status
 
+from sdk.otel_internals import plain_attributes, span_fields, span_origin
 from sdk.redaction import Scrubber
 
 Translate = Callable[[ReadableSpan], "dict[str, Any] | None"]
@@ -40,15 +41,27 @@ def scrub_span(
 ) -> ReadableSpan:
     """One span with its secrets removed (a copy), or the span itself when it has none.
     `translated`: attributes to use instead of the span's own (its dialect attributes added)."""
-    name = scrubber.text(span.name)
-    attributes = scrubber.attributes(translated if translated is not None else span.attributes)
+    (
+        context,
+        parent,
+        span_name,
+        kind,
+        start_time,
+        end_time,
+        raw_attributes,
+        raw_events,
+        raw_links,
+        span_status,
+    ) = span_fields(span)
+    name = scrubber.text(span_name)
+    attributes = scrubber.attributes(
+        translated if translated is not None else plain_attributes(raw_attributes)
+    )
     if attributes is None:
         attributes = translated
-    raw_events = span.events
     events = _events(raw_events, scrubber) if raw_events else None
-    raw_links = span.links
     links = _links(raw_links, scrubber) if raw_links else None
-    status = span.status
+    status = span_status
     description = status.description
     if description:
         clean = scrubber.text(description)
@@ -58,23 +71,24 @@ def scrub_span(
         attributes is None
         and events is None
         and links is None
-        and status is span.status
-        and name == span.name
+        and status is span_status
+        and name == span_name
     ):
         return span
+    resource, scope = span_origin(span)
     return ReadableSpan(
         name=name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
+        context=context,
+        parent=parent,
+        resource=resource,
         attributes=attributes if attributes is not None else span.attributes,
-        events=events if events is not None else raw_events,
-        links=links if links is not None else raw_links,
-        kind=span.kind,
+        events=events if events is not None else span.events,
+        links=links if links is not None else span.links,
+        kind=kind,
         status=status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
+        start_time=start_time,
+        end_time=end_time,
+        instrumentation_scope=scope,
     )
 
 
