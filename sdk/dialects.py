@@ -84,6 +84,7 @@ _CAPTURED = (
     ("sessiontrace.input", INPUT_VALUE, INPUT_MIME_TYPE),
     ("sessiontrace.output", OUTPUT_VALUE, OUTPUT_MIME_TYPE),
 )
+_CAPTURED_KEYS = frozenset(ours for ours, _, _ in _CAPTURED)
 _GENAI_AGENT_NAME = "gen_ai.agent.name"
 _CACHE_WRITE = "gen_ai.usage.cache_write.input_tokens"
 _INPUT_TOKENS = "gen_ai.usage.input_tokens"
@@ -209,7 +210,7 @@ class DialectTranslator:
                 openinference_llm(attributes, extra, embedding=oi_kind == "EMBEDDING")
             elif kind == "tool":
                 openinference_tool(attributes, extra)
-            moved = any(ours in attributes for ours, _, _ in _CAPTURED)
+            moved = not _CAPTURED_KEYS.isdisjoint(attributes)
         if self.langfuse:
             if kind == "llm":
                 usage = langfuse_usage(attributes)
