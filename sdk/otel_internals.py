@@ -431,12 +431,19 @@ class _CountedList(list[Any]):
 def _fields_public(
     span: ReadableSpan,
 ) -> tuple[SpanContext | None, SpanContext | None, str, Any, int | None, int | None, Any, Any, Any, Status]:
-    attributes = _Counted(span.attributes or {})
-    attributes.dropped = span.dropped_attributes
-    events = _CountedList(span.events)
-    events.dropped = span.dropped_events
-    links = _CountedList(span.links)
-    links.dropped = span.dropped_links
+    attributes: Any = span.attributes or {}
+    events: Any = span.events
+    links: Any = span.links
+    # Copied only to carry a count (readers take a missing `dropped` as 0).
+    if span.dropped_attributes:
+        attributes = _Counted(attributes)
+        attributes.dropped = span.dropped_attributes
+    if span.dropped_events:
+        events = _CountedList(events)
+        events.dropped = span.dropped_events
+    if span.dropped_links:
+        links = _CountedList(links)
+        links.dropped = span.dropped_links
     return (
         span.context,
         span.parent,
@@ -455,7 +462,8 @@ span_fields: Callable[[ReadableSpan], tuple[Any, ...]] = (
     operator.attrgetter(*_SPAN_FIELDS) if _FAST_SPANS else _fields_public
 )
 """(context, parent, name, kind, start_time, end_time, attributes, events, links, status) of a
-span; the attributes, events and links have a ``dropped`` count."""
+span; the attributes, events and links may have a ``dropped`` count (read it with
+``getattr(x, "dropped", 0)``)."""
 
 
 def _origin_public(span: ReadableSpan) -> tuple[Resource, Any]:
