@@ -249,7 +249,7 @@ def key_names_secret(key: str, secret_keys: frozenset[str]) -> bool:
 class Scrubber:
     """Removes secrets from text, attribute values and mappings. Never raises for odd input."""
 
-    __slots__ = ("_builtin", "_clean", "_compiled", "_detect", "_key_cache", "_keys", "enabled")
+    __slots__ = ("_builtin", "_clean", "_compiled", "_detect", "_key_cache", "_keys", "_patterns", "enabled")
 
     def __init__(
         self,
@@ -258,7 +258,12 @@ class Scrubber:
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
-        self._compiled = _compile(patterns)
+        self._patterns = tuple(patterns)
+        # The built-in patterns are compiled when a text first needs them (most never does: the
+        # first pass looks for literals); the user's own are compiled now (a bad one raises here).
+        self._compiled: tuple[_Rule, ...] | None = (
+            None if self._patterns == ("builtin",) else _compile(patterns)
+        )
         self._builtin = "builtin" in patterns
         self._detect = _detector(patterns)
         self._clean: dict[str, None] = {}  # short texts already found clean (values repeat a lot)
@@ -289,7 +294,10 @@ class Scrubber:
         own = self._detect is not None and self._detect.search(text) is not None
         if lowered is not None or own:
             scrubbed = text
-            for pattern, replacement, builtin in self._compiled:
+            compiled = self._compiled
+            if compiled is None:
+                compiled = self._compiled = _compile(self._patterns)
+            for pattern, replacement, builtin in compiled:
                 if builtin is None:
                     if own:
                         scrubbed = pattern.sub(replacement, scrubbed)

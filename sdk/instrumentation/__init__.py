@@ -10,6 +10,7 @@ library is patched once, right after it is imported (or at once if it already is
 from __future__ import annotations
 
 import importlib
+import sys
 
 from sdk.instrumentation.base import Instrumentor
 
@@ -48,11 +49,17 @@ def configure(libraries: tuple[str, ...], *, autogen: bool) -> None:
         if name in libraries:
             instrumentor(name).instrument()
         else:
-            instrumentor(name).uninstrument()
+            _uninstrument_if_loaded(name)
     if autogen:
         instrumentor("autogen").instrument()
     else:
-        instrumentor("autogen").uninstrument()
+        _uninstrument_if_loaded("autogen")
+
+
+def _uninstrument_if_loaded(name: str) -> None:
+    """Remove a library's patches; an instrumentor never imported has none (nothing to import for that)."""
+    if LIBRARIES[name] in sys.modules:
+        instrumentor(name).uninstrument()
 
 
 def instrument(*libraries: str) -> None:
