@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import sys
 import time
@@ -550,6 +552,59 @@ def test_sqlite_file_lives_where_it_is_told(tmp_path):
     assert other.get(record.id) == record
     store.close()
     other.close()
+
+
+def test_a_record_is_stored_as_the_json_the_standard_encoder_writes():
+    """`dumps` (the C encoder built once) writes what json.dumps writes: escapes, non-ASCII text,
+    None, special floats; `loads` reads it back."""
+    record = SessionRecord(
+        's-\u00e9"quote"\n',
+        "naïve \u2603 \\ name",
+        "0af7651916cd43dd8448eb211c80319c",
+        None,
+        ("t\x00", "日本"),
+        (
+            Segment(
+                "b7ad6b7169203331",
+                1,
+                "h:1",
+                1.5,
+                float("inf"),
+                "running",
+                None,
+                None,
+                Usage(1, 2, 3, 4, float("nan"), 0),
+            ),
+        ),
+        (Score("rating", 1e-7, "c", "human", 2.25),),
+    )
+    text = dumps(record)
+    assert text == json.dumps(record, separators=(",", ":"))
+    again = loads(text)
+    assert (again.id, again.tags, again.scores) == (record.id, record.tags, record.scores)
+    assert math.isnan(again.segments[0].usage.cost_usd)
+
+
+def test_sqlite_store_follows_its_file_when_it_is_deleted_or_replaced(tmp_path):
+    """The store keeps its connection between writes; a file deleted or replaced meanwhile is
+    noticed: the next write goes to the file at the path (made private again), where readers look."""
+    path = tmp_path / "store" / "sessions.db"
+    store = SQLiteStore(path, expiry=HOUR)
+    first = store.begin_segment(new_record("first"), resume=False)
+    path.unlink()
+    second = store.begin_segment(new_record("second"), resume=False)
+    assert path.stat().st_mode & 0o777 == 0o600
+    reader = SQLiteStore(Path(str(path)), expiry=HOUR)
+    assert reader.get(second.id) == second
+    assert reader.get(first.id) is None  # it went with the deleted file
+    reader.close()
+    path.unlink()
+    replacement = SQLiteStore(path, expiry=HOUR)  # another program puts a new store there
+    third = replacement.begin_segment(new_record("third"), resume=False)
+    replacement.close()
+    fourth = store.begin_segment(new_record("fourth"), resume=False)
+    assert {r.id for r in store.list()} == {third.id, fourth.id}
+    store.close()
 
 
 @requires_redis_server
