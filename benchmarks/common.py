@@ -55,16 +55,23 @@ class NullExporter(SpanExporter):
 
 @dataclass
 class Pipelines:
-    """The SDK's pipeline and the reference one, set up once per benchmark process."""
+    """The SDK's pipeline and the reference one, set up once per benchmark process.
+
+    The SDK's data folder (its session store) is a new temporary folder of this run, removed at
+    exit: a store that earlier runs filled (in the current directory's ``.sessiontrace``) would
+    make each run slower than the last, and the results depend on where the benchmarks ran.
+    """
 
     sdk_exporter: NullExporter
     ref_exporter: NullExporter
     ref_provider: TracerProvider
+    data_dir: str
 
     def reinit(self, **settings: Any) -> None:
         """`sdk.init()` on the same null exporter, with `settings` (none: as `pipelines()` sets it up)."""
         import sdk
 
+        settings.setdefault("data_dir", self.data_dir)
         sdk.init(exporter=self.sdk_exporter, service_name="sessiontrace-benchmarks", **settings)
 
     def flush(self) -> None:
@@ -90,7 +97,9 @@ def pipelines() -> Pipelines:
     ref_exporter = NullExporter()
     ref_provider = TracerProvider(shutdown_on_exit=False)
     ref_provider.add_span_processor(BatchSpanProcessor(ref_exporter))
-    made = Pipelines(NullExporter(), ref_exporter, ref_provider)
+    data_dir = tempfile.mkdtemp(prefix="sessiontrace-bench-data-")
+    atexit.register(shutil.rmtree, data_dir, True)
+    made = Pipelines(NullExporter(), ref_exporter, ref_provider, data_dir)
     made.reinit()
     _pipelines.append(made)
     return made

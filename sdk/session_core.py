@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -231,9 +231,12 @@ class Session:
         """
         from sdk.store import Usage
 
+        return self._usage_now(Usage)
+
+    def _usage_now(self, usage_type: type[Usage]) -> Usage:
         with self._lock:
             calls, tokens_in, tokens_out, cost, errors = self._usage
-        return Usage(
+        return usage_type(
             counted(self._spans), int(calls), int(tokens_in), int(tokens_out), float(cost), int(errors)
         )
 
@@ -522,33 +525,46 @@ class Session:
 
     def store_update(self) -> SegmentUpdate:
         """This segment's state and counters now (the store writer calls this)."""
-        from sdk.store import SegmentUpdate
+        from sdk.store import SegmentUpdate, Usage
 
-        config, ended = self.config, self._ended_ns
-        return SegmentUpdate(
-            session_id=self.id,
-            span_id=self.span_id,
-            last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
-            usage=self.usage,
-            state=self._state.value,
-            reason=stored_text(self._reason, config) if self._reason is not None else None,
-            ended=ended / 1e9 if ended is not None else None,
-            name=stored_text(self.name, config),
-            user_id=stored_text(self.user_id, config) if self.user_id is not None else None,
-            tags=tuple(stored_text(t, config) for t in self._tags),
-        )
+        return SegmentUpdate(*self._stored_fields(Usage))
 
     def store_record(self) -> SessionRecord:
         """This session as a new store record with one segment, as it is now (the store writer calls this)."""
-        from sdk.store import Segment, SessionRecord, owner_id
+        from sdk.store import Segment, SessionRecord, Usage, owner_id
 
-        now = self.store_update()
+        sid, span_id, last_activity, usage, state, reason, ended, name, user_id, tags = self._stored_fields(
+            Usage
+        )
         segment = Segment(
-            self.span_id, self.segment, owner_id(), self.started_ns / 1e9, now.last_activity, now.state,
-            now.reason, now.ended, now.usage,
-        )  # fmt: skip
-        return SessionRecord(
-            self.id, now.name or self.name, self.trace_id, now.user_id, now.tags or (), (segment,)
+            span_id,
+            self.segment,
+            owner_id(),
+            self.started_ns / 1e9,
+            last_activity,
+            state,
+            reason,
+            ended,
+            usage,
+        )
+        return SessionRecord(sid, name or self.name, f"{self.trace_id_int:032x}", user_id, tags, (segment,))
+
+    def _stored_fields(self, usage_type: type[Usage]) -> tuple[Any, ...]:
+        """The fields of a `SegmentUpdate` now, its texts as the store keeps them (`usage_type`: `Usage`,
+        which the store module defines; imported by the callers, so that `import sdk` does not)."""
+        config, ended, reason = self.config, self._ended_ns, self._reason
+        text = stored_texts(config)
+        return (
+            self.id,
+            f"{self.span.get_span_context().span_id:016x}",
+            ended / 1e9 if ended is not None else self._last_activity_wall(),
+            self._usage_now(usage_type),
+            self._state.value,
+            text(reason) if reason is not None else None,
+            ended / 1e9 if ended is not None else None,
+            text(self.name),
+            text(self.user_id) if self.user_id is not None else None,
+            tuple(text(t) for t in self._tags) if self._tags else (),
         )
 
     def _last_activity_wall(self) -> float:
@@ -707,8 +723,19 @@ class Activation:
 
 def stored_text(text: str, config: Config | None) -> str:
     """Text as a store record keeps it: cut to the attribute length limit, scrubbed of secrets."""
-    value = to_attribute_value(text, config.attribute_max_length if config is not None else 4096)
-    return scrubber_for(config).text(value if isinstance(value, str) else str(value))
+    return stored_texts(config)(text)
+
+
+def stored_texts(config: Config | None) -> Callable[[str], str]:
+    """`stored_text` for several texts of one session (the limit and scrubber looked up once)."""
+    max_length = config.attribute_max_length if config is not None else 4096
+    scrub = scrubber_for(config).text
+
+    def stored(text: str) -> str:
+        value = to_attribute_value(text, max_length)
+        return scrub(value if isinstance(value, str) else str(value))
+
+    return stored
 
 
 def record_error(span: Span, error: BaseException) -> None:
