@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] [--only NAME ...] [--out DIR] [--peers]``: run, print one table, write results."""
+"""``python -m benchmarks [--quick] [--only NAME ...] [--sdk-setting KEY=VALUE ...] [--out DIR] [--peers]``:
+run, print one table, write results."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="leave the garbage collector on during samples (default: collect before, off during)",
     )
     parser.add_argument(
+        "--sdk-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sdk.init() setting for the SDK side of the in-process benchmarks (repeatable), to "
+        "measure what it costs: e.g. session_store=none, live_sessions=false; benchmarks with "
+        "interpreters or pipelines of their own (import_time, init_time, memory, sustained, "
+        "backend_down, scrub, span_in_session_fallback) ignore it",
+    )
+    parser.add_argument(
         "--peers",
         action="store_true",
         help="instead of the benchmarks: AgentOps, traceloop-sdk, Logfire and Langfuse side by side, each "
@@ -58,6 +69,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
         args.only = names
+    settings: dict[str, str] = {}
+    for item in args.sdk_setting:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--sdk-setting wants KEY=VALUE, got {item!r}")
+        settings[key.strip()] = value
+    args.sdk_setting = settings
     return args
 
 
@@ -69,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.peers import run_peers
 
         return run_peers(settings, argv, args.out)
+    if args.sdk_setting:
+        from benchmarks.common import use_sdk_settings
+
+        use_sdk_settings(args.sdk_setting)
     machine = machine_info()
     names = args.only or list(BENCHMARKS)
     print(f"sessiontrace benchmarks ({'quick' if args.quick else 'full'}): {describe_settings(settings)}")

@@ -60,19 +60,21 @@ class Pipelines:
     The SDK's data folder (its session store) is a new temporary folder of this run, removed at
     exit: a store that earlier runs filled (in the current directory's ``.sessiontrace``) would
     make each run slower than the last, and the results depend on where the benchmarks ran.
+    `base`: settings every `init()` of the run gets (``--sdk-setting``), under a benchmark's own.
     """
 
     sdk_exporter: NullExporter
     ref_exporter: NullExporter
     ref_provider: TracerProvider
     data_dir: str
+    base: dict[str, str]
 
     def reinit(self, **settings: Any) -> None:
         """`sdk.init()` on the same null exporter, with `settings` (none: as `pipelines()` sets it up)."""
         import sdk
 
-        settings.setdefault("data_dir", self.data_dir)
-        sdk.init(exporter=self.sdk_exporter, service_name="sessiontrace-benchmarks", **settings)
+        merged = {"data_dir": self.data_dir, **self.base, **settings}
+        sdk.init(exporter=self.sdk_exporter, service_name="sessiontrace-benchmarks", **merged)
 
     def flush(self) -> None:
         """Export everything both pipelines hold (untimed, before every sample)."""
@@ -85,6 +87,15 @@ class Pipelines:
 
 
 _pipelines: list[Pipelines] = []
+_base_settings: dict[str, str] = {}
+
+
+def use_sdk_settings(settings: dict[str, str]) -> None:
+    """Settings for every `sdk.init()` of the in-process benchmarks (``--sdk-setting KEY=VALUE``: to
+    measure what a setting costs, e.g. ``session_store=none``); call before `pipelines()`."""
+    if _pipelines:
+        raise RuntimeError("use_sdk_settings() after pipelines() were set up")
+    _base_settings.update(settings)
 
 
 def pipelines() -> Pipelines:
@@ -99,7 +110,7 @@ def pipelines() -> Pipelines:
     ref_provider.add_span_processor(BatchSpanProcessor(ref_exporter))
     data_dir = tempfile.mkdtemp(prefix="sessiontrace-bench-data-")
     atexit.register(shutil.rmtree, data_dir, True)
-    made = Pipelines(NullExporter(), ref_exporter, ref_provider, data_dir)
+    made = Pipelines(NullExporter(), ref_exporter, ref_provider, data_dir, dict(_base_settings))
     made.reinit()
     _pipelines.append(made)
     return made
