@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     settings = Settings.make(quick=args.quick, gc_during_samples=args.gc)
+    if args.peers and args.sdk_setting:
+        print(
+            "python -m benchmarks: --sdk-setting applies to the benchmarks, not to --peers", file=sys.stderr
+        )
+        return 2
     if args.peers:
         from benchmarks.peers import run_peers
 
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
         use_sdk_settings(args.sdk_setting)
     machine = machine_info()
+    if args.sdk_setting:  # shown with the results: an ablation is not a run of the defaults
+        machine["SDK settings (--sdk-setting)"] = ", ".join(f"{k}={v}" for k, v in args.sdk_setting.items())
     names = args.only or list(BENCHMARKS)
     print(f"sessiontrace benchmarks ({'quick' if args.quick else 'full'}): {describe_settings(settings)}")
     print("; ".join(f"{k}: {v}" for k, v in machine.items() if k != "OS"), flush=True)

@@ -527,44 +527,37 @@ class Session:
         """This segment's state and counters now (the store writer calls this)."""
         from sdk.store import SegmentUpdate, Usage
 
-        return SegmentUpdate(*self._stored_fields(Usage))
+        config, ended, reason = self.config, self._ended_ns, self._reason
+        text = stored_texts(config)
+        return SegmentUpdate(
+            session_id=self.id,
+            span_id=self.span_id,
+            last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
+            usage=self._usage_now(Usage),
+            state=self._state.value,
+            reason=text(reason) if reason is not None else None,
+            ended=ended / 1e9 if ended is not None else None,
+            name=text(self.name),
+            user_id=text(self.user_id) if self.user_id is not None else None,
+            tags=tuple(text(t) for t in self._tags),
+        )
 
     def store_record(self) -> SessionRecord:
         """This session as a new store record with one segment, as it is now (the store writer calls this)."""
-        from sdk.store import Segment, SessionRecord, Usage, owner_id
+        from sdk.store import Segment, SessionRecord, owner_id
 
-        sid, span_id, last_activity, usage, state, reason, ended, name, user_id, tags = self._stored_fields(
-            Usage
-        )
+        now = self.store_update()
         segment = Segment(
-            span_id,
-            self.segment,
-            owner_id(),
-            self.started_ns / 1e9,
-            last_activity,
-            state,
-            reason,
-            ended,
-            usage,
-        )
-        return SessionRecord(sid, name or self.name, f"{self.trace_id_int:032x}", user_id, tags, (segment,))
-
-    def _stored_fields(self, usage_type: type[Usage]) -> tuple[Any, ...]:
-        """The fields of a `SegmentUpdate` now, its texts as the store keeps them (`usage_type`: `Usage`,
-        which the store module defines; imported by the callers, so that `import sdk` does not)."""
-        config, ended, reason = self.config, self._ended_ns, self._reason
-        text = stored_texts(config)
-        return (
+            now.span_id, self.segment, owner_id(), self.started_ns / 1e9, now.last_activity, now.state,
+            now.reason, now.ended, now.usage,
+        )  # fmt: skip
+        return SessionRecord(
             self.id,
-            f"{self.span.get_span_context().span_id:016x}",
-            ended / 1e9 if ended is not None else self._last_activity_wall(),
-            self._usage_now(usage_type),
-            self._state.value,
-            text(reason) if reason is not None else None,
-            ended / 1e9 if ended is not None else None,
-            text(self.name),
-            text(self.user_id) if self.user_id is not None else None,
-            tuple(text(t) for t in self._tags) if self._tags else (),
+            now.name or self.name,
+            f"{self.trace_id_int:032x}",
+            now.user_id,
+            now.tags or (),
+            (segment,),
         )
 
     def _last_activity_wall(self) -> float:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -604,6 +606,62 @@ def test_sqlite_store_follows_its_file_when_it_is_deleted_or_replaced(tmp_path):
     replacement.close()
     fourth = store.begin_segment(new_record("fourth"), resume=False)
     assert {r.id for r in store.list()} == {third.id, fourth.id}
+    store.close()
+
+
+def test_sqlite_write_is_retried_when_a_reader_holds_up_its_commit(tmp_path):
+    """A reader holding the file past SQLite's 1 s wait makes the COMMIT busy: the write is retried
+    until it lands, the connection never stays inside the failed transaction, and others can read."""
+    path = tmp_path / "store" / "sessions.db"
+    store = SQLiteStore(path, expiry=HOUR)
+    store.begin_segment(new_record("before"), resume=False)
+    reading = threading.Event()
+
+    def reader() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sessions").fetchall()
+        reading.set()
+        time.sleep(1.5)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert reading.wait(10)
+    written = store.begin_segment(new_record("during"), resume=False)
+    thread.join()
+    assert store.get("during") == written
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # no lock left behind by the store between its operations
+    other.execute("COMMIT")
+    other.close()
+    assert {r.id for r in store.list()} == {"before", "during"}
+    store.close()
+
+
+def test_sqlite_store_in_the_data_folder_refuses_a_symlinked_file(tmp_path):
+    """A store file in the data folder that is (or is replaced by) a symbolic link is refused with a
+    StoreError naming it; the link's target is neither written nor changed."""
+    data_dir = tmp_path / ".sessiontrace"
+    path = data_dir / "sessions.db"
+    victim = tmp_path / "elsewhere.db"
+    victim.write_bytes(b"")
+    victim.chmod(0o644)
+    data_dir.mkdir(mode=0o700)
+    path.symlink_to(victim)
+    store = SQLiteStore(path, expiry=HOUR, data_dir=data_dir)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.begin_segment(new_record(), resume=False)
+    path.unlink()
+    store.begin_segment(new_record("real"), resume=False)  # a real file: works, private
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.unlink()
+    path.symlink_to(victim)  # replaced while the store's connection is open
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.begin_segment(new_record("after"), resume=False)
+    assert victim.stat().st_size == 0
+    assert victim.stat().st_mode & 0o777 == 0o644
     store.close()
 
 

@@ -456,7 +456,7 @@ def open_store(spec: Any, data_dir: Path, expiry: float | None) -> SessionStore 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 # The C encoder that `_ENCODER.encode` builds anew for every call, built once (the same arguments
-# json.JSONEncoder.iterencode passes, Python 3.10-3.13): 40% less time per record.
+# json.JSONEncoder.iterencode passes, Python 3.10-3.13).
 _MAKE_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
 _C_ENCODE = (
     _MAKE_C_ENCODER(

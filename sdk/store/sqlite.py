@@ -8,7 +8,6 @@ are short (at most CHUNK records), so readers (the CLI) and other processes wait
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from sdk.datadir import ensure_data_dir, make_private_file
+from sdk.datadir import ensure_data_dir, forget_ready, make_private_file
 from sdk.state import STATE
 from sdk.store import (
     SegmentUpdate,
@@ -77,11 +76,8 @@ class SQLiteStore(SessionStore):
         self._data_dir = data_dir
         self._lock = threading.Lock()
         self._ready = False
-        self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
-        """(device, inode) of the file `_conn` opened."""
-        self._inherited: list[sqlite3.Connection] = []
-        """Connections a forked child inherited: kept, never used nor closed (SQLite forbids both)."""
+        """(device, inode) of the file when it was last checked (`_ready`)."""
         # A fork waits for a transaction in progress (no SQLite state crosses a fork).
         STATE.at_fork(
             self,
@@ -96,18 +92,16 @@ class SQLiteStore(SessionStore):
 
     # -- connection -------------------------------------------------------------------------------
     #
-    # One connection, opened on first use and kept: a connection opened per batch started each
-    # transaction with an empty page cache and parsed the schema again (measured: with a store of
-    # a day's sessions, 20 µs of CPU per session written instead of 7). It is used only under
-    # `_lock`, which is also held across fork(): a forked child never uses (nor closes) the
-    # parent's connection, and opens its own. Between transactions it holds no SQLite lock, so
-    # other processes and readers (the CLI) are not kept out. The file uses SQLite's default
-    # rollback journal: with connections of several processes that come and go, WAL mode would
-    # rebuild its index at every first connection, and SQLite does not wait (busy handler) for
-    # that recovery, so concurrent processes would see "database is locked". A connection that
-    # failed for another reason than a busy file, or whose file was deleted or replaced (one
-    # stat() before each transaction), is closed and opened again (the file made private again)
-    # by the next operation.
+    # A connection is opened for each operation and closed after it, under `_lock`, which is also
+    # held across fork(): a forked child inherits no open connection and no SQLite lock state
+    # (SQLite forbids using either after a fork). Operations come in batches, so the cost is small
+    # (measured with `python -m benchmarks.store_writer`: a connection kept between batches saved
+    # no measurable CPU per record). A file deleted or replaced since it was checked (one stat()
+    # per operation) is checked again: created private, given its schema, a symbolic link in the
+    # data folder refused.
+    # The file uses SQLite's default rollback journal: with connections that come and go, WAL mode
+    # would rebuild its index at every first connection, and SQLite does not wait (busy handler)
+    # for that recovery, so concurrent processes would see "database is locked".
 
     def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run `operation` in a transaction (``BEGIN IMMEDIATE`` when it writes), retrying while another
@@ -132,32 +126,10 @@ class SQLiteStore(SessionStore):
     def _once(self, operation: Callable[[sqlite3.Connection], T], write: bool) -> T:
         import sqlite3
 
-        conn = self._conn
-        if conn is not None and self._file_id != _file_id(self.path):
-            self._drop_connection()  # the file was deleted or replaced: write where readers look
-            conn = None
-        if conn is None:
-            conn = self._conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = operation(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-        except sqlite3.OperationalError as exc:
-            if not ("locked" in str(exc) or "busy" in str(exc)):
-                self._drop_connection()
-            raise
-        except BaseException:
-            self._drop_connection()
-            raise
-
-    def _connect(self) -> sqlite3.Connection:
-        import sqlite3
-
+        if self._ready and self._file_id != _file_id(self.path):
+            self._ready = False
+            if self._data_dir is not None:
+                forget_ready(self._data_dir)
         if not self._ready:
             if self._data_dir is not None:
                 ensure_data_dir(self._data_dir)
@@ -166,24 +138,27 @@ class SQLiteStore(SessionStore):
             # Created 0600 before SQLite opens it: SQLite gives its -journal and -wal files the
             # database file's mode.
             make_private_file(self.path, follow_symlinks=self._data_dir is None)
+            if self._data_dir is not None and os.path.islink(self.path):
+                raise StoreError(
+                    f"{self.description}: the file is a symbolic link; refused (never one in the data folder)"
+                )
         conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
             if not self._ready:
                 conn.executescript(_SCHEMA)
+                self._file_id = _file_id(self.path)
                 self._ready = True
-        except BaseException:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = operation(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        finally:
             conn.close()
-            raise
-        self._file_id = _file_id(self.path)
-        return conn
-
-    def _drop_connection(self) -> None:
-        """Close the connection after a failure: the next operation opens (and checks) the file anew."""
-        conn, self._conn, self._ready = self._conn, None, False
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
 
     @staticmethod
     def _write(conn: sqlite3.Connection, record: SessionRecord) -> None:
@@ -312,16 +287,6 @@ class SQLiteStore(SessionStore):
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        if self._conn is not None:
-            self._inherited.append(self._conn)
-            self._conn = None
-
-    def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
