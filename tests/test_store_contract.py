@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import shutil
 import sqlite3
 import sys
 import threading
@@ -637,6 +638,21 @@ def test_sqlite_write_is_retried_when_a_reader_holds_up_its_commit(tmp_path):
     other.execute("COMMIT")
     other.close()
     assert {r.id for r in store.list()} == {"before", "during"}
+    store.close()
+
+
+def test_sqlite_store_makes_its_data_folder_again_when_it_was_removed(tmp_path):
+    """The data folder removed while the process runs (``rm -rf .sessiontrace``): the next write
+    makes it again — folder 0700 with its .gitignore, file 0600 — and lands there."""
+    data_dir = tmp_path / ".sessiontrace"
+    store = SQLiteStore(data_dir / "sessions.db", expiry=HOUR, data_dir=data_dir)
+    store.begin_segment(new_record("first"), resume=False)
+    shutil.rmtree(data_dir)
+    second = store.begin_segment(new_record("second"), resume=False)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / ".gitignore").is_file()
+    assert (data_dir / "sessions.db").stat().st_mode & 0o777 == 0o600
+    assert store.list() == [second]
     store.close()
 
 

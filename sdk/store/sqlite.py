@@ -135,13 +135,13 @@ class SQLiteStore(SessionStore):
                 ensure_data_dir(self._data_dir)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Created 0600 before SQLite opens it: SQLite gives its -journal and -wal files the
-            # database file's mode.
-            make_private_file(self.path, follow_symlinks=self._data_dir is None)
             if self._data_dir is not None and os.path.islink(self.path):
                 raise StoreError(
                     f"{self.description}: the file is a symbolic link; refused (never one in the data folder)"
                 )
+            # Created 0600 before SQLite opens it: SQLite gives its -journal and -wal files the
+            # database file's mode.
+            make_private_file(self.path, follow_symlinks=self._data_dir is None)
         conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
