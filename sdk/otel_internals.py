@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextvars
 import operator
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import opentelemetry.context as otel_context
@@ -30,7 +30,6 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
-from opentelemetry.sdk.util import BoundedList
 
 from sdk.guard import warn_once
 from sdk.state import STATE
@@ -592,27 +591,10 @@ def lost_attribute(span: ReadableSpan, key: str) -> bool:
     return bool(span.dropped_attributes) and key not in (span.attributes or {})
 
 
-def counted_attributes(attributes: Mapping[str, Any], dropped: int) -> Mapping[str, Any]:
-    """`attributes` for a copied span, event or link that keeps the original's `dropped` count
-    (what a ReadableSpan reports as `dropped_attributes`: only BoundedAttributes carry one)."""
-    if not dropped:
-        return attributes
-    bounded = BoundedAttributes(maxlen=None, attributes=attributes, immutable=True)
-    bounded.dropped = dropped
-    return bounded
-
-
-def counted_list(items: Sequence[Any], dropped: int) -> Sequence[Any]:
-    """Events or links for a copied span that keep the original's `dropped` count."""
-    if not dropped or (isinstance(items, BoundedList) and items.dropped == dropped):
-        return items
-    bounded = BoundedList.from_seq(len(items), items)
-    bounded.dropped = dropped
-    return bounded
-
-
 def copy_with_attribute(span: ReadableSpan, key: str, value: Any) -> ReadableSpan:
     """A copy of an ended span with `key` as its newest attribute (the oldest dropped for it)."""
+    from opentelemetry.sdk.util import BoundedList
+
     attributes = dict(span.attributes or {})
     attributes.pop(key, None)
     dropped = span.dropped_attributes

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status
 
-from sdk.otel_internals import counted_attributes, counted_list, plain_attributes, span_fields, span_origin
+from sdk.otel_internals import plain_attributes, span_fields, span_origin
 from sdk.redaction import Scrubber
 
 Translate = Callable[[ReadableSpan], "dict[str, Any] | None"]
@@ -76,18 +76,14 @@ def scrub_span(
     ):
         return span
     resource, scope = span_origin(span)
-    # The copy reports as many attributes, events and links dropped (over the limits) as the span.
     return ReadableSpan(
         name=name,
         context=context,
         parent=parent,
         resource=resource,
-        attributes=counted_attributes(
-            attributes if attributes is not None else plain_attributes(raw_attributes),
-            _dropped(raw_attributes),
-        ),
-        events=counted_list(events if events is not None else raw_events, _dropped(raw_events)),
-        links=counted_list(links if links is not None else raw_links, _dropped(raw_links)),
+        attributes=attributes if attributes is not None else span.attributes,
+        events=events if events is not None else raw_events,
+        links=links if links is not None else raw_links,
         kind=kind,
         status=status,
         start_time=start_time,
@@ -104,8 +100,7 @@ def _events(events: Sequence[Event], scrubber: Scrubber) -> list[Event] | None:
             continue
         if changed is None:
             changed = list(events)
-        kept = counted_attributes(attributes, _dropped(event.attributes))
-        changed[index] = Event(event.name, kept, event.timestamp, limit=None)
+        changed[index] = Event(event.name, attributes, event.timestamp, limit=None)
     return changed
 
 
@@ -117,10 +112,5 @@ def _links(links: Sequence[Link], scrubber: Scrubber) -> list[Link] | None:
             continue
         if changed is None:
             changed = list(links)
-        changed[index] = Link(link.context, counted_attributes(attributes, _dropped(link.attributes)))
+        changed[index] = Link(link.context, attributes)
     return changed
-
-
-def _dropped(items: object) -> int:
-    """How many a span's attributes, events or links dropped over their limits (0 if none counted)."""
-    return int(getattr(items, "dropped", 0) or 0)
