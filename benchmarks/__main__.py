@@ -92,12 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.peers import run_peers
 
         return run_peers(settings, argv, args.out)
-    if args.sdk_setting:
+    machine = machine_info()
+    if args.sdk_setting:  # shown with the results: an ablation is not a run of the defaults
         from benchmarks.common import use_sdk_settings
 
         use_sdk_settings(args.sdk_setting)
-    machine = machine_info()
-    if args.sdk_setting:  # shown with the results: an ablation is not a run of the defaults
         machine["SDK settings (--sdk-setting)"] = ", ".join(f"{k}={v}" for k, v in args.sdk_setting.items())
     names = args.only or list(BENCHMARKS)
     print(f"sessiontrace benchmarks ({'quick' if args.quick else 'full'}): {describe_settings(settings)}")

@@ -231,12 +231,9 @@ class Session:
         """
         from sdk.store import Usage
 
-        return self._usage_now(Usage)
-
-    def _usage_now(self, usage_type: type[Usage]) -> Usage:
         with self._lock:
             calls, tokens_in, tokens_out, cost, errors = self._usage
-        return usage_type(
+        return Usage(
             counted(self._spans), int(calls), int(tokens_in), int(tokens_out), float(cost), int(errors)
         )
 
@@ -525,7 +522,7 @@ class Session:
 
     def store_update(self) -> SegmentUpdate:
         """This segment's state and counters now (the store writer calls this)."""
-        from sdk.store import SegmentUpdate, Usage
+        from sdk.store import SegmentUpdate
 
         config, ended, reason = self.config, self._ended_ns, self._reason
         text = stored_texts(config)
@@ -533,7 +530,7 @@ class Session:
             session_id=self.id,
             span_id=self.span_id,
             last_activity=ended / 1e9 if ended is not None else self._last_activity_wall(),
-            usage=self._usage_now(Usage),
+            usage=self.usage,
             state=self._state.value,
             reason=text(reason) if reason is not None else None,
             ended=ended / 1e9 if ended is not None else None,
